@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Sets up the pip path of instseg_ros on a fresh Debian 12 machine with Python 3.11+:
+#   system packages (apt) -> .venv with the ros-jazzy-* wheels, torch, open3d, spconv, ...
+#   -> msg/ built with rosidl into the venv -> the package installed editable -> pip check.
+# Idempotent: every step leaves a stamp keyed on its inputs, so a second run takes seconds.
+#
+# usage: scripts/setup.sh [--gpu]
+#   --gpu   CUDA machines: CUDA torch, spconv-cu120 and the full (CUDA) open3d instead of the
+#           CPU builds. Fails with a clear message where no NVIDIA GPU is visible.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+venv="$here/.venv"
+stamps="$venv/.instseg-stamps"
+gpu=0
+for arg in "$@"; do
+  case "$arg" in
+    --gpu) gpu=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option '$arg' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+if [ "$gpu" = 1 ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+  echo "setup.sh --gpu: no NVIDIA driver found (nvidia-smi is missing). Run without --gpu for the CPU set-up." >&2
+  exit 3
+fi
+if [ "$gpu" = 0 ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  log "an NVIDIA GPU is visible: 'scripts/setup.sh --gpu' installs the CUDA builds instead."
+fi
+
+# --- Python ------------------------------------------------------------------------------
+py="${PYTHON:-}"
+if [ -z "$py" ]; then
+  for cand in python3.13 python3.12 python3.11 python3; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      py="$(command -v "$cand")"; break
+    fi
+  done
+fi
+[ -n "$py" ] || { echo "setup.sh: Python 3.11+ is required" >&2; exit 1; }
+
+# --- system packages -----------------------------------------------------------------------
+# cmake + g++ build msg/; libusb is needed by open3d; libgl/libegl by open3d's import;
+# python3-venv for the venv where the interpreter is Debian's.
+apt_pkgs=(cmake g++ make libusb-1.0-0 libgomp1 libgl1 libegl1 git)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3-venv); fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- venv + wheels -------------------------------------------------------------------------
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating $venv with $py"
+  "$py" -m venv "$venv"
+fi
+mkdir -p "$stamps"
+vpy="$venv/bin/python"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+req_files=(requirements.txt)
+[ "$gpu" = 1 ] && req_files+=(requirements-gpu.txt)
+req_key="$(cat "${req_files[@]}" | sha256sum | cut -c1-16)-gpu$gpu"
+if [ "$(cat "$stamps/pip" 2>/dev/null)" != "$req_key" ]; then
+  log "installing Python dependencies (first run: several minutes)"
+  "$vpy" -m pip install -q --upgrade pip wheel setuptools
+  if [ "$gpu" = 1 ]; then
+    # CUDA builds replace the CPU ones: same package names for torch, other names for the rest.
+    "$vpy" -m pip install -q -r requirements-gpu.txt
+    grep -v -E '^(torch|open3d-cpu|spconv|cumm)\b' requirements.txt > "$stamps/req-cpu-filtered.txt"
+    "$vpy" -m pip install -q -r "$stamps/req-cpu-filtered.txt"
+  else
+    "$vpy" -m pip install -q -r requirements.txt
+  fi
+  echo "$req_key" > "$stamps/pip"
+fi
+
+# --- msg/ with rosidl into the venv --------------------------------------------------------
+msg_key="$( (cat msg/*.msg CMakeLists.txt package.xml; echo "$req_key") | sha256sum | cut -c1-16)"
+if [ "$(cat "$stamps/msgs" 2>/dev/null)" != "$msg_key" ]; then
+  log "building msg/ with rosidl"
+  site="$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  pyinc="$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  npinc="$("$vpy" -c 'import numpy; print(numpy.get_include())')"
+  # The message wheels' exported CMake files name the include dirs of the machine that built
+  # them (/opt/python/cp3XX-.../include/python3.X and its numpy): point them at this venv.
+  grep -rlE '/opt/python/cp3[0-9]+-cp3[0-9]+' "$venv/share" --include='*.cmake' 2>/dev/null | while read -r f; do
+    sed -i -E \
+      -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$pyinc#g" \
+      -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/(_core|core)/include#$npinc#g" \
+      "$f"
+  done
+  build="$here/build/msgs"
+  rm -rf "$build"
+  mkdir -p "$build"
+  (
+    export AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv" PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
+    cmake -S "$here" -B "$build" -DINSTSEG_MSGS_ONLY=ON -DBUILD_TESTING=OFF \
+      -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$venv" \
+      -DPython3_EXECUTABLE="$vpy" -DPYTHON_EXECUTABLE="$vpy" \
+      -DPYTHON_INSTALL_DIR="${site#"$venv"/}" >"$build/configure.log" 2>&1 \
+      || { tail -40 "$build/configure.log"; exit 1; }
+    cmake --build "$build" -j"$(nproc)" >"$build/build.log" 2>&1 || { tail -60 "$build/build.log"; exit 1; }
+    cmake --install "$build" >"$build/install.log" 2>&1 || { tail -40 "$build/install.log"; exit 1; }
+  )
+  # rosidl installs site-packages/instseg_ros/__init__.py; the source package's __init__ extends
+  # its __path__ over this directory, which must stay a plain portion without its own __init__.
+  rm -f "$site/instseg_ros/__init__.py"
+  echo "$msg_key" > "$stamps/msgs"
+fi
+
+# --- the package itself, editable ----------------------------------------------------------
+setup_key="$(cat setup.py | sha256sum | cut -c1-16)"
+if [ "$(cat "$stamps/editable" 2>/dev/null)" != "$setup_key" ]; then
+  log "installing instseg_ros (editable)"
+  "$vpy" -m pip install -q --no-deps --no-build-isolation -e .
+  echo "$setup_key" > "$stamps/editable"
+fi
+
+# --- guards --------------------------------------------------------------------------------
+if ! "$vpy" -m pip check >/dev/null 2>&1; then
+  "$vpy" -m pip check || true
+  echo "setup.sh: 'pip check' failed (mixed ROS distributions? only ros-jazzy-* wheels may be installed)" >&2
+  exit 1
+fi
+if "$vpy" -m pip list 2>/dev/null | grep -E '^ros-[a-z]' | grep -v -E '^ros-jazzy-' >/dev/null; then
+  echo "setup.sh: non-Jazzy ros-* wheels are installed in $venv; remove them (rm -rf .venv) and re-run" >&2
+  exit 1
+fi
+"$vpy" - <<'PY'
+import rclpy, torch, open3d, spconv  # noqa: F401  (fail here, not in the first test)
+from instseg_ros.msg import ObjectInstanceArray  # noqa: F401
+PY
+log "ready: source .venv/bin/activate  (torch $("$vpy" -c 'import torch; print(torch.__version__)'))"

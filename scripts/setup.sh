@@ -36,7 +36,7 @@ fi
 py="${PYTHON:-}"
 if [ -z "$py" ]; then
   for cand in python3.13 python3.12 python3.11 python3; do
-    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
       py="$(command -v "$cand")"; break
     fi
   done
@@ -96,7 +96,7 @@ if [ "$(cat "$stamps/msgs" 2>/dev/null)" != "$msg_key" ]; then
   npinc="$("$vpy" -c 'import numpy; print(numpy.get_include())')"
   # The message wheels' exported CMake files name the include dirs of the machine that built
   # them (/opt/python/cp3XX-.../include/python3.X and its numpy): point them at this venv.
-  grep -rlE '/opt/python/cp3[0-9]+-cp3[0-9]+' "$venv/share" --include='*.cmake' 2>/dev/null | while read -r f; do
+  { grep -rlE '/opt/python/cp3[0-9]+-cp3[0-9]+' "$venv/share" --include='*.cmake' 2>/dev/null || true; } | while read -r f; do
     sed -i -E \
       -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$pyinc#g" \
       -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/(_core|core)/include#$npinc#g" \
@@ -118,6 +118,9 @@ if [ "$(cat "$stamps/msgs" 2>/dev/null)" != "$msg_key" ]; then
   # rosidl installs site-packages/instseg_ros/__init__.py; the source package's __init__ extends
   # its __path__ over this directory, which must stay a plain portion without its own __init__.
   rm -f "$site/instseg_ros/__init__.py"
+  # ament's python install also writes an instseg_ros egg-info; pip would take it for this package
+  # and delete the generated messages when it installs the sources editable.
+  rm -rf "$site"/instseg_ros-*.egg-info
   echo "$msg_key" > "$stamps/msgs"
 fi
 
@@ -135,10 +138,13 @@ if ! "$vpy" -m pip check >/dev/null 2>&1; then
   echo "setup.sh: 'pip check' failed (mixed ROS distributions? only ros-jazzy-* wheels may be installed)" >&2
   exit 1
 fi
-if "$vpy" -m pip list 2>/dev/null | grep -E '^ros-[a-z]' | grep -v -E '^ros-jazzy-' >/dev/null; then
-  echo "setup.sh: non-Jazzy ros-* wheels are installed in $venv; remove them (rm -rf .venv) and re-run" >&2
-  exit 1
-fi
+# The ros-jazzy-* names are meta wheels pinning the unprefixed ros-* wheels to Jazzy versions
+# (pip check verifies the pins); a stray Kilted install shows as an rclpy that is not 7.x.
+rclpy_version="$("$vpy" -m pip show ros-rclpy 2>/dev/null | sed -n 's/^Version: //p')"
+case "$rclpy_version" in
+  7.*) ;;
+  *) echo "setup.sh: ros-rclpy $rclpy_version is not the Jazzy (7.x) build; rm -rf .venv and re-run" >&2; exit 1 ;;
+esac
 "$vpy" - <<'PY'
 import rclpy, torch, open3d, spconv  # noqa: F401  (fail here, not in the first test)
 from instseg_ros.msg import ObjectInstanceArray  # noqa: F401

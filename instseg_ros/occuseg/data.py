@@ -1,0 +1,122 @@
+"""Training / evaluation scenes for OccuSeg: fuse a multi-view sequence with :class:`TsdfMap`, extract
+its surface voxels and transfer the ground-truth labels of ``gt_voxels_<mm>mm.npz`` by nearest voxel.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from instseg_ros.mapping.tsdf import SurfaceVoxels, TsdfConfig, TsdfMap
+
+IGNORE = -1   #: semantic label of surface voxels with no ground-truth voxel nearby
+
+
+@dataclass
+class Scene:
+    """One fused map with labels. ``sv``: the surface voxels; semantic int64 (V,) (0 = background,
+    -1 = unlabelled); instance int64 (V,) (0 = background / unlabelled); ``name``: sequence id."""
+
+    sv: SurfaceVoxels
+    semantic: np.ndarray
+    instance: np.ndarray
+    name: str
+
+
+def fuse_views(views: list[dict], tsdf_cfg: TsdfConfig, use_gt_depth: bool = False) -> TsdfMap:
+    """Integrate :func:`instseg_ros.data.io.load_frame`-style views into a new map."""
+    m = TsdfMap(tsdf_cfg)
+    for v in views:
+        depth = v["depth_gt"] if use_gt_depth else v["depth"]
+        if not (depth > 0).any():
+            continue
+        m.integrate(depth, v["rgb"], v["K"], v["T_world_camera"])
+    return m
+
+
+def transfer_labels(points: np.ndarray, gt: dict, max_dist: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest ground-truth voxel's labels for each point.
+
+    Args: points float (V, 3) world m; gt: dict(coords (G, 3) voxel centres m, instance (G,), semantic (G,));
+        max_dist: metres; points farther from every GT voxel get semantic IGNORE, instance 0.
+    Returns: (semantic int64 (V,), instance int64 (V,)).
+    """
+    from scipy.spatial import cKDTree
+
+    if len(gt["coords"]) == 0:
+        return np.full(len(points), IGNORE, np.int64), np.zeros(len(points), np.int64)
+    dist, idx = cKDTree(np.asarray(gt["coords"], np.float64)).query(np.asarray(points, np.float64), k=1)
+    ok = dist <= max_dist
+    sem = np.where(ok, np.asarray(gt["semantic"])[np.minimum(idx, len(gt["coords"]) - 1)], IGNORE)
+    ins = np.where(ok, np.asarray(gt["instance"])[np.minimum(idx, len(gt["coords"]) - 1)], 0)
+    return sem.astype(np.int64), ins.astype(np.int64)
+
+
+def build_scene(seq_dir: str, tsdf_cfg: TsdfConfig, use_gt_depth: bool = False) -> Scene:
+    """Fuse one sequence and label its surface voxels."""
+    from instseg_ros.data.io import load_sequence
+
+    seq = load_sequence(seq_dir)
+    if seq["gt_voxels"] is None:
+        raise ValueError(f"sequence {seq_dir} has no gt_voxels_<mm>mm.npz")
+    m = fuse_views(seq["views"], tsdf_cfg, use_gt_depth)
+    sv = m.surface_voxels()
+    gt = seq["gt_voxels"]
+    max_dist = 1.5 * max(gt["voxel_size"], tsdf_cfg.voxel_size) + tsdf_cfg.voxel_size
+    sem, ins = transfer_labels(sv.points, gt, max_dist)
+    return Scene(sv=sv, semantic=sem, instance=ins, name=seq["id"])
+
+
+def save_scene(path: str, s: Scene) -> None:
+    tmp = str(path) + ".tmp.npz"
+    np.savez_compressed(tmp, coords=s.sv.coords, points=s.sv.points, colors=s.sv.colors, normals=s.sv.normals,
+                        voxel_size=np.float64(s.sv.voxel_size), semantic=s.semantic.astype(np.int32),
+                        instance=s.instance.astype(np.int32), name=np.array(s.name))
+    os.replace(tmp, path)
+
+
+def load_scene(path: str) -> Scene:
+    with np.load(path) as z:
+        sv = SurfaceVoxels(z["coords"].astype(np.int32), z["points"].astype(np.float32),
+                           z["colors"].astype(np.uint8), z["normals"].astype(np.float32), float(z["voxel_size"]))
+        return Scene(sv, z["semantic"].astype(np.int64), z["instance"].astype(np.int64), str(z["name"]))
+
+
+def prepare_scenes(root: str, split: str, tsdf_cfg: TsdfConfig, cache_dir: str,
+                   limit: int | None = None, use_gt_depth: bool = False) -> list[str]:
+    """Fuse + label every sequence of ``<root>/sequences/<split>`` once, caching ``.npz`` scenes.
+
+    Returns the cached scene paths (existing cache files are reused).
+    """
+    from instseg_ros.data.io import list_sequences
+
+    seqs = list_sequences(root, split)[:limit]
+    out_dir = Path(cache_dir) / split
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mm = f"{tsdf_cfg.voxel_size * 1000:g}mm" + ("_gt" if use_gt_depth else "")
+    paths = []
+    for sd in tqdm(seqs, desc=f"fuse {split}", unit="seq"):
+        p = out_dir / f"{Path(sd).name}_{mm}.npz"
+        if not p.exists():
+            save_scene(str(p), build_scene(sd, tsdf_cfg, use_gt_depth))
+        paths.append(str(p))
+    return paths
+
+
+def augment(s: Scene, rng: np.random.Generator) -> Scene:
+    """Random rotation about z, random x mirror, colour jitter; re-voxelised (first voxel wins)."""
+    a = rng.uniform(0, 2 * np.pi)
+    R = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
+    if rng.random() < 0.5:
+        R = R @ np.diag([-1.0, 1.0, 1.0])
+    pts = (s.sv.points.astype(np.float64) @ R.T).astype(np.float32)
+    nrm = (s.sv.normals.astype(np.float64) @ R.T).astype(np.float32)
+    coords = np.floor(pts / s.sv.voxel_size).astype(np.int64)
+    _, first = np.unique(coords, axis=0, return_index=True)
+    gain = rng.uniform(0.8, 1.2, size=3)
+    col = np.clip(s.sv.colors.astype(np.float64) * gain + rng.normal(0, 5, size=3), 0, 255).astype(np.uint8)
+    sv = SurfaceVoxels(coords[first].astype(np.int32), pts[first], col[first], nrm[first], s.sv.voxel_size)
+    return Scene(sv, s.semantic[first], s.instance[first], s.name)

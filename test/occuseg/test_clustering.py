@@ -1,0 +1,104 @@
+"""Occupancy-aware clustering, eq. (12)-(14), on constructed supervoxel graphs."""
+import math
+
+import numpy as np
+import pytest
+
+from instseg_ros.occuseg.clustering import (ClusterConfig, SupervoxelStats, cluster_voxels, merge_graph,
+                                            merge_weights)
+from instseg_ros.occuseg.supervoxels import voxel_adjacency
+
+
+def _stats(n, emb, centre, occ, sigma=(1.0, 1.0), K=2):
+    """Stats of vertices whose voxels all share the given per-voxel values (sums = n * value)."""
+    n = np.asarray(n, np.int64)
+    emb = np.asarray(emb, float).reshape(len(n), -1)
+    centre = np.asarray(centre, float).reshape(len(n), 3)
+    prob = np.zeros((len(n), K))
+    prob[:, 1] = 1.0
+    return SupervoxelStats(n=n.copy(), centre=centre * n[:, None], emb=emb * n[:, None],
+                           log_occ=np.log(np.asarray(occ, float)) * n,
+                           sigma=np.tile(sigma, (len(n), 1)) * n[:, None], prob=prob * n[:, None])
+
+
+def test_merge_weight_eq14_by_hand():
+    # S_i - S_j = 1, sigma_s = 2 -> 0.25; ||D_i - D_j|| = 0.6, sigma_d = 1.2 -> 0.25;
+    # n = 10 + 30 = 40, both predict O = 20 -> r = 40 / 20 = 2 -> w = exp(-0.5) / 2
+    st = _stats([10, 30], [[0.0], [1.0]], [[0, 0, 0], [0.6, 0, 0]], [20, 20], sigma=(2.0, 1.2))
+    w = merge_weights(st, [0], [1], ClusterConfig())
+    assert w[0] == pytest.approx(math.exp(-0.5) / 2)
+    # w/o occupancy: r = 1
+    assert merge_weights(st, [0], [1], ClusterConfig(use_occupancy=False))[0] == pytest.approx(math.exp(-0.5))
+    # r < 0.5 is floored at 0.5: O = 400 -> r = 0.1 -> w = exp(-0.5) / 0.5
+    st2 = _stats([10, 30], [[0.0], [1.0]], [[0, 0, 0], [0.6, 0, 0]], [400, 400], sigma=(2.0, 1.2))
+    assert merge_weights(st2, [0], [1], ClusterConfig())[0] == pytest.approx(math.exp(-0.5) / 0.5)
+    # ablations drop their term
+    assert merge_weights(st, [0], [1], ClusterConfig(use_feature=False))[0] == pytest.approx(math.exp(-0.25) / 2)
+    assert merge_weights(st, [0], [1], ClusterConfig(use_spatial=False))[0] == pytest.approx(math.exp(-0.25) / 2)
+
+
+def test_graph_is_updated_after_each_merge():
+    # chain a - b - c, 100 voxels each, all predicting an instance of 150 voxels.
+    # w_ab = exp(-0.05^2) / (200/150) = 0.748 and w_bc = exp(-0.3^2) / (200/150) = 0.686: a-b merge
+    # first; then (ab)-c has n = 300, r = 2 and w = exp(-0.325^2) / 2 = 0.45 < 0.5, so c stays
+    # apart. Stale weights (w_bc = 0.686) would have merged c too.
+    st = _stats([100, 100, 100], [[0.0], [0.05], [0.35]], np.zeros((3, 3)), [150, 150, 150])
+    rep = merge_graph(st, np.array([[0, 1], [1, 2]]), ClusterConfig())
+    assert rep[0] == rep[1] != rep[2]
+    st = _stats([100, 100, 100], [[0.0], [0.05], [0.35]], np.zeros((3, 3)), [150, 150, 150])
+    rep = merge_graph(st, np.array([[0, 1], [1, 2]]), ClusterConfig(use_occupancy=False))
+    assert rep[0] == rep[1] == rep[2]
+
+
+def _two_touching_boxes():
+    """Surface voxels of two 10x10x10 boxes sharing the face x = 10 (each keeps its own surface)."""
+    def shell(x0):
+        c = np.stack(np.meshgrid(np.arange(10), np.arange(10), np.arange(10), indexing="ij"), -1).reshape(-1, 3)
+        c = c[((c == 0) | (c == 9)).any(1)]
+        return c + [x0, 0, 0]
+    a, b = shell(0), shell(10)
+    coords = np.concatenate([a, b])
+    box = np.r_[np.zeros(len(a), int), np.ones(len(b), int)]
+    return coords, box
+
+
+@pytest.mark.parametrize("occ_per_box_factor, expect_instances", [(1.0, 2), (2.0, 1)])
+def test_two_touching_boxes_follow_their_predicted_occupancy(occ_per_box_factor, expect_instances):
+    coords, box = _two_touching_boxes()
+    n_box = (box == 0).sum()
+    V = len(coords)
+    # the network cannot tell the boxes apart by embedding: identical features, centres 0.2 apart
+    centre = np.where(box[:, None] == 0, [[0.0, 0, 0]], [[0.2, 0, 0]])
+    emb = np.zeros((V, 4))
+    sigma = np.ones((V, 2))
+    prob = np.tile([0.1, 0.9], (V, 1))
+    # each voxel predicts its instance's voxel count: one box (apart) or both boxes (merge)
+    log_occ = np.full(V, np.log(n_box * occ_per_box_factor))
+    res = cluster_voxels(box, voxel_adjacency(coords), centre, emb, log_occ, sigma, prob, ClusterConfig())
+    assert len(res.num_voxels) == expect_instances
+    if expect_instances == 2:
+        assert len(np.unique(np.stack([res.labels, box], 1), axis=0)) == 2
+        np.testing.assert_allclose(res.ratio, [1.0, 1.0])
+    else:
+        assert (res.labels == 1).all()
+        np.testing.assert_allclose(res.occupancy, [2 * n_box])
+    # without occupancy both cases merge (similarity exp(-0.04) > T0)
+    res = cluster_voxels(box, voxel_adjacency(coords), centre, emb, log_occ, sigma, prob,
+                         ClusterConfig(use_occupancy=False))
+    assert len(res.num_voxels) == 1
+
+
+def test_ratio_filter_and_background():
+    coords, box = _two_touching_boxes()
+    V = len(coords)
+    n_box = (box == 0).sum()
+    prob = np.where(box[:, None] == 0, [[0.1, 0.9]], [[0.9, 0.1]])   # box 1 is background
+    centre = np.where(box[:, None] == 0, [[0.0, 0, 0]], [[5.0, 0, 0]])
+    args = (box, voxel_adjacency(coords), centre, np.zeros((V, 2)))
+    # box 0 predicts 10x its size: r = 0.1 < 0.3 -> rejected
+    res = cluster_voxels(*args, np.full(V, np.log(10.0 * n_box)), np.ones((V, 2)), prob)
+    assert len(res.num_voxels) == 0 and (res.labels == 0).all()
+    res = cluster_voxels(*args, np.full(V, np.log(n_box)), np.ones((V, 2)), prob)
+    assert len(res.num_voxels) == 1
+    assert (res.labels[box == 0] == 1).all() and (res.labels[box == 1] == 0).all()
+    assert res.class_ids.tolist() == [1]

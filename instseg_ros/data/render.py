@@ -1,0 +1,372 @@
+"""Ray-cast rendering with Open3D ``RaycastingScene``: depth, instance ids, normals, amodal masks, RGB.
+
+Conventions: world frame z up (metres); camera optical frame x right, y down, z forward; ``T_wc`` maps
+camera points to the world; pixel (u, v) (integer column, row) looks along ((u - cx) / fx, (v - cy) / fy, 1),
+the convention of :func:`instseg_ros.core.geometry.backproject`.
+
+Rays are built with a camera-frame z component of 1, so the ray parameter of a hit *is* the z-depth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TEX_SIZE = 256
+
+
+@dataclass
+class Material:
+    """Surface appearance. colors: (2, 3) linear RGB in [0, 1] mixed by the texture value;
+    texture: index into the texture bank (-1 = plain colors[0]); scale: metres per texture tile;
+    specular: Blinn-Phong weight; shininess: exponent; printed: texture bank entry is already coloured."""
+    colors: np.ndarray
+    texture: int = -1
+    scale: float = 0.1
+    specular: float = 0.1
+    shininess: float = 20.0
+    printed: bool = False
+
+
+@dataclass
+class RenderMesh:
+    """One geometry in world coordinates. instance: > 0 for objects, 0 for background parts.
+    R, t: body pose (texture coordinates are body-frame positions so textures stick to objects)."""
+    vertices: np.ndarray
+    triangles: np.ndarray
+    normals: np.ndarray
+    instance: int
+    material: Material
+    R: np.ndarray = field(default_factory=lambda: np.eye(3))
+    t: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+
+def posed_mesh(shape, T: np.ndarray, instance: int, material: Material) -> RenderMesh:
+    """Place a :class:`~instseg_ros.data.shapes.Shape` at pose T (4, 4) T_world_body."""
+    R, t = T[:3, :3], T[:3, 3]
+    return RenderMesh(shape.vertices @ R.T + t, shape.triangles, shape.normals @ R.T, instance, material,
+                      R.copy(), t.copy())
+
+
+class Scene:
+    """All meshes of one static scene, with a BVH ready for ray casting (built once, reused per view)."""
+
+    def __init__(self, meshes: list[RenderMesh]):
+        import open3d as o3d
+        import open3d.core as o3c
+
+        self.meshes = meshes
+        self.rc = o3d.t.geometry.RaycastingScene()
+        gids = []
+        for m in meshes:
+            gids.append(self.rc.add_triangles(o3c.Tensor(np.ascontiguousarray(m.vertices, np.float32)),
+                                              o3c.Tensor(np.ascontiguousarray(m.triangles, np.uint32))))
+        if gids != list(range(len(meshes))):
+            raise RuntimeError("RaycastingScene geometry ids are not consecutive")
+        self.instance_of_geom = np.array([m.instance for m in meshes] + [0], dtype=np.int32)
+        # flat arrays for normal interpolation: triangle offset per geometry
+        self.tri_offset = np.cumsum([0] + [len(m.triangles) for m in meshes])
+        self.vert_offset = np.cumsum([0] + [len(m.vertices) for m in meshes])
+        self.all_tris = np.vstack([m.triangles + o for m, o in zip(meshes, self.vert_offset[:-1])])
+        self.all_normals = np.vstack([m.normals for m in meshes]).astype(np.float32)
+        self._objects_rc = None
+
+    def objects_only(self):
+        """A second RaycastingScene with only the objects (instance > 0); maps its ids to instances."""
+        if self._objects_rc is None:
+            import open3d as o3d
+            import open3d.core as o3c
+
+            rc = o3d.t.geometry.RaycastingScene()
+            inst = []
+            for m in self.meshes:
+                if m.instance > 0:
+                    rc.add_triangles(o3c.Tensor(np.ascontiguousarray(m.vertices, np.float32)),
+                                     o3c.Tensor(np.ascontiguousarray(m.triangles, np.uint32)))
+                    inst.append(m.instance)
+            self._objects_rc = (rc, np.array(inst + [0], dtype=np.int32))
+        return self._objects_rc
+
+
+def camera_rays(K: np.ndarray, T_wc: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """World-frame rays: origins float32 (H*W, 3) and directions float32 (H*W, 3) with camera z = 1."""
+    R = np.asarray(T_wc[:3, :3], np.float32)
+    x = ((np.arange(width, dtype=np.float32) - np.float32(K[0, 2])) / np.float32(K[0, 0]))
+    y = ((np.arange(height, dtype=np.float32) - np.float32(K[1, 2])) / np.float32(K[1, 1]))
+    d = (x[None, :, None] * R[:, 0] + y[:, None, None] * R[:, 1] + R[:, 2]).reshape(-1, 3)
+    o = np.broadcast_to(np.asarray(T_wc[:3, 3], np.float32), d.shape)
+    return o, d
+
+
+def cast(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: int, height: int) -> dict:
+    """Render geometry buffers.
+
+    Returns dict: "depth" float32 (H, W) z-depth metres (0 = no hit); "geom" int32 (H, W) geometry index
+    (-1 = none); "instance" int32 (H, W) (0 = background / none); "normal" float32 (H, W, 3) world-frame
+    smooth normal facing the camera; "point" float32 (H, W, 3) world hit point; "dir" (H*W, 3) ray dirs.
+    """
+    import open3d.core as o3c
+
+    o, d = camera_rays(K, T_wc, width, height)
+    rays = o3c.Tensor(np.ascontiguousarray(np.concatenate([o, d], 1)))
+    r = scene.rc.cast_rays(rays, nthreads=1)
+    t = r["t_hit"].numpy()
+    g = r["geometry_ids"].numpy().astype(np.int64)
+    hit = np.isfinite(t)
+    g = np.where(hit, g, len(scene.meshes))
+    t = np.where(hit, t, 0.0).astype(np.float32)
+    prim = r["primitive_ids"].numpy().astype(np.int64)
+    uv = r["primitive_uvs"].numpy()
+    normal = np.zeros((len(t), 3), np.float32)
+    idx = np.nonzero(hit)[0]
+    if len(idx):
+        tri = scene.all_tris[scene.tri_offset[g[idx]] + prim[idx]]
+        w1, w2 = uv[idx, 0:1], uv[idx, 1:2]
+        n = (1 - w1 - w2) * scene.all_normals[tri[:, 0]] + w1 * scene.all_normals[tri[:, 1]] \
+            + w2 * scene.all_normals[tri[:, 2]]
+        fn = r["primitive_normals"].numpy()[idx]
+        bad = ~np.isfinite(n).all(1) | (np.linalg.norm(n, axis=1) < 1e-6)
+        n[bad] = fn[bad]
+        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+        flip = np.einsum("ij,ij->i", n, d[idx]) > 0
+        n[flip] = -n[flip]
+        normal[idx] = n
+    point = o + d * t[:, None]
+    geom = np.where(hit, g, -1).astype(np.int32)
+    return {"depth": t.reshape(height, width), "geom": geom.reshape(height, width),
+            "instance": scene.instance_of_geom[g].reshape(height, width),
+            "normal": normal.reshape(height, width, 3), "point": point.reshape(height, width, 3).astype(np.float32),
+            "dir": d}
+
+
+def amodal_counts(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: int, height: int,
+                  candidates: np.ndarray | None = None) -> dict[int, int]:
+    """Pixels each object would cover if rendered alone (no other object, no bin or table).
+
+    Every intersection along each candidate pixel's ray with the objects-only scene is listed, so an
+    object hidden behind others (or behind bin walls) still counts. ``candidates``: bool (H, W) pixels that
+    may contain any object (default: the projected bounding boxes of all objects); exact as long as it
+    covers every object's projection. Returns {instance id: pixel count}.
+    """
+    import open3d.core as o3c
+
+    rc, inst_of = scene.objects_only()
+    if candidates is None:
+        candidates = object_bbox_mask(scene, K, T_wc, width, height)
+    pix = np.nonzero(candidates.reshape(-1))[0]
+    if len(pix) == 0:
+        return {}
+    o, d = camera_rays(K, T_wc, width, height)
+    rays = o3c.Tensor(np.ascontiguousarray(np.concatenate([o[pix], d[pix]], 1)))
+    li = rc.list_intersections(rays, nthreads=1)
+    ray_ids = li["ray_ids"].numpy().astype(np.int64)
+    gid = li["geometry_ids"].numpy().astype(np.int64)
+    t = li["t_hit"].numpy()
+    keep = t > 0
+    ray_ids, gid = ray_ids[keep], gid[keep]
+    key = np.unique(gid * (len(pix) + 1) + ray_ids)
+    counts = np.bincount(key // (len(pix) + 1), minlength=len(inst_of) - 1)
+    return {int(inst_of[i]): int(c) for i, c in enumerate(counts[: len(inst_of) - 1]) if c > 0}
+
+
+def object_bbox_mask(scene: Scene, K, T_wc, width, height) -> np.ndarray:
+    """bool (H, W): union of the image-space bounding boxes of all objects in front of the camera."""
+    mask = np.zeros((height, width), bool)
+    T_cw = np.linalg.inv(T_wc)
+    for m in scene.meshes:
+        if m.instance <= 0:
+            continue
+        pc = m.vertices @ T_cw[:3, :3].T + T_cw[:3, 3]
+        if (pc[:, 2] <= 1e-3).any():
+            if (pc[:, 2] > 1e-3).any():
+                mask[:] = True  # straddles the camera plane: be safe
+            continue
+        u = K[0, 0] * pc[:, 0] / pc[:, 2] + K[0, 2]
+        v = K[1, 1] * pc[:, 1] / pc[:, 2] + K[1, 2]
+        u0, u1 = int(np.clip(np.floor(u.min()), 0, width)), int(np.clip(np.ceil(u.max()) + 1, 0, width))
+        v0, v1 = int(np.clip(np.floor(v.min()), 0, height)), int(np.clip(np.ceil(v.max()) + 1, 0, height))
+        mask[v0:v1, u0:u1] = True
+    return mask
+
+
+# ------------------------------------------------------------------------------------------ textures
+
+def _value_noise(rng, size, octaves, base):
+    from scipy.ndimage import zoom
+
+    out = np.zeros((size, size))
+    amp, tot = 1.0, 0.0
+    for o in range(octaves):
+        n = base * 2 ** o
+        g = rng.random((n + 1, n + 1))
+        g[-1, :] = g[0, :]
+        g[:, -1] = g[:, 0]
+        z = zoom(g, size / n, order=3, mode="grid-wrap")[:size, :size]
+        out += amp * z
+        tot += amp
+        amp *= 0.5
+    out /= tot
+    return (out - out.min()) / max(out.max() - out.min(), 1e-9)
+
+
+def make_texture_bank(seed: int = 1234, n: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """Procedural textures, float32 (n, S, S, 3) in [0, 1], tileable, plus bool (n,) "printed" flags.
+
+    Grey-valued kinds (value noise, wood, stripes, checker, speckle, fabric) are mixed between two material
+    colours at render time; printed kinds (packaging-like blocks and bars of colour) carry their own colour.
+    """
+    rng = np.random.default_rng(seed)
+    S = TEX_SIZE
+    y, x = np.mgrid[0:S, 0:S] / S
+    bank, printed = [], []
+    kinds = ["noise", "wood", "stripes", "checker", "speckle", "fabric", "print", "print", "marble"]
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        if kind == "noise":
+            t = _value_noise(rng, S, 4, int(rng.integers(2, 6)))
+        elif kind == "wood":
+            nz = _value_noise(rng, S, 3, 4)
+            f = rng.integers(12, 40)
+            t = 0.5 + 0.5 * np.sin(2 * np.pi * (f * x + 1.5 * nz + 0.2 * np.sin(2 * np.pi * y)))
+            t = 0.6 * t ** 1.5 + 0.4 * _value_noise(rng, S, 2, 16)
+        elif kind == "stripes":
+            f = rng.integers(2, 16)
+            t = (np.sin(2 * np.pi * f * (x + (y if rng.random() < 0.3 else 0))) > rng.uniform(-0.5, 0.5)).astype(float)
+        elif kind == "checker":
+            f = rng.integers(2, 10)
+            t = ((np.floor(f * x) + np.floor(f * y)) % 2).astype(float)
+        elif kind == "speckle":
+            t = 0.7 * rng.random((S, S)) + 0.3 * _value_noise(rng, S, 3, 8)
+        elif kind == "fabric":
+            f = rng.integers(30, 80)
+            t = 0.5 + 0.25 * np.sin(2 * np.pi * f * x) + 0.25 * np.sin(2 * np.pi * f * y)
+            t = 0.7 * t + 0.3 * rng.random((S, S))
+        elif kind == "marble":
+            nz = _value_noise(rng, S, 5, 3)
+            t = 0.5 + 0.5 * np.sin(2 * np.pi * (2 * x + 6 * nz))
+        if kind != "print":
+            img = np.repeat(t[..., None], 3, axis=2)
+            printed.append(False)
+        else:
+            img = np.ones((S, S, 3)) * rng.random(3)
+            for _ in range(int(rng.integers(4, 14))):
+                x0, y0 = rng.integers(0, S, 2)
+                w, h = rng.integers(8, S // 2, 2)
+                col = rng.random(3) if rng.random() < 0.7 else np.full(3, float(rng.random() < 0.5))
+                ys = (np.arange(y0, y0 + h) % S)[:, None]
+                xs = (np.arange(x0, x0 + w) % S)[None, :]
+                if rng.random() < 0.3:  # text-like bars
+                    bars = (np.arange(h) // max(2, h // 8)) % 2 == 0
+                    ys = ys[bars]
+                img[ys, xs] = col
+            img = 0.85 * img + 0.15 * _value_noise(rng, S, 2, 8)[..., None]
+            printed.append(True)
+        bank.append(np.clip(img, 0, 1).astype(np.float32))
+    return np.stack(bank), np.array(printed)
+
+
+_BANK_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def texture_bank(seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
+    """Cached :func:`make_texture_bank` (built once per process)."""
+    if seed not in _BANK_CACHE:
+        _BANK_CACHE[seed] = make_texture_bank(seed)
+    return _BANK_CACHE[seed]
+
+
+# ------------------------------------------------------------------------------------------ shading
+
+@dataclass
+class Lighting:
+    """Directional key light + fill light + ambient, world frame. dirs point *towards* the light."""
+    key_dir: np.ndarray
+    key_color: np.ndarray
+    fill_dir: np.ndarray
+    fill_color: np.ndarray
+    ambient: np.ndarray
+    shadows: bool = True
+    shadow_strength: float = 0.7
+
+
+def shade(scene: Scene, buf: dict, light: Lighting, cam_pos: np.ndarray, rng: np.random.Generator,
+          bank: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Linear-light RGB float32 (H, W, 3): textured albedo x (ambient + key (shadowed) + fill) + specular."""
+    import open3d.core as o3c
+
+    H, W = buf["depth"].shape
+    tex = bank[0]
+    geom = buf["geom"].reshape(-1)
+    hit = geom >= 0
+    n = buf["normal"].reshape(-1, 3)
+    p = buf["point"].reshape(-1, 3)
+    G = len(scene.meshes)
+    # per-geometry material tables (last row = no hit), gathered per pixel in one vectorised pass
+    Rs = np.stack([m.R for m in scene.meshes] + [np.eye(3)]).astype(np.float32)
+    ts = np.stack([m.t for m in scene.meshes] + [np.zeros(3)]).astype(np.float32)
+    c0 = np.stack([m.material.colors[0] for m in scene.meshes] + [np.zeros(3)]).astype(np.float32)
+    c1 = np.stack([m.material.colors[1] for m in scene.meshes] + [np.zeros(3)]).astype(np.float32)
+    tid = np.array([m.material.texture for m in scene.meshes] + [-1])
+    inv_scale = np.array([TEX_SIZE / m.material.scale for m in scene.meshes] + [1.0], np.float32)
+    prn = np.array([m.material.printed for m in scene.meshes] + [False])
+    spw = np.array([m.material.specular for m in scene.meshes] + [0.0], np.float32)
+    shn = np.array([m.material.shininess for m in scene.meshes] + [1.0], np.float32)
+    g = np.where(hit, geom, G)
+    Rg = Rs[g]
+    loc = np.einsum("nij,ni->nj", Rg, p - ts[g])  # body-frame position
+    nl = np.abs(np.einsum("nij,ni->nj", Rg, n))
+    ax = np.argmax(nl, axis=1)
+    a = np.where(ax == 0, loc[:, 1], loc[:, 0])
+    b = np.where(ax == 2, loc[:, 1], loc[:, 2])
+    iu = (np.floor(a * inv_scale[g]).astype(np.int64)) % TEX_SIZE
+    iv = (np.floor(b * inv_scale[g]).astype(np.int64)) % TEX_SIZE
+    tv = tex[np.maximum(tid[g], 0), iv, iu]
+    plain = tid[g] < 0
+    tv[plain] = 0.0
+    pr = prn[g][:, None]
+    albedo = np.where(pr, tv * c1[g], c0[g] * (1 - tv) + c1[g] * tv).astype(np.float32)
+    spec_w = spw[g]
+    shin = shn[g]
+    ndl_key = np.clip(n @ light.key_dir.astype(np.float32), 0, None)
+    ndl_fill = np.clip(n @ light.fill_dir.astype(np.float32), 0, None)
+    vis = np.ones(H * W, np.float32)
+    if light.shadows:
+        lit = np.nonzero(hit & (ndl_key > 0))[0]
+        if len(lit):
+            org = p[lit] + n[lit] * 2e-3
+            dirs = np.broadcast_to(light.key_dir.astype(np.float32), org.shape)
+            rays = o3c.Tensor(np.ascontiguousarray(np.concatenate([org, dirs], 1).astype(np.float32)))
+            occ = scene.rc.test_occlusions(rays, tnear=1e-4, tfar=10.0, nthreads=1).numpy()
+            vis[lit] = np.where(occ, 1.0 - light.shadow_strength, 1.0)
+    view = cam_pos.astype(np.float32) - p
+    view /= np.maximum(np.linalg.norm(view, axis=1, keepdims=True), 1e-9)
+    hv = view + light.key_dir.astype(np.float32)
+    hv /= np.maximum(np.linalg.norm(hv, axis=1, keepdims=True), 1e-9)
+    spec = spec_w * np.clip(np.einsum("ij,ij->i", n, hv), 0, 1) ** shin * vis * (ndl_key > 0)
+    sky = 0.5 + 0.5 * n[:, 2]  # hemispheric ambient: surfaces facing up get more light
+    irr = (light.ambient[None] * (0.6 + 0.4 * sky[:, None]) + light.key_color[None] * (ndl_key * vis)[:, None]
+           + light.fill_color[None] * ndl_fill[:, None])
+    rgb = albedo * irr + spec[:, None] * light.key_color[None]
+    rgb[~hit] = light.ambient * 0.5
+    return rgb.reshape(H, W, 3).astype(np.float32)
+
+
+def camera_effects(lin: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Linear RGB -> uint8 sRGB-ish camera image: auto-exposure, white balance, vignetting, blur, noise."""
+    from scipy.ndimage import gaussian_filter
+
+    H, W, _ = lin.shape
+    lum = lin.mean(2)
+    expo = rng.uniform(0.35, 0.6) / max(np.percentile(lum, 60), 1e-4)
+    img = lin * expo * rng.uniform(0.9, 1.1, 3)
+    yy, xx = np.mgrid[0:H, 0:W]
+    r2 = ((xx - W / 2) ** 2 + (yy - H / 2) ** 2) / ((W / 2) ** 2 + (H / 2) ** 2)
+    img *= (1 - rng.uniform(0.0, 0.35) * r2)[..., None]
+    sigma = rng.uniform(0.3, 1.1)
+    img = gaussian_filter(img, sigma=(sigma, sigma, 0), mode="nearest")
+    img = np.clip(img, 0, None) ** (1 / 2.2)
+    sat = rng.uniform(0.75, 1.15)
+    g = img.mean(2, keepdims=True)
+    img = g + (img - g) * sat
+    img = img + rng.normal(0, rng.uniform(0.004, 0.02), img.shape) + rng.normal(0, 0.01, (1, 1, 3))
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)

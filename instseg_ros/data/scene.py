@@ -1,0 +1,465 @@
+"""One synthetic scene: background (table or bin), a physically dropped pile, cameras, rendered frames.
+
+World frame: z up, metres, the surface the objects rest on (table top or bin floor) at z = 0.
+Instance ids are 1..N in the order of the scene's objects and stay the same in every view of a scene.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from instseg_ros.data import noise as noise_mod
+from instseg_ros.data import render
+from instseg_ros.data.physics import PhysicsConfig, Support, drop
+from instseg_ros.data.shapes import Shape, box_mesh, sample_shape
+
+SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
+
+
+@dataclass
+class SceneConfig:
+    """Scene sampling ranges. Lengths in metres, angles in degrees."""
+    width: int = 640
+    height: int = 480
+    min_objects: int = 1
+    max_objects: int = 30
+    bin_prob: float = 0.45
+    cam_distance: tuple[float, float] = (0.35, 1.2)
+    cam_elevation: tuple[float, float] = (30.0, 88.0)
+    roll_std: float = 8.0
+    wrist_roll_prob: float = 0.2
+    views_per_scene: int = 4
+    decal_max: int = 1
+    furniture_max: int = 3
+    physics: PhysicsConfig = field(default_factory=PhysicsConfig)
+
+
+@dataclass
+class SceneState:
+    """A settled scene: render meshes (objects first), their shapes and poses, workspace bounds."""
+    meshes: list[render.RenderMesh]
+    shapes: list[Shape]
+    poses: list[np.ndarray]
+    kind: str
+    region: np.ndarray  # (2, 2) xy [[min], [max]] where the objects are
+    bounds: np.ndarray  # (2, 3) workspace box for voxel GT
+    info: dict
+
+
+def rng_for(split: str, seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    """Independent generator per (split, seed, scene index, stream); splits never share seeds."""
+    if split not in SPLIT_CODES:
+        raise ValueError(f"split must be one of {list(SPLIT_CODES)}, got {split!r}")
+    return np.random.default_rng([SPLIT_CODES[split], int(seed), int(index), int(stream)])
+
+
+# ------------------------------------------------------------------------------------------ materials
+
+def _hsv(h, s, v):
+    import colorsys
+
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v))
+
+
+def _lin(c):
+    return np.asarray(c, float) ** 2.2
+
+
+def object_material(rng: np.random.Generator, n_tex: int, printed: np.ndarray) -> render.Material:
+    """Random object appearance: plain, patterned (two colours) or printed packaging."""
+    base = _hsv(rng.random(), rng.uniform(0.0, 1.0) ** 0.7, rng.uniform(0.15, 1.0))
+    u = rng.random()
+    spec = float(rng.choice([0.02, 0.1, 0.3, 0.6], p=[0.3, 0.3, 0.25, 0.15]))
+    shin = float(rng.uniform(8, 80))
+    if u < 0.35:
+        tex = int(rng.choice(np.nonzero(~printed)[0]))
+        c2 = base * rng.uniform(0.8, 1.0)
+        return render.Material(np.stack([_lin(base), _lin(c2)]), tex, float(rng.uniform(0.05, 0.3)), spec, shin)
+    if u < 0.65:
+        tex = int(rng.choice(np.nonzero(printed)[0]))
+        return render.Material(np.stack([_lin(base), np.ones(3)]), tex, float(rng.uniform(0.08, 0.3)), spec, shin,
+                               printed=True)
+    tex = int(rng.choice(np.nonzero(~printed)[0]))
+    c2 = _hsv(rng.random(), rng.uniform(0, 1), rng.uniform(0.2, 1.0))
+    return render.Material(np.stack([_lin(base), _lin(c2)]), tex, float(rng.uniform(0.02, 0.15)), spec, shin)
+
+
+def _surface_material(rng, kind: str, printed: np.ndarray) -> render.Material:
+    grey = np.nonzero(~printed)[0]
+    # bank order cycles: noise, wood, stripes, checker, speckle, fabric, print, print, marble
+    by_kind = {k: grey[[i for i, g in enumerate(grey) if g % 9 == j]] for j, k in
+               enumerate(["noise", "wood", "stripes", "checker", "speckle", "fabric", "print", "print2", "marble"])}
+    if kind == "table":
+        style = rng.choice(["wood", "laminate", "dark", "white", "marble"], p=[0.4, 0.25, 0.15, 0.1, 0.1])
+        if style == "wood":
+            c1 = _hsv(rng.uniform(0.05, 0.11), rng.uniform(0.35, 0.7), rng.uniform(0.35, 0.85))
+            c2 = c1 * rng.uniform(0.55, 0.85)
+            return render.Material(np.stack([_lin(c1), _lin(c2)]), int(rng.choice(by_kind["wood"])),
+                                   float(rng.uniform(0.25, 0.7)), float(rng.uniform(0.05, 0.4)), 30.0)
+        c1 = {"laminate": _hsv(rng.uniform(0.05, 0.15), rng.uniform(0.1, 0.4), rng.uniform(0.6, 0.9)),
+              "dark": _hsv(rng.random(), rng.uniform(0, 0.3), rng.uniform(0.1, 0.3)),
+              "white": _hsv(rng.random(), rng.uniform(0, 0.08), rng.uniform(0.8, 0.95)),
+              "marble": _hsv(rng.random(), rng.uniform(0, 0.1), rng.uniform(0.6, 0.9))}[style]
+        tex = int(rng.choice(by_kind["marble" if style == "marble" else "noise"]))
+        return render.Material(np.stack([_lin(c1), _lin(c1 * rng.uniform(0.8, 0.95))]), tex,
+                               float(rng.uniform(0.2, 1.0)), float(rng.uniform(0.05, 0.5)), 40.0)
+    if kind == "bin":
+        c1 = rng.choice(4)
+        col = [_hsv(rng.uniform(0.55, 0.65), rng.uniform(0.4, 0.9), rng.uniform(0.3, 0.8)),
+               _hsv(rng.random(), rng.uniform(0, 0.15), rng.uniform(0.1, 0.8)),
+               _hsv(rng.random(), rng.uniform(0.5, 1.0), rng.uniform(0.4, 0.9)),
+               _hsv(rng.random(), rng.uniform(0, 0.1), rng.uniform(0.75, 0.95))][c1]
+        return render.Material(np.stack([_lin(col), _lin(col * 0.9)]), int(rng.choice(by_kind["noise"])),
+                               float(rng.uniform(0.2, 0.6)), float(rng.uniform(0.1, 0.5)), 25.0)
+    if kind == "floor":
+        tex = int(rng.choice(np.concatenate([by_kind["speckle"], by_kind["fabric"], by_kind["checker"],
+                                             by_kind["noise"]])))
+        c1 = _hsv(rng.random(), rng.uniform(0, 0.4), rng.uniform(0.15, 0.6))
+        c2 = c1 * rng.uniform(0.5, 0.9)
+        return render.Material(np.stack([_lin(c1), _lin(c2)]), tex, float(rng.uniform(0.3, 1.5)), 0.03, 10.0)
+    if kind == "decal":  # paper sheets, mats: low-contrast flat patches
+        c1 = _hsv(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.5, 0.95))
+        return render.Material(np.stack([_lin(c1), _lin(c1 * rng.uniform(0.85, 0.97))]),
+                               int(rng.choice(grey)), float(rng.uniform(0.1, 0.5)), 0.05, 10.0)
+    # wall / furniture
+    c1 = _hsv(rng.random(), rng.uniform(0, 0.5), rng.uniform(0.2, 0.95))
+    return render.Material(np.stack([_lin(c1), _lin(c1 * rng.uniform(0.6, 0.95))]), int(rng.choice(grey)),
+                           float(rng.uniform(0.2, 2.0)), 0.05, 10.0)
+
+
+def _box_rm(center, half, material, inst=0) -> render.RenderMesh:
+    v, f, n = box_mesh(np.asarray(half, float))
+    return render.RenderMesh(v + center, f, n, inst, material, np.eye(3), np.asarray(center, float))
+
+
+# ------------------------------------------------------------------------------------------ scene
+
+def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_objects: int | None = None,
+                kind: str | None = None) -> SceneState:
+    """Sample background + objects, drop them with pybullet, return the settled scene."""
+    _, printed = render.texture_bank()
+    kind = kind or ("bin" if rng.random() < cfg.bin_prob else "table")
+    if n_objects is None:  # mostly cluttered (uniform count), sometimes sparse (log-uniform)
+        if rng.random() < 0.7:
+            n_objects = int(rng.integers(max(cfg.min_objects, 3), cfg.max_objects + 1))
+        else:
+            n_objects = int(np.exp(rng.uniform(np.log(cfg.min_objects), np.log(cfg.max_objects + 1))))
+    n = int(np.clip(n_objects, cfg.min_objects, cfg.max_objects))
+    tx, ty = rng.uniform(0.35, 0.9), rng.uniform(0.3, 0.55)  # table half sizes
+    table_h = rng.uniform(0.4, 0.8)
+    bg: list[render.RenderMesh] = []
+    boxes: list[tuple[np.ndarray, np.ndarray]] = []
+    if kind == "bin":
+        bx, by = rng.uniform(0.14, 0.32), rng.uniform(0.1, 0.23)
+        wall_h, th = rng.uniform(0.06, 0.25), rng.uniform(0.005, 0.015)
+        mat = _surface_material(rng, "bin", printed)
+        parts = [(np.array([0, 0, -th / 2]), np.array([bx + th, by + th, th / 2]))]
+        for sx in (-1, 1):
+            parts.append((np.array([sx * (bx + th / 2), 0, wall_h / 2]), np.array([th / 2, by + th, wall_h / 2])))
+        for sy in (-1, 1):
+            parts.append((np.array([0, sy * (by + th / 2), wall_h / 2]), np.array([bx + th, th / 2, wall_h / 2])))
+        for c, h in parts:
+            bg.append(_box_rm(c, h, mat))
+            boxes.append((c, h))
+        table_top = -th
+        region = np.array([[-bx, -by], [bx, by]]) * 0.8
+        table_c = np.array([rng.uniform(-0.2, 0.2), rng.uniform(-0.1, 0.1)])
+    else:
+        table_top = 0.0
+        r = rng.uniform(0.12, 0.35)
+        region = np.array([[-r, -r * rng.uniform(0.6, 1.0)], [r, r * rng.uniform(0.6, 1.0)]])
+        table_c = np.array([rng.uniform(-0.2, 0.2), rng.uniform(-0.1, 0.1)])
+        tx, ty = max(tx, r + 0.1), max(ty, r + 0.1)
+    tthick = 0.03
+    tcen = np.array([table_c[0], table_c[1], table_top - tthick / 2])
+    bg.append(_box_rm(tcen, [tx, ty, tthick / 2], _surface_material(rng, "table", printed)))
+    boxes.append((tcen, np.array([tx, ty, tthick / 2])))
+    floor_z = table_top - table_h
+    bg.append(_box_rm([0, 0, floor_z - 0.01], [4.0, 4.0, 0.01], _surface_material(rng, "floor", printed)))
+    # table legs
+    legm = _surface_material(rng, "wall", printed)
+    lw = rng.uniform(0.02, 0.04)
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            c = [table_c[0] + sx * (tx - 0.06), table_c[1] + sy * (ty - 0.06), floor_z + (table_h - tthick) / 2]
+            bg.append(_box_rm(c, [lw, lw, (table_h - tthick) / 2], legm))
+    # a wall behind, sometimes two
+    for _ in range(int(rng.integers(0, 3))):
+        ang = rng.uniform(0, 2 * np.pi)
+        dist = rng.uniform(1.2, 3.0)
+        c = np.array([dist * np.cos(ang), dist * np.sin(ang), floor_z + 1.5])
+        R = np.array([[np.cos(ang), -np.sin(ang), 0], [np.sin(ang), np.cos(ang), 0], [0, 0, 1]])
+        v, f, nn = box_mesh(np.array([0.02, 3.0, 1.5]))
+        bg.append(render.RenderMesh(v @ R.T + c, f, nn @ R.T, 0, _surface_material(rng, "wall", printed), R, c))
+    # furniture-like distractors on the floor (background)
+    for _ in range(int(rng.integers(0, cfg.furniture_max + 1))):
+        ang = rng.uniform(0, 2 * np.pi)
+        dist = rng.uniform(max(tx, ty) + 0.4, 2.2)
+        half = rng.uniform([0.15, 0.15, 0.2], [0.5, 0.5, 0.6])
+        c = np.array([dist * np.cos(ang), dist * np.sin(ang), floor_z + half[2]])
+        bg.append(_box_rm(c, half, _surface_material(rng, "wall", printed)))
+    # flat decals on the support surface (paper, mats): background texture edges
+    for _ in range(int(rng.integers(0, cfg.decal_max + 1)) if rng.random() < 0.4 else 0):
+        half = np.array([rng.uniform(0.04, 0.15), rng.uniform(0.04, 0.2), 0.0005])
+        lim = region[1] + 0.05 if kind == "bin" else np.array([tx, ty]) - half[:2]
+        c = np.array([rng.uniform(-lim[0], lim[0]) + (0 if kind == "bin" else table_c[0]),
+                      rng.uniform(-lim[1], lim[1]) + (0 if kind == "bin" else table_c[1]), 0.0005])
+        a = rng.uniform(0, np.pi)
+        R = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+        v, f, nn = box_mesh(half)
+        bg.append(render.RenderMesh(v @ R.T + c, f, nn @ R.T, 0, _surface_material(rng, "decal", printed), R, c))
+    # objects
+    shapes = [sample_shape(rng, split) for _ in range(n)]
+    # scale the drop region with the pile size so big piles spread and small ones touch
+    poses, info = drop(shapes, Support(boxes), region, rng, cfg.physics)
+    bank_n = len(printed)
+    keep_s, keep_p = [], []
+    lim = region * 1.0 + np.array([[-0.02, -0.02], [0.02, 0.02]])
+    for s, T in zip(shapes, poses):
+        if T[2, 3] < table_top - 0.03:  # fell off the table
+            continue
+        if kind == "bin" and not (np.abs(T[:2, 3]) < np.abs(region[1]) / 0.8 + 0.01).all():
+            continue
+        keep_s.append(s)
+        keep_p.append(T)
+    meshes = [render.posed_mesh(s, T, i + 1, object_material(rng, bank_n, printed))
+              for i, (s, T) in enumerate(zip(keep_s, keep_p))]
+    meshes += bg
+    if kind == "bin":
+        xy = np.abs(region[1]) / 0.8
+    else:
+        xy = np.abs(region).max(0) + 0.05
+    bounds = np.array([[-xy[0] - 0.05, -xy[1] - 0.05, table_top - 0.02], [xy[0] + 0.05, xy[1] + 0.05, 0.5]])
+    info.update({"kind": kind, "n_dropped": n, "n_objects": len(keep_s)})
+    return SceneState(meshes, keep_s, keep_p, kind, region, bounds, info)
+
+
+# ------------------------------------------------------------------------------------------ cameras
+
+def sample_intrinsics(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """RealSense-like K: D435 colour (~615 px at 640 wide), SR300 colour/depth (~475) or D435 depth (~385)."""
+    s = width / 640.0
+    u = rng.random()
+    f = rng.uniform(600, 630) if u < 0.7 else (rng.uniform(460, 490) if u < 0.85 else rng.uniform(380, 395))
+    fx = f * s
+    fy = fx * rng.uniform(0.997, 1.003)
+    cx = width / 2 + rng.uniform(-8, 8) * s
+    cy = height / 2 + rng.uniform(-8, 8) * s
+    return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> np.ndarray:
+    """T_world_camera (4, 4) of an optical-frame camera at ``eye`` looking at ``target`` (world z up)."""
+    z = np.asarray(target, float) - np.asarray(eye, float)
+    z /= np.linalg.norm(z)
+    up = np.array([0.0, 0.0, 1.0])
+    if abs(z @ up) > 0.999:
+        up = np.array([0.0, 1.0, 0.0])
+    x = np.cross(z, up)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    R = np.stack([x, y, z], 1)
+    r = np.deg2rad(roll_deg)
+    Rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    T = np.eye(4)
+    T[:3, :3] = R @ Rz
+    T[:3, 3] = eye
+    return T
+
+
+def sample_camera(rng: np.random.Generator, st: SceneState, cfg: SceneConfig) -> np.ndarray:
+    """A pose looking into the bin / at the pile from 0.35-1.2 m, elevation 30-88 deg, mild roll."""
+    if st.poses:
+        c = np.mean([T[:3, 3] for T in st.poses], axis=0)
+    else:
+        c = np.zeros(3)
+    target = c + np.array([*rng.normal(0, 0.05, 2), 0.0])
+    target[2] = max(target[2] * 0.5, 0.0)
+    el_lo = cfg.cam_elevation[0] if st.kind == "table" else 45.0
+    el = np.deg2rad(rng.uniform(el_lo, cfg.cam_elevation[1]))
+    az = rng.uniform(0, 2 * np.pi)
+    d = rng.uniform(cfg.cam_distance[0], cfg.cam_distance[1] if st.kind == "table" else min(cfg.cam_distance[1], 1.0))
+    eye = target + d * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    roll = rng.normal(0, cfg.roll_std) if rng.random() > cfg.wrist_roll_prob else rng.uniform(-90, 90)
+    return look_at(eye, target, roll)
+
+
+def sample_lighting(rng: np.random.Generator) -> render.Lighting:
+    el = np.deg2rad(rng.uniform(25, 85))
+    az = rng.uniform(0, 2 * np.pi)
+    key = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    fill = rng.normal(size=3)
+    fill[2] = abs(fill[2]) + 0.3
+    fill /= np.linalg.norm(fill)
+    temp = rng.uniform(-0.12, 0.12)
+    tint = np.array([1 + temp, 1.0, 1 - temp])
+    ki = rng.uniform(0.5, 1.4)
+    return render.Lighting(key, ki * tint, fill, rng.uniform(0.05, 0.4) * tint, rng.uniform(0.15, 0.5) * tint,
+                           shadows=bool(rng.random() < 0.85), shadow_strength=float(rng.uniform(0.3, 0.8)))
+
+
+# ------------------------------------------------------------------------------------------ render a view
+
+def render_view(scene: render.Scene, st: SceneState, K: np.ndarray, T_wc: np.ndarray, rng: np.random.Generator,
+                cfg: SceneConfig, light: render.Lighting | None = None) -> dict:
+    """Render one frame: rgb uint8, depth (noisy) / depth_gt float32 m, labels int32, instances list."""
+    W, H = cfg.width, cfg.height
+    buf = render.cast(scene, K, T_wc, W, H)
+    depth_gt = buf["depth"]
+    depth_gt = np.where(depth_gt * 10000.0 > 65535, 0.0, depth_gt).astype(np.float32)
+    labels = buf["instance"].astype(np.int32)
+    labels[depth_gt == 0] = 0
+    light = light or sample_lighting(rng)
+    lin = render.shade(scene, buf, light, T_wc[:3, 3], rng, render.texture_bank())
+    rgb = render.camera_effects(lin, rng)
+    dirs = buf["dir"].reshape(H, W, 3)
+    cosang = np.abs(np.einsum("hwc,hwc->hw", buf["normal"], dirs)) / np.linalg.norm(dirs, axis=2)
+    depth = noise_mod.apply_depth_noise(depth_gt, K, rng, noise_mod.sample_noise_config(rng), labels, cosang)
+    instances = frame_instances(scene, st, labels, K, T_wc, W, H)
+    return {"rgb": rgb, "depth": depth, "depth_gt": depth_gt, "labels": labels, "K": K, "T_world_camera": T_wc,
+            "instances": instances}
+
+
+def frame_instances(scene: render.Scene, st: SceneState, labels: np.ndarray, K, T_wc, W, H) -> list[dict]:
+    """Per instance in view: visible/amodal pixels, occlusion = visible / amodal, visible bbox [x, y, w, h]."""
+    from instseg_ros.data.io import FAMILIES
+
+    amodal = render.amodal_counts(scene, K, T_wc, W, H)
+    vis = np.bincount(labels.reshape(-1), minlength=len(st.shapes) + 1)
+    out = []
+    for i, s in enumerate(st.shapes):
+        iid = i + 1
+        a = amodal.get(iid, 0)
+        v = int(vis[iid]) if iid < len(vis) else 0
+        if a == 0 and v == 0:
+            continue
+        a = max(a, v)
+        if v:
+            ys, xs = np.nonzero(labels == iid)
+            bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        else:
+            bbox = [0, 0, 0, 0]
+        out.append({"id": iid, "family": s.family, "family_id": FAMILIES.index(s.family) + 1, "visible_px": v,
+                    "amodal_px": int(a), "occlusion": float(v / a), "bbox": bbox})
+    return out
+
+
+def generate_scene_frames(split: str, seed: int, index: int, cfg: SceneConfig) -> list[dict]:
+    """``cfg.views_per_scene`` single frames of scene ``index``: one pile, new camera/lighting/noise per view.
+
+    Object colours are re-drawn per view too (the label geometry is what the views share).
+    """
+    rng = rng_for(split, seed, index)
+    st = build_scene(rng, split, cfg)
+    scene = render.Scene(st.meshes)
+    frames = []
+    _, printed = render.texture_bank()
+    for v in range(cfg.views_per_scene):
+        vr = rng_for(split, seed, index, 1 + v)
+        if v > 0:
+            for m in st.meshes:
+                if m.instance > 0:
+                    m.material = object_material(vr, len(printed), printed)
+        K = sample_intrinsics(vr, cfg.width, cfg.height)
+        T = sample_camera(vr, st, cfg)
+        fr = render_view(scene, st, K, T, vr, cfg)
+        fr["extra"] = {"scene": int(index), "view": v, "kind": st.kind, "split": split, "seed": int(seed)}
+        frames.append(fr)
+    return frames
+
+
+# ------------------------------------------------------------------------------------------ sequences
+
+def sequence_poses(rng: np.random.Generator, st: SceneState, n_views: int) -> list[np.ndarray]:
+    """A smooth wrist-camera-like arc over the pile: sweeping azimuth, varying elevation and distance."""
+    c = np.mean([T[:3, 3] for T in st.poses], axis=0) if st.poses else np.zeros(3)
+    c[2] = max(c[2] * 0.5, 0.0)
+    a0 = rng.uniform(0, 2 * np.pi)
+    sweep = np.deg2rad(rng.uniform(60, 200)) * rng.choice([-1, 1])
+    el0, el1 = np.deg2rad(rng.uniform(40, 80, 2))
+    d0, d1 = rng.uniform(0.4, 0.8, 2)
+    roll0 = rng.normal(0, 10)
+    poses = []
+    for k in range(n_views):
+        s = k / max(n_views - 1, 1)
+        az = a0 + sweep * s
+        el = el0 + (el1 - el0) * (0.5 - 0.5 * np.cos(np.pi * s))
+        d = d0 + (d1 - d0) * s
+        tgt = c + np.array([0.03 * np.sin(3 * s), 0.03 * np.cos(2 * s), 0.0])
+        eye = tgt + d * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+        poses.append(look_at(eye, tgt, roll0 + 5 * np.sin(2 * np.pi * s)))
+    return poses
+
+
+def voxel_ground_truth(views: list[dict], bounds: np.ndarray, voxel_size: float, family_of: dict[int, int]):
+    """Per-voxel labels of the surface seen in the views (what a TSDF fusion of them reconstructs).
+
+    Every view's noise-free depth is back-projected to the world with its label; points inside
+    ``bounds`` (2, 3) are binned into voxels of ``voxel_size`` metres and each voxel takes its most
+    frequent label. Returns coords float32 (V, 3) voxel centres, instance int32 (V,), semantic int32 (V,)
+    (family id of the instance, 0 = background).
+    """
+    from instseg_ros.core.geometry import backproject
+
+    pts, labs = [], []
+    for fr in views:
+        P = backproject(fr["depth_gt"], fr["K"]).reshape(-1, 3)
+        ok = fr["depth_gt"].reshape(-1) > 0
+        T = fr["T_world_camera"]
+        Pw = P[ok] @ T[:3, :3].T + T[:3, 3]
+        pts.append(Pw)
+        labs.append(fr["labels"].reshape(-1)[ok])
+    P = np.concatenate(pts)
+    L = np.concatenate(labs).astype(np.int64)
+    inside = np.all((P >= bounds[0]) & (P <= bounds[1]), axis=1)
+    P, L = P[inside], L[inside]
+    key = np.floor(P / voxel_size).astype(np.int64)
+    lo = key.min(0)
+    k = key - lo
+    dims = k.max(0) + 1
+    lin = (k[:, 0] * dims[1] + k[:, 1]) * dims[2] + k[:, 2]
+    nl = int(L.max()) + 1
+    pair, cnt = np.unique(lin * nl + L, return_counts=True)
+    vox, lab = pair // nl, pair % nl
+    order = np.lexsort((-cnt, vox))  # per voxel, highest count first
+    vox, lab = vox[order], lab[order]
+    first = np.ones(len(vox), bool)
+    first[1:] = vox[1:] != vox[:-1]
+    vox, lab = vox[first], lab[first]
+    kz = vox % dims[2]
+    ky = (vox // dims[2]) % dims[1]
+    kx = vox // (dims[1] * dims[2])
+    coords = ((np.stack([kx, ky, kz], 1) + lo + 0.5) * voxel_size).astype(np.float32)
+    sem = np.array([family_of.get(int(i), 0) for i in lab], dtype=np.int32)
+    return coords, lab.astype(np.int32), sem
+
+
+def generate_sequence(split: str, seed: int, index: int, cfg: SceneConfig, n_views: int,
+                      voxel_sizes: tuple[float, ...]) -> dict:
+    """One static scene seen from ``n_views`` poses + voxel GT per voxel size.
+
+    Returns {"views": [frame dicts], "gt_voxels": {size: (coords, instance, semantic)}, "meta": dict}.
+    """
+    rng = rng_for(split, seed, 1_000_000 + index)
+    st = build_scene(rng, split, cfg, n_objects=int(rng.integers(max(cfg.min_objects, 5), cfg.max_objects + 1)))
+    scene = render.Scene(st.meshes)
+    K = sample_intrinsics(rng, cfg.width, cfg.height)
+    light = sample_lighting(rng)
+    views = []
+    for k, T in enumerate(sequence_poses(rng, st, n_views)):
+        vr = rng_for(split, seed, 1_000_000 + index, 1 + k)
+        fr = render_view(scene, st, K, T, vr, cfg, light=light)
+        fr["extra"] = {"sequence": int(index), "view": k, "kind": st.kind, "split": split, "seed": int(seed)}
+        views.append(fr)
+    fam = {i + 1: s.family_id for i, s in enumerate(st.shapes)}
+    gt = {vs: voxel_ground_truth(views, st.bounds, vs, fam) for vs in voxel_sizes}
+    meta = {"kind": st.kind, "n_objects": len(st.shapes), "bounds": st.bounds.tolist(),
+            "families": {str(k): v for k, v in fam.items()}, "split": split, "seed": int(seed), "index": int(index)}
+    return {"views": views, "gt_voxels": gt, "meta": meta}
+
+
+def seed_hash(text: str) -> int:
+    """Stable 31-bit hash of a string (for deriving seeds from names)."""
+    return zlib.crc32(text.encode()) & 0x7FFFFFFF

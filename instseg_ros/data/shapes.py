@@ -1,0 +1,446 @@
+"""Procedural object shapes: triangle meshes for rendering + collision descriptions for pybullet.
+
+Every shape is built in its own body frame (metres, centred near its centre of mass). A mesh carries
+per-vertex normals that are valid for smooth shading: flat-shaded shapes (boxes, hulls) duplicate
+vertices per face so that interpolated normals equal the face normal.
+
+Collision is described as a list of :class:`Part` (pybullet primitives or convex vertex sets with a
+local offset), so compound shapes (tori, cups, combined primitives) stay cheap to simulate.
+
+Train / val / test use disjoint shape parameters: :func:`sample_shape` draws parameters, quantises them
+to a grid and re-draws until the grid cell's hash belongs to the requested split (80 / 10 / 10 %).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from instseg_ros.data.io import FAMILIES
+
+SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
+PARAM_QUANT_M = 0.005  #: grid (metres) on which shape parameters are hashed to a split
+
+
+@dataclass
+class Part:
+    """One convex collision piece in the body frame.
+
+    kind: "box" (size = half extents (3,)), "sphere" (size = (r,)), "cylinder" / "capsule"
+    (size = (r, length) along local z; capsule length = the cylindrical part), "hull" (vertices (n, 3)).
+    pos (3,) and quat (x, y, z, w) place the piece in the body frame.
+    """
+    kind: str
+    size: np.ndarray | None = None
+    vertices: np.ndarray | None = None
+    pos: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    quat: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 0.0, 1.0]))
+
+
+@dataclass
+class Shape:
+    """A rigid object: render mesh + collision parts, body frame, metres.
+
+    vertices float64 (n, 3); triangles int32 (m, 3), counter-clockwise seen from outside;
+    normals float64 (n, 3) unit; family: name in :data:`FAMILIES`; params: the drawn parameters;
+    round: True when it rolls (spheres, cylinders ...), gets rolling friction + damping.
+    """
+    family: str
+    vertices: np.ndarray
+    triangles: np.ndarray
+    normals: np.ndarray
+    parts: list[Part]
+    params: dict
+    round: bool = False
+
+    @property
+    def family_id(self) -> int:
+        return FAMILIES.index(self.family) + 1
+
+    @property
+    def extent(self) -> float:
+        """Largest axis-aligned body-frame extent, metres."""
+        return float((self.vertices.max(0) - self.vertices.min(0)).max())
+
+
+# ------------------------------------------------------------------------------------------ mesh helpers
+
+def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    n = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(n, f[:, k], fn)
+    ln = np.linalg.norm(n, axis=1, keepdims=True)
+    return n / np.maximum(ln, 1e-12)
+
+
+def _flat(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Duplicate vertices per triangle so interpolated normals are face normals."""
+    vv = v[f].reshape(-1, 3)
+    ff = np.arange(len(vv), dtype=np.int32).reshape(-1, 3)
+    fn = np.cross(vv[1::3] - vv[0::3], vv[2::3] - vv[0::3])
+    fn /= np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
+    return vv, ff, np.repeat(fn, 3, axis=0)
+
+
+def box_mesh(half: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Axis-aligned box with half extents (3,), 24 vertices (4 per face) and 12 triangles."""
+    hx, hy, hz = half
+    c = np.array([[x, y, z] for x in (-hx, hx) for y in (-hy, hy) for z in (-hz, hz)])
+    # corner index = 4*ix + 2*iy + iz
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    f = []
+    for a, b, cc, d in quads:
+        f += [(a, b, cc), (a, cc, d)]
+    return _flat(c, np.array(f, dtype=np.int32))
+
+
+def lathe_mesh(r: np.ndarray, z: np.ndarray, seg: int, cap_bottom: bool, cap_top: bool, smooth: bool = True):
+    """Surface of revolution about z of the profile (r_i, z_i) (bottom to top), closed by flat caps.
+
+    Caps get their own vertices (sharp rim). Profile points with r = 0 are fine (cone tip).
+    """
+    th = np.linspace(0, 2 * np.pi, seg, endpoint=False)
+    ct, st = np.cos(th), np.sin(th)
+    n = len(r)
+    V = np.stack([np.outer(r, ct), np.outer(r, st), np.repeat(z[:, None], seg, 1)], -1).reshape(-1, 3)
+    F = []
+    for i in range(n - 1):
+        for j in range(seg):
+            a, b = i * seg + j, i * seg + (j + 1) % seg
+            c, d = a + seg, b + seg
+            F += [(a, b, d), (a, d, c)]
+    F = np.array(F, dtype=np.int32)
+    # drop degenerate triangles at r = 0 rows
+    tri = V[F]
+    area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    F = F[area > 1e-12]
+    N = _vertex_normals(V, F) if smooth else None
+    verts, faces, norms = [V], [F], [N]
+    off = len(V)
+    for use, k, sgn in ((cap_bottom, 0, -1.0), (cap_top, n - 1, 1.0)):
+        if not use or r[k] <= 0:
+            continue
+        ring = np.stack([r[k] * ct, r[k] * st, np.full(seg, z[k])], -1)
+        cv = np.vstack([ring, [[0, 0, z[k]]]])
+        cf = [(j, (j + 1) % seg, seg) if sgn > 0 else ((j + 1) % seg, j, seg) for j in range(seg)]
+        verts.append(cv)
+        faces.append(np.array(cf, dtype=np.int32) + off)
+        norms.append(np.tile([0, 0, sgn], (seg + 1, 1)).astype(float))
+        off += len(cv)
+    V = np.vstack(verts)
+    F = np.vstack(faces)
+    if not smooth:
+        return _flat(V, F)
+    return V, F, np.vstack(norms)
+
+
+def sphere_mesh(rx: float, ry: float, rz: float, n_lat: int = 10, n_lon: int = 16, stretch: float = 0.0):
+    """UV ellipsoid; ``stretch`` > 0 moves the upper half up and the lower half down (a capsule)."""
+    phi = np.linspace(0, np.pi, n_lat + 1)
+    th = np.linspace(0, 2 * np.pi, n_lon, endpoint=False)
+    unit = np.stack([np.outer(np.sin(phi), np.cos(th)), np.outer(np.sin(phi), np.sin(th)),
+                     np.repeat(np.cos(phi)[:, None], n_lon, 1)], -1).reshape(-1, 3)
+    F = []
+    for i in range(n_lat):
+        for j in range(n_lon):
+            a, b = i * n_lon + j, i * n_lon + (j + 1) % n_lon
+            c, d = a + n_lon, b + n_lon
+            if i > 0:
+                F.append((a, c, b))
+            if i < n_lat - 1:
+                F.append((b, c, d))
+    V = unit * np.array([rx, ry, rz])
+    V[:, 2] += np.sign(unit[:, 2]) * stretch / 2
+    # ellipsoid normal: grad of (x/rx)^2 + ... ; for a capsule the unit-sphere normal is exact
+    N = unit / np.array([rx, ry, rz]) if stretch == 0 else unit.copy()
+    N /= np.maximum(np.linalg.norm(N, axis=1, keepdims=True), 1e-12)
+    return V, np.array(F, dtype=np.int32), N
+
+
+def torus_mesh(R: float, r: float, n_u: int = 24, n_v: int = 10):
+    u = np.linspace(0, 2 * np.pi, n_u, endpoint=False)
+    v = np.linspace(0, 2 * np.pi, n_v, endpoint=False)
+    U, Vv = np.meshgrid(u, v, indexing="ij")
+    ctr = np.stack([R * np.cos(U), R * np.sin(U), np.zeros_like(U)], -1)
+    nrm = np.stack([np.cos(Vv) * np.cos(U), np.cos(Vv) * np.sin(U), np.sin(Vv)], -1)
+    V = (ctr + r * nrm).reshape(-1, 3)
+    F = []
+    for i in range(n_u):
+        for j in range(n_v):
+            a = i * n_v + j
+            b = ((i + 1) % n_u) * n_v + j
+            c = i * n_v + (j + 1) % n_v
+            d = ((i + 1) % n_u) * n_v + (j + 1) % n_v
+            F += [(a, b, d), (a, d, c)]
+    return V, np.array(F, dtype=np.int32), nrm.reshape(-1, 3)
+
+
+def hull_mesh(points: np.ndarray):
+    """Convex hull of points, flat shaded, outward-oriented triangles."""
+    from scipy.spatial import ConvexHull
+
+    h = ConvexHull(points)
+    V = points[h.vertices]
+    remap = -np.ones(len(points), dtype=np.int64)
+    remap[h.vertices] = np.arange(len(h.vertices))
+    F = remap[h.simplices].astype(np.int32)
+    c = V.mean(0)
+    fn = np.cross(V[F[:, 1]] - V[F[:, 0]], V[F[:, 2]] - V[F[:, 0]])
+    flip = np.einsum("ij,ij->i", fn, V[F[:, 0]] - c) < 0
+    F[flip] = F[flip][:, [0, 2, 1]]
+    return _flat(V, F)
+
+
+def _merge(meshes):
+    vs, fs, ns, off = [], [], [], 0
+    for v, f, n in meshes:
+        vs.append(v)
+        fs.append(f + off)
+        ns.append(n)
+        off += len(v)
+    return np.vstack(vs), np.vstack(fs).astype(np.int32), np.vstack(ns)
+
+
+def _transform(mesh, R: np.ndarray, t: np.ndarray):
+    v, f, n = mesh
+    return v @ R.T + t, f, n @ R.T
+
+
+def _rot_to_quat(R: np.ndarray) -> np.ndarray:
+    """Rotation matrix -> quaternion (x, y, z, w)."""
+    from instseg_ros.core.geometry import rotation_to_quaternion
+
+    return np.asarray(rotation_to_quaternion(R), dtype=float)
+
+
+def _rand_rot(rng: np.random.Generator) -> np.ndarray:
+    """Uniform random rotation (QR of a Gaussian matrix, sign-fixed to det +1)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _axis_rot(axis: int, ang: float) -> np.ndarray:
+    c, s = np.cos(ang), np.sin(ang)
+    if axis == 0:
+        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    if axis == 1:
+        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+# ------------------------------------------------------------------------------------------ families
+
+def _size(rng: np.random.Generator, lo: float = 0.02, hi: float = 0.25) -> float:
+    """Largest dimension, metres: mostly 4-18 cm (graspable objects), sometimes the full 2-25 cm."""
+    if rng.random() < 0.8:
+        return float(np.exp(rng.uniform(np.log(0.04), np.log(0.18))))
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _cyl_parts(r: float, h: float) -> list[Part]:
+    return [Part("cylinder", np.array([r, h]))]
+
+
+def _make_box(rng, s):
+    dims = np.sort([s, s * rng.uniform(0.25, 1.0), s * rng.uniform(0.08, 1.0)])[::-1]
+    dims = np.maximum(dims, 0.01)
+    rng.shuffle(dims)
+    v, f, n = box_mesh(dims / 2)
+    return v, f, n, [Part("box", dims / 2)], {"dims": dims.tolist()}, False
+
+
+def _make_cylinder(rng, s):
+    if rng.random() < 0.5:
+        h, r = s, s * rng.uniform(0.1, 0.5)
+    else:
+        r, h = s / 2, s * rng.uniform(0.1, 1.0)
+    r, h = max(r, 0.008), max(h, 0.01)
+    v, f, n = lathe_mesh(np.array([r, r]), np.array([-h / 2, h / 2]), 28, True, True)
+    return v, f, n, _cyl_parts(r, h), {"r": r, "h": h}, True
+
+
+def _make_sphere(rng, s):
+    r = max(s / 2 * rng.uniform(0.4, 0.8), 0.01)
+    v, f, n = sphere_mesh(r, r, r, 12, 20)
+    return v, f, n, [Part("sphere", np.array([r]))], {"r": r}, True
+
+
+def _make_capsule(rng, s):
+    r = max(s * rng.uniform(0.08, 0.3), 0.008)
+    length = max(s - 2 * r, 0.005)
+    v, f, n = sphere_mesh(r, r, r, 12, 20, stretch=length)
+    return v, f, n, [Part("capsule", np.array([r, length]))], {"r": r, "l": length}, True
+
+
+def _make_cone(rng, s):
+    h = s * rng.uniform(0.4, 1.0)
+    r = max(s / 2 * rng.uniform(0.3, 1.0), 0.01)
+    top = r * rng.uniform(0.0, 0.6)  # truncated cones (cups, lamp shades) as well as sharp ones
+    v, f, n = lathe_mesh(np.array([r, top]), np.array([-h / 3, 2 * h / 3]), 28, True, top > 0)
+    return v, f, n, [Part("hull", vertices=v.copy())], {"r": r, "h": h, "top": top}, True
+
+
+def _make_torus(rng, s):
+    R = s / 2 * rng.uniform(0.5, 0.8)
+    r = max(min(R * rng.uniform(0.15, 0.6), s / 2 - R), 0.004)
+    v, f, n = torus_mesh(R, r)
+    k = 10
+    parts = []
+    seg_len = 2 * R * np.sin(np.pi / k)
+    for i in range(k):
+        a = 2 * np.pi * (i + 0.5) / k
+        pos = np.array([R * np.cos(a), R * np.sin(a), 0.0])
+        Rm = _axis_rot(2, a) @ _axis_rot(0, np.pi / 2)  # capsule axis z -> tangent
+        parts.append(Part("capsule", np.array([r, seg_len]), pos=pos, quat=_rot_to_quat(Rm)))
+    return v, f, n, parts, {"R": R, "r": r}, True
+
+
+def _make_ellipsoid(rng, s):
+    radii = np.maximum(s / 2 * np.array([1.0, rng.uniform(0.3, 1.0), rng.uniform(0.2, 0.9)]), 0.008)
+    rng.shuffle(radii)
+    v, f, n = sphere_mesh(*radii, 12, 20)
+    return v, f, n, [Part("hull", vertices=v.copy())], {"radii": radii.tolist()}, True
+
+
+def _make_hull(rng, s):
+    npts = int(rng.integers(6, 30))
+    scale = s / 2 * np.array([1.0, rng.uniform(0.3, 1.0), rng.uniform(0.2, 1.0)])
+    if rng.random() < 0.5:
+        pts = rng.uniform(-1, 1, (npts, 3))
+    else:
+        pts = rng.normal(size=(npts, 3))
+        pts /= np.linalg.norm(pts, axis=1, keepdims=True)
+        pts *= rng.uniform(0.6, 1.0, (npts, 1))
+    pts *= scale
+    v, f, n = hull_mesh(pts)
+    v = v - v.mean(0)
+    return v, f, n, [Part("hull", vertices=v.copy())], {"n": npts, "scale": scale.tolist()}, False
+
+
+def _make_irregular(rng, s):
+    kind = rng.choice(["deformed", "combo", "bottle", "cup"], p=[0.3, 0.3, 0.2, 0.2])
+    if kind == "deformed":
+        # a blob: sphere / box-ish base with smooth random radial displacement (non-convex; physics uses hull)
+        r0 = s / 2
+        v, f, _ = sphere_mesh(r0, r0 * rng.uniform(0.4, 1.0), r0 * rng.uniform(0.3, 1.0), 16, 24)
+        d = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+        k = rng.normal(size=(4, 3)) * rng.uniform(1.0, 3.0)
+        ph = rng.uniform(0, 2 * np.pi, 4)
+        amp = rng.uniform(0.08, 0.25)
+        disp = 1.0 + amp * np.sin(d @ k.T + ph).mean(1)
+        v = v * disp[:, None]
+        n = _vertex_normals(v, f)
+        return v, f, n, [Part("hull", vertices=v.copy())], {"kind": kind, "amp": amp}, False
+    if kind == "combo":
+        # 2-3 overlapping primitives rigidly joined (hammer, L-bracket, mallet, toy blocks)
+        meshes, parts = [], []
+        for i in range(int(rng.integers(2, 4))):
+            ss = s * rng.uniform(0.35, 0.7)
+            R = _rand_rot(rng) if i else np.eye(3)
+            t = rng.uniform(-0.5, 0.5, 3) * s * 0.45 if i else np.zeros(3)
+            if rng.random() < 0.5:
+                half = np.maximum(ss / 2 * np.array([1, rng.uniform(0.2, 1), rng.uniform(0.2, 1)]), 0.005)
+                meshes.append(_transform(box_mesh(half), R, t))
+                parts.append(Part("box", half, pos=t, quat=_rot_to_quat(R)))
+            else:
+                r, h = max(ss * rng.uniform(0.1, 0.35), 0.005), ss
+                meshes.append(_transform(lathe_mesh(np.array([r, r]), np.array([-h / 2, h / 2]), 20, True, True), R, t))
+                parts.append(Part("cylinder", np.array([r, h]), pos=t, quat=_rot_to_quat(R)))
+        v, f, n = _merge(meshes)
+        c = v.mean(0)
+        for p in parts:
+            p.pos = p.pos - c
+        return v - c, f, n, parts, {"kind": kind}, False
+    if kind == "bottle":
+        h = s
+        r = max(s * rng.uniform(0.12, 0.3), 0.01)
+        rn = r * rng.uniform(0.25, 0.5)
+        sh = rng.uniform(0.5, 0.75)
+        prof_z = np.array([0, 0.02, sh - 0.1, sh, sh + 0.1, 0.9, 1.0]) * h - h * 0.45
+        prof_r = np.array([r * 0.95, r, r, r * 0.9, rn * 1.2, rn, rn])
+        v, f, n = lathe_mesh(prof_r, prof_z, 24, True, True)
+        return v, f, n, [Part("hull", vertices=v.copy())], {"kind": kind, "r": r, "h": h}, True
+    # cup / bowl: open container; physics = bottom disk + ring of wall boxes
+    r = s / 2 * rng.uniform(0.5, 1.0)
+    h = s * rng.uniform(0.25, 0.9) if rng.random() < 0.6 else r * rng.uniform(0.5, 0.9)
+    wall = max(0.004, r * 0.08)
+    rb = r * rng.uniform(0.6, 1.0)
+    outer_r = np.array([rb, r])
+    outer_z = np.array([-h / 2, h / 2])
+    inner_r = np.array([r - wall, rb - wall])
+    inner_z = np.array([h / 2, -h / 2 + wall])
+    prof_r = np.concatenate([outer_r, inner_r])
+    prof_z = np.concatenate([outer_z, inner_z])
+    v, f, n = lathe_mesh(prof_r, prof_z, 28, True, True)
+    # ensure the rim/inner faces shade correctly: normals from geometry already (inner faces face inward)
+    parts = [Part("cylinder", np.array([rb, wall]), pos=np.array([0, 0, -h / 2 + wall / 2]))]
+    k = 10
+    for i in range(k):
+        a = 2 * np.pi * i / k
+        rm = (r + rb) / 2 - wall / 2
+        tilt = np.arctan2(r - rb, h)
+        Rm = _axis_rot(2, a) @ _axis_rot(1, tilt)
+        half = np.array([wall / 2, np.pi * (r + rb) / k / 2, h / 2 / np.cos(tilt)])
+        parts.append(Part("box", half, pos=np.array([rm * np.cos(a), rm * np.sin(a), 0.0]), quat=_rot_to_quat(Rm)))
+    return v, f, n, parts, {"kind": "cup", "r": r, "h": h}, False
+
+
+_MAKERS = {
+    "box": _make_box, "cylinder": _make_cylinder, "sphere": _make_sphere, "capsule": _make_capsule,
+    "cone": _make_cone, "torus": _make_torus, "ellipsoid": _make_ellipsoid, "convex_hull": _make_hull,
+    "irregular": _make_irregular,
+}
+#: relative frequency of the families (boxes and cylinders dominate real bins: packaging, cans)
+FAMILY_WEIGHTS = {"box": 3.0, "cylinder": 2.5, "sphere": 0.6, "capsule": 0.8, "cone": 0.8, "torus": 0.5,
+                  "ellipsoid": 1.0, "convex_hull": 1.5, "irregular": 2.5}
+
+
+def _split_bucket(family: str, params: dict) -> int:
+    flat = []
+    for k in sorted(params):
+        val = params[k]
+        if isinstance(val, (list, tuple, np.ndarray)):
+            flat += [round(float(x) / PARAM_QUANT_M) for x in val]
+        elif isinstance(val, (float, np.floating)):
+            flat.append(round(float(val) / PARAM_QUANT_M))
+        else:
+            flat.append(str(val))
+    h = hashlib.blake2b(repr((family, flat)).encode(), digest_size=4).digest()
+    return int.from_bytes(h, "little") % 10
+
+
+def shape_split(shape: Shape) -> str:
+    """The split ("train" / "val" / "test") a shape's quantised parameters belong to."""
+    b = _split_bucket(shape.family, shape.params)
+    return next(s for s, r in SPLIT_BUCKETS.items() if b in r)
+
+
+def sample_shape(rng: np.random.Generator, split: str = "train", family: str | None = None) -> Shape:
+    """Draw a random shape of ``family`` (or a weighted random family) whose parameters belong to ``split``."""
+    if split not in SPLIT_BUCKETS:
+        raise ValueError(f"split must be one of {list(SPLIT_BUCKETS)}, got {split!r}")
+    if family is None:
+        fams = list(FAMILY_WEIGHTS)
+        w = np.array([FAMILY_WEIGHTS[f] for f in fams])
+        family = fams[int(rng.choice(len(fams), p=w / w.sum()))]
+    if family not in _MAKERS:
+        raise ValueError(f"unknown family {family!r}")
+    for _ in range(200):
+        v, f, n, parts, params, rnd = _MAKERS[family](rng, _size(rng))
+        if _split_bucket(family, params) in SPLIT_BUCKETS[split]:
+            break
+    else:  # pragma: no cover - 200 misses at 10 % acceptance has probability 1e-9
+        raise RuntimeError("could not draw a shape for the split")
+    return Shape(family, np.asarray(v, float), np.asarray(f, np.int32), np.asarray(n, float), parts, params, rnd)
+
+
+def make_box_shape(dims) -> Shape:
+    """A box with full side lengths ``dims`` (3,) metres (used by tests and hand-built scenes)."""
+    dims = np.asarray(dims, float)
+    v, f, n = box_mesh(dims / 2)
+    return Shape("box", v, f, n, [Part("box", dims / 2)], {"dims": dims.tolist()}, False)

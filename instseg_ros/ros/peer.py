@@ -95,6 +95,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--depth-offset", type=float, default=0.003, help="depth stamp - colour stamp, s")
     ap.add_argument("--match-timeout", type=float, default=20.0, help="s to wait for subscribers")
     ap.add_argument("--linger", type=float, default=30.0, help="s to stay alive after publishing")
+    ap.add_argument("--reliability", default="reliable", choices=["reliable", "best_effort"],
+                    help="QoS reliability of every topic")
     return ap.parse_args(argv)
 
 
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         pubs = {name: node.create_publisher(types[name], f"{args.prefix}/{name}",
-                                            image_qos("reliable", depth=max(1, counts[name])))
+                                            image_qos(args.reliability, depth=max(1, counts[name])))
                 for name in counts if counts[name] > 0}
         t0 = time.monotonic()
         if not wait_for_subscribers(pubs.values(), timeout=args.match_timeout, spin_once=executor.spin_once):
@@ -196,14 +198,15 @@ class ExchangeResult:
 
 def run_exchange(env: dict[str, str], prefix: str | None = None, images: int = 10, clouds: int = 5,
                  instances: int = 10, points: int = 300_000, period: float = 0.05, timeout: float = 60.0,
-                 slop: float = 0.01) -> ExchangeResult:
+                 slop: float = 0.01, reliability: str = "reliable") -> ExchangeResult:
     """Spawn a peer publisher (``sys.executable -m instseg_ros.ros.peer``) and receive everything.
 
     ``env`` (from :func:`~instseg_ros.ros.graph.ros_environment`) is the peer's environment; this
     process must already run with the same ROS_DOMAIN_ID and profile (apply it before the first
     ``rclpy.init``: Fast DDS reads its XML profile once per process). Subscriptions are reliable with a
     history as deep as the message count, and exist before the peer starts, so the peer's
-    match-then-publish guarantees delivery. Returns after every expected message arrived, the
+    match-then-publish guarantees delivery (with ``reliability="reliable"``; "best_effort" is what
+    camera drivers use and measures what the transport loses). Returns after every expected message arrived, the
     peer failed, or ``timeout`` seconds.
     """
     import os
@@ -246,11 +249,11 @@ def run_exchange(env: dict[str, str], prefix: str | None = None, images: int = 1
         node = rclpy.create_node(f"instseg_receiver_{uuid.uuid4().hex[:6]}", context=context)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
-        subs = [node.create_subscription(types[n], f"{prefix}/{n}", on_msg(n), image_qos("reliable", max(1, c)))
+        subs = [node.create_subscription(types[n], f"{prefix}/{n}", on_msg(n), image_qos(reliability, max(1, c)))
                 for n, c in counts.items() if c > 0]
         cmd = [sys.executable, "-m", "instseg_ros.ros.peer", "--prefix", prefix, "--images", str(images),
                "--clouds", str(clouds), "--instances", str(instances), "--points", str(points),
-               "--period", str(period), "--linger", str(timeout)]
+               "--period", str(period), "--linger", str(timeout), "--reliability", reliability]
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = t0 + timeout

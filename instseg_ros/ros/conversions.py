@@ -496,6 +496,9 @@ def msg_to_labeled_cloud(msg: PointCloud2) -> CloudArrays:
 #: sphere's surface sigma = r / sqrt(3) (2 sigma = 1.15 r): 2 sigma draws roughly the object.
 N_SIGMA = 2.0
 
+#: Namespace suffix of the id text markers.
+TEXT_NS_SUFFIX = "/ids"
+
 #: Smallest marker dimension (m): RViz does not draw zero-size ellipsoids (flat objects, 1 point).
 MIN_MARKER_SCALE = 1e-3
 
@@ -542,7 +545,8 @@ def instances_to_markers(instances: Instances, header: Header, ns: str = "instan
                          n_sigma: float = N_SIGMA, text_size: float = 0.03, alpha: float = 0.6) -> MarkerArray:
     """Instances -> MarkerArray for RViz.
 
-    Layout: first a DELETEALL marker (clears the previous frame's objects), then per instance an
+    Layout: first DELETEALL markers for ``ns`` and ``ns + "/ids"`` (clear the previous frame's
+    objects), then per instance an
     ellipsoid (SPHERE, namespace ``ns``, marker id = instance id) at the centroid, oriented by the
     covariance's principal axes, with scale = 2 * ``n_sigma`` * sqrt(eigenvalue) per axis (the
     full diameter of the ``n_sigma`` ellipsoid: +-2 sigma by default, see :data:`N_SIGMA`; at
@@ -553,11 +557,15 @@ def instances_to_markers(instances: Instances, header: Header, ns: str = "instan
     """
     cov = _validated_covariances(instances)
     out = MarkerArray()
-    clear = Marker()
-    clear.header = header
-    clear.ns = ns
-    clear.action = Marker.DELETEALL
-    markers = [clear]
+    markers = []
+    # One DELETEALL per namespace used: some RViz versions clear only the marker's namespace on
+    # DELETEALL, others everything; both ways the previous frame's objects are gone.
+    for space in (ns, ns + TEXT_NS_SUFFIX):
+        clear = Marker()
+        clear.header = header
+        clear.ns = space
+        clear.action = Marker.DELETEALL
+        markers.append(clear)
     for i in range(len(instances)):
         iid = int(instances.ids[i])
         c = instances.centroids[i]
@@ -576,7 +584,7 @@ def instances_to_markers(instances: Instances, header: Header, ns: str = "instan
         ell.lifetime = Duration(sec=0, nanosec=0)
         txt = Marker()
         txt.header = header
-        txt.ns = ns + "/ids"
+        txt.ns = ns + TEXT_NS_SUFFIX
         txt.id = iid
         txt.type = Marker.TEXT_VIEW_FACING
         txt.action = Marker.ADD

@@ -349,10 +349,10 @@ def test_markers_deleteall_first_then_ellipsoid_and_text_per_instance():
     h = Header(frame_id="camera_color_optical_frame", stamp=ns_to_stamp(42))
     ma = instances_to_markers(two_instances(), h, ns="objs")
     ms = ma.markers
-    assert ms[0].action == Marker.DELETEALL
-    assert len(ms) == 1 + 2 * 2
-    ell = [m for m in ms[1:] if m.type == Marker.SPHERE]
-    txt = [m for m in ms[1:] if m.type == Marker.TEXT_VIEW_FACING]
+    assert [(m.action, m.ns) for m in ms[:2]] == [(Marker.DELETEALL, "objs"), (Marker.DELETEALL, "objs/ids")]
+    assert len(ms) == 2 + 2 * 2 and all(m.action == Marker.ADD for m in ms[2:])
+    ell = [m for m in ms[2:] if m.type == Marker.SPHERE]
+    txt = [m for m in ms[2:] if m.type == Marker.TEXT_VIEW_FACING]
     assert [m.id for m in ell] == [4, 9] and [m.id for m in txt] == [4, 9]
     assert [m.text for m in txt] == ["4", "9"]
     assert all(m.header.frame_id == "camera_color_optical_frame" and stamp_to_ns(m.header.stamp) == 42 for m in ms)
@@ -366,13 +366,13 @@ def test_markers_deleteall_first_then_ellipsoid_and_text_per_instance():
     np.testing.assert_allclose([ell[1].scale.x, ell[1].scale.y, ell[1].scale.z], [0.04] * 3, rtol=1e-9)
     # stable colours: same id -> same colour in another call, different ids -> different colours
     again = instances_to_markers(two_instances().select(np.array([False, True])), h).markers
-    assert [again[1].color.r, again[1].color.g, again[1].color.b] == [ell[1].color.r, ell[1].color.g, ell[1].color.b]
+    assert [again[2].color.r, again[2].color.g, again[2].color.b] == [ell[1].color.r, ell[1].color.g, ell[1].color.b]
     assert instance_color(4) != instance_color(9)
 
 
 def test_markers_for_no_instances_only_clear():
     ms = instances_to_markers(Instances.empty((4, 4)), Header(frame_id="f")).markers
-    assert len(ms) == 1 and ms[0].action == Marker.DELETEALL
+    assert len(ms) == 2 and all(m.action == Marker.DELETEALL for m in ms)
 
 
 def test_bad_covariance_raises():

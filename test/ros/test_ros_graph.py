@@ -18,6 +18,8 @@ from instseg_ros.ros import peer
 from instseg_ros.ros.conversions import image_to_array, instances_to_msg, msg_to_instances, msg_to_labeled_cloud
 from instseg_ros.ros.graph import ros_environment
 
+pytestmark = pytest.mark.graph
+
 N_IMAGES, N_CLOUDS, N_INSTANCES, N_POINTS = 10, 4, 10, 300_000
 
 

@@ -1,0 +1,63 @@
+"""Depth noise statistics and shape families / split disjointness."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from instseg_ros.data.noise import DepthNoiseConfig, apply_depth_noise, stereo_shadow
+from instseg_ros.data.shapes import FAMILY_WEIGHTS, _split_bucket, sample_shape, shape_split
+
+K = np.array([[600.0, 0, 160], [0, 600.0, 120], [0, 0, 1]])
+
+
+def test_noise_std_grows_with_distance_and_is_mm_quantised():
+    rng = np.random.default_rng(0)
+    cfg = DepthNoiseConfig(speckle_prob=0.0, blob_frac=0.0, hard_object_prob=0.0, corr_frac=0.3)
+    stds = []
+    for z in (0.5, 1.0, 2.0):
+        gt = np.full((240, 320), z, np.float32)
+        d = apply_depth_noise(gt, K, rng, cfg)
+        assert (d > 0).all()  # flat plane: no edges, no dropout configured
+        np.testing.assert_allclose(d * 1000, np.round(d * 1000), atol=1e-3)
+        stds.append(float((d - gt).std()))
+    # stereo model: sigma_z = z^2 sigma_d / (f b) = z^2 * 0.08 / 30 -> 0.67 mm, 2.7 mm, 10.7 mm
+    assert stds[0] < stds[1] < stds[2]
+    assert stds[2] / stds[1] == pytest.approx(4.0, rel=0.35)
+    assert stds[2] == pytest.approx(4.0 * 0.08 / 30.0, rel=0.35)
+
+
+def test_shadow_left_of_nearer_object_and_invalid_stays_zero():
+    gt = np.full((40, 100), 1.0, np.float32)
+    gt[:, 50:70] = 0.5  # a near block in front of a 1 m wall
+    gt[:, :5] = 0.0     # no surface
+    sh = stereo_shadow(gt, fx=600.0, baseline=0.05)
+    # background pixels left of the block within the disparity difference 600*0.05*(1/0.5-1/1) = 30 px
+    assert sh[:, 21:50].all() and not sh[:, 5:19].any() and not sh[:, 50:].any()
+    d = apply_depth_noise(gt, K, np.random.default_rng(1), DepthNoiseConfig())
+    assert (d[:, :5] == 0).all() and (d[:, 25:48] == 0).all()
+
+
+def test_noise_rejects_bad_input():
+    with pytest.raises(ValueError):
+        apply_depth_noise(np.zeros((2, 2, 2), np.float32), K, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("family", list(FAMILY_WEIGHTS))
+def test_families_have_sane_meshes(family):
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        s = sample_shape(rng, "train", family)
+        assert s.family == family
+        assert 0.015 <= s.extent <= 0.26
+        assert s.triangles.min() >= 0 and s.triangles.max() < len(s.vertices)
+        np.testing.assert_allclose(np.linalg.norm(s.normals, axis=1), 1.0, atol=1e-6)
+        assert shape_split(s) == "train"
+
+
+def test_splits_use_disjoint_shape_parameters():
+    rng = np.random.default_rng(0)
+    buckets = {sp: {_split_bucket(s.family, s.params) for s in (sample_shape(rng, sp) for _ in range(60))}
+               for sp in ("train", "val", "test")}
+    assert buckets["train"] <= set(range(8)) and buckets["val"] == {8} and buckets["test"] == {9}
+    with pytest.raises(ValueError):
+        sample_shape(rng, "holdout")

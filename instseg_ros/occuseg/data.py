@@ -62,6 +62,11 @@ def build_scene(seq_dir: str, tsdf_cfg: TsdfConfig, use_gt_depth: bool = False) 
     seq = load_sequence(seq_dir)
     if seq["gt_voxels"] is None:
         raise ValueError(f"sequence {seq_dir} has no gt_voxels_<mm>mm.npz")
+    bounds = seq["meta"].get("bounds")
+    if bounds is not None and tsdf_cfg.workspace_min is None:
+        # the sequence's workspace box (the bin / table region), as a robot would configure it
+        from dataclasses import replace
+        tsdf_cfg = replace(tsdf_cfg, workspace_min=tuple(bounds[0]), workspace_max=tuple(bounds[1]))
     m = fuse_views(seq["views"], tsdf_cfg, use_gt_depth)
     sv = m.surface_voxels()
     gt = seq["gt_voxels"]

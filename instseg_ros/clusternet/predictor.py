@@ -1,0 +1,179 @@
+"""Inference wrapper: numpy RGB-D frame in, :class:`instseg_ros.core.Instances` out."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from instseg_ros.core.device import resolve_device
+from instseg_ros.core.geometry import backproject, validate_intrinsics
+from instseg_ros.core.instances import Instances
+
+from .checkpoint import build_model, load_checkpoint
+from .clustering import ClusterParams, cluster_pixels
+from .model import ClusterNet
+
+
+def scale_intrinsics(K: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+    """K of an image resized from src (H, W) to dst (H, W) (pixel-centre convention)."""
+    sy, sx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]
+    K2 = np.array(K, dtype=np.float64)
+    K2[0, 0] *= sx
+    K2[1, 1] *= sy
+    K2[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
+    K2[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+    return K2
+
+
+def nearest_index(n_src: int, n_dst: int) -> np.ndarray:
+    """Source index of each destination pixel for a nearest-neighbour resize along one axis."""
+    return np.clip(np.floor((np.arange(n_dst) + 0.5) * n_src / n_dst).astype(np.int64), 0, n_src - 1)
+
+
+def instance_moments(labels: np.ndarray, points: np.ndarray, valid: np.ndarray, n: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-label count of valid points, centroid and covariance (1/n), vectorised over labels 1..n.
+
+    Args:
+        labels: int (H, W) 0..n. points: float (H, W, 3) metres. valid: bool (H, W).
+    Returns:
+        counts int64 (n,), centroids float64 (n, 3), covariances float64 (n, 3, 3) (NaN where count is 0).
+    """
+    lab = labels.reshape(-1)
+    m = valid.reshape(-1) & (lab > 0)
+    idx = lab[m] - 1
+    p = points.reshape(-1, 3)[m].astype(np.float64)
+    cnt = np.bincount(idx, minlength=n).astype(np.int64)[:n]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.stack([np.bincount(idx, weights=p[:, j], minlength=n)[:n] for j in range(3)], 1) / cnt[:, None]
+        d = p - c[idx]
+        cov = np.stack([np.bincount(idx, weights=d[:, a] * d[:, b], minlength=n)[:n]
+                        for a in range(3) for b in range(3)], 1).reshape(n, 3, 3) / cnt[:, None, None]
+    return cnt, c, cov
+
+
+class ClusterNetPredictor:
+    """Runs ClusterNet + clustering on one RGB-D frame.
+
+    Args:
+        model: a ClusterNet (weights loaded). device: "auto" | "cpu" | "cuda[:N]".
+        params: clustering parameters. resolution: (H, W) network resolution; None = the model's
+            training resolution. min_valid_points: instances with fewer pixels of valid input depth are
+            dropped (their centroid is undefined).
+    After each :meth:`predict`, ``last_timings`` holds milliseconds of "preprocess", "network",
+    "clustering", "postprocess" (CUDA-synchronised).
+    """
+
+    def __init__(self, model: ClusterNet, device: str | torch.device = "auto", params: ClusterParams | None = None,
+                 resolution: tuple[int, int] | None = None, min_valid_points: int = 10) -> None:
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg = model.cfg
+        self.params = params or ClusterParams()
+        self.resolution = tuple(resolution) if resolution else (self.cfg.input_height, self.cfg.input_width)
+        if min(self.resolution) < 32:
+            raise ValueError(f"network resolution {self.resolution} is below 32 pixels")
+        self.min_valid_points = int(min_valid_points)
+        self.last_timings: dict[str, float] = {}
+        self.meta: dict[str, Any] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str = "auto", **kw) -> "ClusterNetPredictor":
+        """Load ``path`` (see :mod:`instseg_ros.clusternet.checkpoint`); RuntimeError names a missing/corrupt file."""
+        dev = resolve_device(device)
+        ck = load_checkpoint(path, map_location="cpu")
+        pred = cls(build_model(ck, "cpu"), dev, **kw)
+        pred.meta = dict(ck.get("meta", {}))
+        return pred
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.no_grad()
+    def raw(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray) -> dict[str, torch.Tensor]:
+        """Network outputs at the network resolution (batch of 1) plus "K_net" (3, 3)."""
+        rgb, depth, K = self._check(rgb, depth, K)
+        return self._forward(rgb, depth, K)
+
+    def _check(self, rgb, depth, K):
+        rgb = np.asarray(rgb)
+        depth = np.asarray(depth)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"rgb must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+        if depth.shape != rgb.shape[:2]:
+            raise ValueError(f"depth {depth.shape} must match rgb (H, W) = {rgb.shape[:2]}")
+        if not np.issubdtype(depth.dtype, np.floating):
+            raise ValueError(f"depth must be float metres, got {depth.dtype} (divide uint16 mm by 1000)")
+        K = validate_intrinsics(K)
+        return rgb, depth.astype(np.float32), K
+
+    def _forward(self, rgb, depth, K):
+        h0, w0 = depth.shape
+        h, w = self.resolution
+        t_rgb = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1)[None].float()
+        if (h, w) != (h0, w0):
+            t_rgb = F.interpolate(t_rgb, size=(h, w), mode="bilinear", align_corners=False,
+                                  antialias=(h < h0 or w < w0))
+            dsm = depth[nearest_index(h0, h)[:, None], nearest_index(w0, w)[None, :]]
+        else:
+            dsm = depth
+        Kn = scale_intrinsics(K, (h0, w0), (h, w))
+        t_d = torch.from_numpy(np.ascontiguousarray(dsm)).to(self.device)[None, None]
+        t_K = torch.from_numpy(Kn).float().to(self.device)[None]
+        inputs = self.model.net.prepare(t_rgb, t_d, t_K)
+        self._sync()
+        self._t_pre = time.perf_counter()
+        out = self.model(inputs)
+        out["K_net"] = t_K[0]
+        return out
+
+    @torch.no_grad()
+    def predict(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray) -> Instances:
+        """Segment one frame.
+
+        Args:
+            rgb: uint8 (H, W, 3) RGB. depth: float32 (H, W) metres, aligned to rgb, 0 / NaN = invalid.
+            K: (3, 3) intrinsics of rgb/depth.
+        Returns:
+            Instances with labels int32 (H, W) at the input resolution (0 = background), ids 1..N by
+            decreasing score, centroids (N, 3) m and covariances (N, 3, 3) m^2 of each instance's measured
+            points (backprojected input depth, invalid pixels excluded) in the camera optical frame,
+            scores (N,), num_points (N,) = pixels with valid depth.
+        """
+        t0 = time.perf_counter()
+        rgb, depth, K = self._check(rgb, depth, K)
+        out = self._forward(rgb, depth, K)
+        self._sync()
+        t1 = time.perf_counter()
+        lab, scores = cluster_pixels(out["xi"][0], out["centroid_prob"][0], out["radius"][0, 0],
+                                     out["fg_prob"][0], self.params)
+        lab = lab.cpu().numpy()
+        scores = scores.cpu().numpy()
+        t2 = time.perf_counter()
+        inst = self._postprocess(lab, scores, depth, K)
+        t3 = time.perf_counter()
+        self.last_timings = {"preprocess": (self._t_pre - t0) * 1e3, "network": (t1 - self._t_pre) * 1e3,
+                             "clustering": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+        return inst
+
+    def _postprocess(self, lab: np.ndarray, scores: np.ndarray, depth: np.ndarray, K: np.ndarray) -> Instances:
+        h0, w0 = depth.shape
+        h, w = lab.shape
+        if (h, w) != (h0, w0):
+            lab = lab[nearest_index(h, h0)[:, None], nearest_index(w, w0)[None, :]]
+        n = len(scores)
+        if n == 0:
+            return Instances.empty((h0, w0))
+        valid = np.isfinite(depth) & (depth > 0)
+        cnt, cen, cov = instance_moments(lab, backproject(depth, K), valid, n)
+        keep = cnt >= max(1, self.min_valid_points)
+        new_id = np.zeros(n + 1, np.int32)
+        new_id[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+        labels = new_id[lab]
+        return Instances(labels=labels, ids=np.arange(1, int(keep.sum()) + 1, dtype=np.int32),
+                         centroids=cen[keep], covariances=cov[keep], scores=scores[keep],
+                         num_points=cnt[keep])

@@ -1,0 +1,336 @@
+"""``clusternet_node``: ClusterNet instance segmentation of every synchronized RGB-D camera frame.
+
+Lifecycle node (``autostart`` parameter: configure + activate at start-up, default true).
+
+* configure: reads the parameters (:class:`~instseg_ros.ros.node_params.ClusterNetNodeConfig`,
+  ``config/clusternet_node.yaml``) and creates the publishers.
+* activate: loads the model on ``device`` (``auto`` = GPU when torch sees one, logged either way),
+  subscribes and starts publishing.
+* deactivate: unsubscribes and frees the model (and GPU memory). cleanup: drops the publishers.
+
+Inputs (relative names, remapped in launch; realsense2_camera 4.x defaults), synchronized by
+:class:`~instseg_ros.ros.sync.ApproximateTimeSynchronizer` (``queue_size``, ``slop``):
+``color/image_raw`` (rgb8/bgr8/rgba8/bgra8/mono8), ``aligned_depth_to_color/image_raw`` (16UC1 mm or
+32FC1 m, detected from the encoding), ``color/camera_info``.
+
+Outputs, each with the colour image's header (stamp and camera optical frame):
+``~/instances`` (instseg_ros/ObjectInstanceArray), ``~/labels`` (16UC1 instance ids aligned to
+colour, 0 = background), ``~/cloud`` (PointCloud2 x y z rgb label of the valid-depth pixels, every
+``cloud_stride``-th pixel), ``~/markers`` (MarkerArray, DELETEALL first, one ellipsoid + id text per
+instance). ``/diagnostics`` carries input / output rate, latency, drops and synchronizer counters.
+
+Frames never queue up: the model runs in one worker thread and at most one synchronized frame
+waits; a newer frame replaces it (counted in ``dropped_busy``). A bad frame (unknown encoding,
+size mismatch, no valid depth, invalid camera_info, stamp not newer than the last frame) is
+logged, counted in ``bad_frames`` and skipped; the node carries on with the next frame.
+"""
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleState, Node as LifecycleNode, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from visualization_msgs.msg import MarkerArray
+
+from instseg_ros.core.geometry import backproject
+from instseg_ros.core.instances import Instances
+from instseg_ros.msg import ObjectInstanceArray
+from instseg_ros.ros.conversions import (array_to_image, camera_info_to_intrinsics, image_to_depth, image_to_rgb,
+                                         instances_to_markers, instances_to_msg, labeled_cloud_to_msg)
+from instseg_ros.ros.graph import image_qos
+from instseg_ros.ros.node_common import (LatencyStats, LatestFrameWorker, RateMeter, diagnostic_status,
+                                         resolve_model_path)
+from instseg_ros.ros.node_params import ClusterNetNodeConfig, declare_config, read_config
+from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
+
+#: Input topics (relative; remap them in launch files).
+COLOR_TOPIC = "color/image_raw"
+DEPTH_TOPIC = "aligned_depth_to_color/image_raw"
+INFO_TOPIC = "color/camera_info"
+#: Weights loaded when ``model_path`` is "".
+DEFAULT_MODEL = "clusternet_lite.pt"
+#: Output QoS: reliable, KEEP_LAST of this depth.
+OUTPUT_HISTORY = 5
+
+
+class FrameError(ValueError):
+    """A frame that cannot be processed (logged and skipped, never fatal)."""
+
+
+def frame_to_arrays(color: Image, depth: Image, info: CameraInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check and convert one synchronized frame.
+
+    Returns rgb uint8 (H, W, 3), depth float32 (H, W) metres (0 = invalid; NaN -> 0), K (3, 3).
+    Raises FrameError naming the problem: unsupported encodings, colour / depth / camera_info sizes
+    that disagree, invalid camera_info, or no valid depth pixel at all.
+    """
+    try:
+        rgb = image_to_rgb(color)
+    except ValueError as e:
+        raise FrameError(f"colour image rejected: {e}") from None
+    try:
+        d = image_to_depth(depth)
+    except ValueError as e:
+        raise FrameError(f"depth image rejected: {e}") from None
+    try:
+        intr = camera_info_to_intrinsics(info)
+    except ValueError as e:
+        raise FrameError(f"camera_info rejected: {e}") from None
+    if rgb.shape[:2] != d.shape or d.shape != (intr.height, intr.width):
+        raise FrameError(f"size mismatch: colour {rgb.shape[1]}x{rgb.shape[0]}, depth {d.shape[1]}x{d.shape[0]}, "
+                         f"camera_info {intr.width}x{intr.height} (depth must be aligned to colour)")
+    d = np.where(np.isfinite(d) & (d > 0), d, np.float32(0.0)).astype(np.float32, copy=False)
+    if not (d > 0).any():
+        raise FrameError("depth image has no valid pixel (all zero or NaN)")
+    return rgb, d, intr.K
+
+
+class ClusterNetNode(LifecycleNode):
+    """See the module docstring."""
+
+    def __init__(self, node_name: str = "clusternet_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        declare_config(self, ClusterNetNodeConfig)
+        self.declare_parameter("autostart", True)
+        self.cfg: ClusterNetNodeConfig | None = None
+        self._predictor = None
+        self._worker: LatestFrameWorker | None = None
+        self._sync: ApproximateTimeSynchronizer | None = None
+        self._subs: list = []
+        self._pubs: dict = {}
+        self._diag_pub = None
+        self._diag_timer = None
+        self._lock = threading.Lock()
+        self._last_stamp_ns = -1
+        self._in_rate, self._out_rate = RateMeter(), RateMeter()
+        self._latency, self._proc = LatencyStats(), LatencyStats()
+        self.bad_frames = 0
+        self.out_of_order = 0
+        self._last_error = ""
+
+    # ------------------------------------------------------------------ lifecycle transitions
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.cfg = read_config(self, ClusterNetNodeConfig)
+        except ValueError as e:
+            self.get_logger().error(f"configure failed: {e}")
+            return TransitionCallbackReturn.FAILURE
+        out_qos = QoSProfile(depth=OUTPUT_HISTORY, reliability=ReliabilityPolicy.RELIABLE)
+        self._pubs = {
+            "instances": self.create_lifecycle_publisher(ObjectInstanceArray, "~/instances", out_qos),
+            "labels": self.create_lifecycle_publisher(Image, "~/labels", out_qos),
+            "cloud": self.create_lifecycle_publisher(PointCloud2, "~/cloud", out_qos),
+            "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", out_qos),
+        }
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(self.cfg.diagnostics_period_s, self._publish_diagnostics)
+        self.get_logger().info(f"configured: {self.cfg}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from instseg_ros.clusternet import ClusterNetPredictor
+
+        cfg = self.cfg
+        try:
+            path = resolve_model_path(cfg.model_path, DEFAULT_MODEL)
+            self._predictor = ClusterNetPredictor.from_checkpoint(path, device=cfg.device,
+                                                                  min_valid_points=cfg.min_valid_points)
+        except (FileNotFoundError, RuntimeError, ValueError) as e:
+            self.get_logger().error(f"activate failed: cannot load the model: {e}")
+            return TransitionCallbackReturn.FAILURE
+        dev = self._predictor.device
+        if dev.type == "cuda":
+            import torch
+
+            self.get_logger().info(f"model {path} on GPU {dev} ({torch.cuda.get_device_name(dev)})")
+        else:
+            self.get_logger().info(f"model {path} on CPU (device={cfg.device!r}; no GPU in use)")
+        self._last_stamp_ns = -1
+        self._worker = LatestFrameWorker(self._process, self._on_frame_error, name="clusternet-worker")
+        self._sync = ApproximateTimeSynchronizer(3, self._on_synced, queue_size=cfg.queue_size, slop=cfg.slop)
+        qos = image_qos(cfg.input_reliability, cfg.input_history)
+        self._subs = [
+            self.create_subscription(Image, COLOR_TOPIC, self._sync.input_callback(0), qos),
+            self.create_subscription(Image, DEPTH_TOPIC, self._sync.input_callback(1), qos),
+            self.create_subscription(CameraInfo, INFO_TOPIC, self._sync.input_callback(2), qos),
+        ]
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_outputs()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._destroy_outputs()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_processing(self) -> None:
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        if self._predictor is not None:
+            on_gpu = self._predictor.device.type == "cuda"
+            self._predictor = None
+            gc.collect()
+            if on_gpu:
+                import torch
+
+                torch.cuda.empty_cache()
+            self.get_logger().info("model freed")
+
+    def _destroy_outputs(self) -> None:
+        for p in self._pubs.values():
+            self.destroy_lifecycle_publisher(p)
+        self._pubs = {}
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if self._diag_pub is not None:
+            self.destroy_publisher(self._diag_pub)
+            self._diag_pub = None
+
+    # ------------------------------------------------------------------ frames
+    def _on_synced(self, color: Image, depth: Image, info: CameraInfo) -> None:
+        """Synchronizer callback (executor thread): order check, then hand over to the worker."""
+        self._in_rate.tick()
+        t = stamp_of(color)
+        with self._lock:
+            if t <= self._last_stamp_ns:
+                self.out_of_order += 1
+                self.bad_frames += 1
+                self.get_logger().warning(
+                    f"skipping frame stamped {t * 1e-9:.3f} s: not newer than the last frame "
+                    f"({self._last_stamp_ns * 1e-9:.3f} s) (out-of-order stamps)")
+                return
+            self._last_stamp_ns = t
+        worker = self._worker
+        if worker is not None:
+            worker.submit((color, depth, info, time.monotonic()))
+
+    def _on_frame_error(self, item, exc: BaseException) -> None:
+        self.bad_frames += 1
+        self._last_error = str(exc)
+        stamp = stamp_of(item[0]) * 1e-9
+        if isinstance(exc, ValueError):
+            self.get_logger().warning(f"skipping frame stamped {stamp:.3f} s: {exc}")
+        else:
+            self.get_logger().error(f"frame stamped {stamp:.3f} s failed: {type(exc).__name__}: {exc}")
+
+    def _process(self, item) -> None:
+        color, depth_msg, info, t_in = item
+        predictor = self._predictor
+        if predictor is None:
+            return
+        rgb, depth, K = frame_to_arrays(color, depth_msg, info)
+        inst = predictor.predict(rgb, depth, K)
+        self._publish(inst, rgb, depth, K, color.header)
+        now = time.time_ns()
+        self._latency.add((now - stamp_of(color)) * 1e-6)
+        self._proc.add((time.monotonic() - t_in) * 1e3)
+        self._out_rate.tick()
+
+    def _publish(self, inst: Instances, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, header) -> None:
+        pubs = self._pubs
+        if not pubs:
+            return
+        pts = backproject(depth, K)
+        pubs["instances"].publish(instances_to_msg(inst, header, points=pts, labels=inst.labels))
+        pubs["labels"].publish(array_to_image(inst.labels.astype(np.uint16), "16UC1", header))
+        s = self.cfg.cloud_stride
+        p, lab, col, d = pts[::s, ::s], inst.labels[::s, ::s], rgb[::s, ::s], depth[::s, ::s]
+        valid = d > 0
+        pubs["cloud"].publish(labeled_cloud_to_msg(p[valid], col[valid], lab[valid].astype(np.uint32), header))
+        pubs["markers"].publish(instances_to_markers(inst, header))
+
+    # ------------------------------------------------------------------ diagnostics
+    def stats(self) -> dict:
+        sync = self._sync.stats() if self._sync is not None else None
+        worker = self._worker
+        lat, proc = self._latency.summary(), self._proc.summary()
+        return {
+            "input_rate_hz": self._in_rate.rate(), "output_rate_hz": self._out_rate.rate(),
+            "frames_in": self._in_rate.total, "frames_out": self._out_rate.total,
+            "latency_mean_ms": lat["mean_ms"], "latency_max_ms": lat["max_ms"],
+            "processing_mean_ms": proc["mean_ms"],
+            "dropped_busy": worker.dropped if worker else 0, "bad_frames": self.bad_frames,
+            "out_of_order": self.out_of_order,
+            "sync_matched": sync.matched if sync else 0,
+            "sync_dropped": sum(sync.dropped) if sync else 0,
+            "sync_received": ",".join(map(str, sync.received)) if sync else "",
+            "sync_queued": ",".join(map(str, sync.queued)) if sync else "",
+        }
+
+    def _publish_diagnostics(self) -> None:
+        if self._diag_pub is None:
+            return
+        st = self.stats()
+        active = self._predictor is not None
+        level = DiagnosticStatus.OK
+        msg = "active" if active else "inactive"
+        if active and st["frames_in"] == 0 and self._sync is not None and sum(self._sync.stats().received):
+            level, msg = DiagnosticStatus.WARN, "inputs arrive but never synchronize (check camera_info / slop)"
+        elif self._last_error:
+            msg += f"; last skipped frame: {self._last_error}"
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [diagnostic_status(f"{self.get_name()}: clusternet", self.get_fully_qualified_name(),
+                                        st, level, msg)]
+        self._diag_pub.publish(arr)
+
+
+def autostart(node: LifecycleNode) -> bool:
+    """configure + activate when the ``autostart`` parameter is true; False if a transition failed."""
+    if not node.get_parameter("autostart").value:
+        return True
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error("autostart: configure failed; the node stays unconfigured")
+        return False
+    if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error("autostart: activate failed; the node stays inactive")
+        return False
+    return True
+
+
+def run(node_cls, args=None) -> int:
+    """Create ``node_cls``, autostart it and spin until shutdown (Ctrl-C / SIGTERM)."""
+    # rclpy 7.1 (Jazzy) has no context-manager form of init: shut down explicitly.
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = node_cls()
+        autostart(node)
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node._stop_processing()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def main(args=None) -> int:
+    return run(ClusterNetNode, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Machinery shared by ``clusternet_node`` and ``occuseg_mapping_node`` (rclpy only at call time).
+
+* :class:`LatestFrameWorker`: one processing thread with a single pending slot, so at most one
+  frame waits while one is processed; a newer frame replaces the waiting one (counted as a drop),
+  stale frames are never queued.
+* :class:`RateMeter` / :class:`LatencyStats`: sliding-window counters for diagnostics.
+* :func:`diagnostic_status`: a ``diagnostic_msgs/DiagnosticStatus`` from a flat dict.
+* :func:`resolve_model_path`: "" / relative model paths -> the shipped ``models/`` file.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+#: Window (seconds) over which input / output rates are computed.
+RATE_WINDOW_S = 5.0
+#: Latencies kept for the diagnostics statistics.
+LATENCY_WINDOW = 100
+
+
+class RateMeter:
+    """Events per second over the last :data:`RATE_WINDOW_S` seconds (monotonic clock); thread-safe."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self.window_s = float(window_s)
+        self.total = 0
+        self._times: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.total += 1
+            self._times.append(now)
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+
+    def rate(self) -> float:
+        """Hz; 0 with fewer than two events in the window."""
+        now = time.monotonic()
+        with self._lock:
+            self._trim(now)
+            if len(self._times) < 2:
+                return 0.0
+            span = max(now - self._times[0], 1e-6)
+            return (len(self._times) - 1) / span
+
+
+class LatencyStats:
+    """Last :data:`LATENCY_WINDOW` latencies in milliseconds; thread-safe."""
+
+    def __init__(self, window: int = LATENCY_WINDOW) -> None:
+        self._values: collections.deque[float] = collections.deque(maxlen=int(window))
+        self._lock = threading.Lock()
+
+    def add(self, ms: float) -> None:
+        with self._lock:
+            self._values.append(float(ms))
+
+    def summary(self) -> dict[str, float]:
+        """{"mean_ms", "p50_ms", "max_ms", "n"} (zeros when empty)."""
+        with self._lock:
+            v = np.asarray(self._values, np.float64)
+        if v.size == 0:
+            return {"mean_ms": 0.0, "p50_ms": 0.0, "max_ms": 0.0, "n": 0}
+        return {"mean_ms": float(v.mean()), "p50_ms": float(np.median(v)), "max_ms": float(v.max()),
+                "n": int(v.size)}
+
+
+class LatestFrameWorker:
+    """Runs ``process(item)`` in one background thread on the newest submitted item only.
+
+    ``submit`` never blocks: if an item is already waiting it is replaced (``dropped`` += 1), so
+    at most one item waits while one is processed and a slow model never accumulates a backlog of
+    stale frames. Exceptions from ``process`` are passed to ``on_error(item, exc)`` and the worker
+    carries on with the next item.
+    """
+
+    def __init__(self, process: Callable[[Any], None], on_error: Callable[[Any, BaseException], None],
+                 name: str = "instseg-worker") -> None:
+        self._process = process
+        self._on_error = on_error
+        self._cond = threading.Condition()
+        self._pending: Any = None
+        self._has_pending = False
+        self._busy = False
+        self._stop = False
+        self.dropped = 0
+        self.processed = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Any) -> None:
+        with self._cond:
+            if self._has_pending:
+                self.dropped += 1
+            self._pending = item
+            self._has_pending = True
+            self._cond.notify()
+
+    def clear(self) -> None:
+        """Discard the waiting item, if any (not counted as a drop: used on deactivate)."""
+        with self._cond:
+            self._pending, self._has_pending = None, False
+
+    def idle(self) -> bool:
+        """True when nothing is waiting or being processed."""
+        with self._cond:
+            return not self._has_pending and not self._busy
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._has_pending or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._pending, self._has_pending = None, False
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._has_pending and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                item, self._pending, self._has_pending = self._pending, None, False
+                self._busy = True
+            try:
+                self._process(item)
+                self.processed += 1
+            except Exception as exc:  # noqa: BLE001 - reported through on_error, worker stays up
+                self._on_error(item, exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+
+def diagnostic_status(name: str, hardware_id: str, values: dict[str, Any], level: int, message: str):
+    """``diagnostic_msgs/DiagnosticStatus`` with one KeyValue per entry of ``values`` (floats to 3 decimals)."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+    st = DiagnosticStatus()
+    st.name = name
+    st.hardware_id = hardware_id
+    st.level = bytes([level]) if isinstance(level, int) else level
+    st.message = message
+    kv = []
+    for k, v in values.items():
+        kv.append(KeyValue(key=str(k), value=f"{v:.3f}" if isinstance(v, float) else str(v)))
+    st.values = kv
+    return st
+
+
+def package_root() -> Path:
+    """Directory holding ``models/`` and ``config/``: the source checkout (pip editable install) or
+    the package's share directory (colcon install)."""
+    here = Path(__file__).resolve().parents[2]
+    if (here / "config").is_dir():
+        return here
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("instseg_ros"))
+    except (ImportError, LookupError, ValueError):
+        return here
+
+
+def resolve_model_path(path: str, default_name: str) -> str:
+    """Model file to load: ``path`` as given when absolute or existing; a relative path that does
+    not exist from the working directory is looked up under ``<package root>/``; "" means
+    ``models/<default_name>``. FileNotFoundError names every place looked at."""
+    if not path:
+        path = f"models/{default_name}"
+    p = Path(path).expanduser()
+    if p.is_file():
+        return str(p.resolve())
+    candidates = [p]
+    if not p.is_absolute():
+        q = package_root() / p
+        candidates.append(q)
+        if q.is_file():
+            return str(q)
+    raise FileNotFoundError(f"model file not found (looked at {', '.join(map(str, candidates))})")

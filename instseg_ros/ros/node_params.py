@@ -1,0 +1,266 @@
+"""ROS parameters -> typed node configs (the one mapping per node, see STYLE.md).
+
+Each node declares the fields of its dataclass as ROS parameters once (name = field name, default
+= field default, description = :data:`DESCRIPTIONS`), validates every change by building the
+dataclass from the current values plus the change (``__post_init__`` raises ValueError naming the
+parameter, which the set-parameters callback returns as the rejection reason), and reads the
+dataclass on configure. The same dataclasses load from the YAML files in ``config/`` (the
+``ros__parameters`` block) with :func:`config_from_yaml`, which is what the demo and tests use to
+stay in step with the shipped parameter files.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import yaml
+
+RELIABILITIES = ("reliable", "best_effort")
+POSE_SOURCES = ("tf", "topic", "static")
+
+
+def _check_sync(queue_size: int, slop: float, reliability: str, history: int) -> None:
+    if int(queue_size) < 1:
+        raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+    if not (float(slop) >= 0.0):
+        raise ValueError(f"slop must be >= 0 seconds, got {slop}")
+    if reliability not in RELIABILITIES:
+        raise ValueError(f"input_reliability must be one of {RELIABILITIES}, got {reliability!r}")
+    if int(history) < 1:
+        raise ValueError(f"input_history must be >= 1, got {history}")
+
+
+@dataclass
+class ClusterNetNodeConfig:
+    """Parameters of ``clusternet_node`` (see :data:`DESCRIPTIONS`)."""
+
+    model_path: str = ""
+    device: str = "auto"
+    queue_size: int = 10
+    slop: float = 0.02
+    input_reliability: str = "reliable"
+    input_history: int = 5
+    cloud_stride: int = 1
+    min_valid_points: int = 10
+    diagnostics_period_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_sync(self.queue_size, self.slop, self.input_reliability, self.input_history)
+        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if int(self.cloud_stride) < 1:
+            raise ValueError(f"cloud_stride must be >= 1, got {self.cloud_stride}")
+        if int(self.min_valid_points) < 1:
+            raise ValueError(f"min_valid_points must be >= 1, got {self.min_valid_points}")
+        if not self.diagnostics_period_s > 0:
+            raise ValueError(f"diagnostics_period_s must be > 0, got {self.diagnostics_period_s}")
+
+
+@dataclass
+class MappingNodeConfig:
+    """Parameters of ``occuseg_mapping_node`` (see :data:`DESCRIPTIONS`)."""
+
+    model_path: str = ""
+    device: str = "auto"
+    pose_source: str = "topic"
+    map_frame: str = "map"
+    camera_frame: str = ""
+    static_pose: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.6, 1.0, 0.0, 0.0, 0.0])
+    tf_timeout_s: float = 0.1
+    queue_size: int = 10
+    slop: float = 0.02
+    input_reliability: str = "reliable"
+    input_history: int = 5
+    voxel_size: float = 0.005
+    trunc_voxels: float = 4.0
+    depth_max: float = 1.5
+    max_blocks: int = 40000
+    workspace_min: list[float] = field(default_factory=list)
+    workspace_max: list[float] = field(default_factory=list)
+    weight_threshold: float = 0.5
+    segment_period_s: float = 2.0
+    min_segment_voxels: int = 200
+    id_match_iou: float = 0.3
+    save_dir: str = "instseg_map"
+    diagnostics_period_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_sync(self.queue_size, self.slop, self.input_reliability, self.input_history)
+        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.pose_source not in POSE_SOURCES:
+            raise ValueError(f"pose_source must be one of {POSE_SOURCES}, got {self.pose_source!r}")
+        if not self.map_frame:
+            raise ValueError("map_frame must not be empty")
+        self.static_pose = [float(v) for v in self.static_pose]
+        if len(self.static_pose) != 7 or not np.isfinite(self.static_pose).all():
+            raise ValueError(f"static_pose must be 7 finite numbers [x, y, z, qx, qy, qz, qw], got {self.static_pose}")
+        if np.linalg.norm(self.static_pose[3:]) < 1e-6:
+            raise ValueError("static_pose quaternion must not be zero")
+        if not self.tf_timeout_s >= 0:
+            raise ValueError(f"tf_timeout_s must be >= 0, got {self.tf_timeout_s}")
+        self.workspace_min = [float(v) for v in self.workspace_min]
+        self.workspace_max = [float(v) for v in self.workspace_max]
+        if len(self.workspace_min) not in (0, 3) or len(self.workspace_max) != len(self.workspace_min):
+            raise ValueError("workspace_min and workspace_max must both be empty or both 3 numbers (m)")
+        if self.segment_period_s < 0:
+            raise ValueError(f"segment_period_s must be >= 0 (0 = only on ~/segment), got {self.segment_period_s}")
+        if int(self.min_segment_voxels) < 1:
+            raise ValueError(f"min_segment_voxels must be >= 1, got {self.min_segment_voxels}")
+        if not 0.0 < self.id_match_iou <= 1.0:
+            raise ValueError(f"id_match_iou must be in (0, 1], got {self.id_match_iou}")
+        if not self.save_dir:
+            raise ValueError("save_dir must not be empty")
+        if not self.diagnostics_period_s > 0:
+            raise ValueError(f"diagnostics_period_s must be > 0, got {self.diagnostics_period_s}")
+        # the TSDF settings are validated by TsdfConfig itself
+        self.tsdf_config()
+
+    def tsdf_config(self):
+        """The :class:`~instseg_ros.mapping.tsdf.TsdfConfig` these parameters describe."""
+        from instseg_ros.mapping.tsdf import TsdfConfig
+
+        return TsdfConfig(voxel_size=float(self.voxel_size), trunc_voxels=float(self.trunc_voxels),
+                          depth_max=float(self.depth_max), max_blocks=int(self.max_blocks),
+                          workspace_min=tuple(self.workspace_min) if self.workspace_min else None,
+                          workspace_max=tuple(self.workspace_max) if self.workspace_max else None,
+                          weight_threshold=float(self.weight_threshold), device="cpu")
+
+    def static_transform(self) -> np.ndarray:
+        """T_map_camera (4, 4) from ``static_pose``."""
+        from instseg_ros.core.geometry import quaternion_to_rotation
+
+        T = np.eye(4)
+        T[:3, :3] = quaternion_to_rotation(self.static_pose[3:])
+        T[:3, 3] = self.static_pose[:3]
+        return T
+
+
+DESCRIPTIONS: dict[str, str] = {
+    "model_path": "weights file; '' = the shipped models/ file; relative paths also resolve against the package",
+    "device": "auto (GPU when torch sees one, else CPU) | cpu | cuda[:N]",
+    "queue_size": "messages kept per input by the approximate-time synchronizer",
+    "slop": "largest stamp spread (s) of one synchronized colour/depth/camera_info(/pose) set",
+    "input_reliability": "QoS reliability of the input subscriptions: reliable | best_effort",
+    "input_history": "QoS history depth of the input subscriptions",
+    "cloud_stride": "publish every n-th pixel (both axes) in ~/cloud",
+    "min_valid_points": "instances with fewer valid-depth pixels are dropped",
+    "diagnostics_period_s": "period (s) of the /diagnostics status",
+    "pose_source": "camera pose: tf (tf2_ros, ROS installs) | topic (geometry_msgs/PoseStamped on 'pose') | static",
+    "map_frame": "frame of the map and of every mapping output",
+    "camera_frame": "camera frame for pose_source=tf; '' = the depth image's header.frame_id",
+    "static_pose": "pose_source=static: camera optical frame in map_frame [x, y, z, qx, qy, qz, qw] (m)",
+    "tf_timeout_s": "pose_source=tf: how long to wait for the transform at the frame stamp (s)",
+    "voxel_size": "TSDF voxel edge (m)",
+    "trunc_voxels": "TSDF truncation distance in voxels",
+    "depth_max": "depth beyond this (m) is not integrated",
+    "max_blocks": "TSDF block budget (8^3 voxels each): bounds the map's memory",
+    "workspace_min": "[x, y, z] (m, map frame) lower corner of the integrated box; [] = no crop",
+    "workspace_max": "[x, y, z] (m, map frame) upper corner of the integrated box; [] = no crop",
+    "weight_threshold": "surface points need more accumulated TSDF weight than this",
+    "segment_period_s": "seconds between background segmentations (0 = only on ~/segment)",
+    "min_segment_voxels": "segmentation waits until the map has this many surface voxels",
+    "id_match_iou": "voxel IoU above which a new instance keeps the id of a previous one",
+    "save_dir": "directory ~/save writes map.ply and instances.json to",
+}
+
+C = TypeVar("C")
+
+
+def config_fields(cls: type) -> list[dataclasses.Field]:
+    return list(fields(cls))
+
+
+def default_values(cls: type) -> dict[str, Any]:
+    """Field name -> default value of a config dataclass."""
+    inst = cls()
+    return {f.name: getattr(inst, f.name) for f in fields(cls)}
+
+
+def config_from_values(cls: type[C], values: dict[str, Any]) -> C:
+    """Build ``cls`` from a name -> value dict (unknown names raise ValueError; types coerced to the
+    defaults' types so a YAML ``1`` for a float parameter works)."""
+    defaults = default_values(cls)
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {cls.__name__}; known: {sorted(defaults)}")
+    kw = {}
+    for name, value in values.items():
+        d = defaults[name]
+        try:
+            if isinstance(d, bool):
+                kw[name] = bool(value)
+            elif isinstance(d, int):
+                kw[name] = int(value)
+            elif isinstance(d, float):
+                kw[name] = float(value)
+            elif isinstance(d, list):
+                kw[name] = [float(v) for v in value]
+            else:
+                kw[name] = str(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"parameter {name}: cannot use {value!r} as {type(d).__name__}") from None
+    return cls(**kw)
+
+
+def config_from_yaml(cls: type[C], path: str | Path, node_name: str, overrides: dict[str, Any] | None = None) -> C:
+    """``cls`` from ``<node_name>: ros__parameters:`` in a ROS parameter file (+ ``overrides``).
+
+    Keys the dataclass does not know (``autostart``, ``use_sim_time``) are ignored here."""
+    with open(path) as f:
+        doc = yaml.safe_load(f) or {}
+    block = doc.get(node_name, doc.get(f"/{node_name}", doc.get("/**", {})))
+    params = dict((block or {}).get("ros__parameters", {}))
+    known = set(default_values(cls))
+    values = {k: v for k, v in params.items() if k in known}
+    values.update(overrides or {})
+    return config_from_values(cls, values)
+
+
+# ------------------------------------------------------------------------------------------ rclpy side
+
+def declare_config(node, cls: type) -> None:
+    """Declare every field of ``cls`` as a parameter of ``node`` (once, in the constructor) and
+    register a set-parameters callback that rejects values the dataclass refuses."""
+    from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+
+    for name, default in default_values(cls).items():
+        desc = ParameterDescriptor(description=DESCRIPTIONS.get(name, ""))
+        if isinstance(default, list):
+            # typed explicitly: an empty list would not say it holds doubles
+            desc.type = ParameterType.PARAMETER_DOUBLE_ARRAY
+            node.declare_parameter(name, [float(v) for v in default], desc)
+        else:
+            node.declare_parameter(name, default, desc)
+
+    def _validate(params):
+        values = read_values(node, cls)
+        for p in params:
+            if p.name in values:
+                values[p.name] = list(p.value) if isinstance(values[p.name], list) else p.value
+        try:
+            config_from_values(cls, values)
+        except ValueError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(_validate)
+
+
+def read_values(node, cls: type) -> dict[str, Any]:
+    """Current parameter values of ``node`` for the fields of ``cls`` (unset arrays -> [])."""
+    out = {}
+    for name, default in default_values(cls).items():
+        v = node.get_parameter(name).value
+        if isinstance(default, list):
+            v = [] if v is None else [float(x) for x in v]
+        out[name] = v
+    return out
+
+
+def read_config(node, cls: type[C]) -> C:
+    """The node's current parameters as ``cls`` (ValueError naming the bad parameter)."""
+    return config_from_values(cls, read_values(node, cls))

@@ -93,11 +93,11 @@ def test_synchronizer_pairs_every_image_on_the_live_graph(exchange):
 
 _SHM_PROBE = """
 import os, rclpy
-before = set(os.listdir('/dev/shm'))
 ctx = rclpy.Context(); rclpy.init(args=[], context=ctx)
 node = rclpy.create_node('instseg_shm_probe', context=ctx)
-new = set(os.listdir('/dev/shm')) - before
-print(max([os.path.getsize('/dev/shm/' + f) for f in new if f.startswith('fastrtps_') and 'port' not in f], default=0))
+# this process's own mappings only (other processes on the machine create segments too)
+mapped = {line.split()[-1] for line in open('/proc/self/maps') if '/dev/shm/fastrtps_' in line}
+print(max([os.path.getsize(f) for f in mapped if 'port' not in f and not f.endswith('_el')], default=0))
 node.destroy_node(); rclpy.shutdown(context=ctx)
 """
 
@@ -105,7 +105,11 @@ node.destroy_node(); rclpy.shutdown(context=ctx)
 def test_fastdds_profile_gives_64mb_shared_memory_segment(ros_env):
     # A participant created with the profile maps a >= 64 MiB shared-memory segment; without the
     # profile Fast DDS uses its 512 kB default (which forces big samples onto fragmented UDP).
+    # The probe runs alone on a domain of its own, so it maps no other participant's segment.
+    domain = int(ros_env["ROS_DOMAIN_ID"]) % 232 + 1
+
     def probe(env):
+        env = dict(env, ROS_DOMAIN_ID=str(domain))
         out = subprocess.run([sys.executable, "-c", _SHM_PROBE], env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "XML" not in out.stderr, out.stderr  # Fast DDS reports profile parse errors with XMLPARSER

@@ -64,7 +64,7 @@ from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
 #: PoseStamped input for pose_source=topic (relative; remap in launch).
 POSE_TOPIC = "pose"
 #: Weights loaded when ``model_path`` is "".
-DEFAULT_MODEL = "occuseg_lite.pt"
+DEFAULT_MODEL = "occuseg_bin5mm.pt"
 #: How long ~/segment and ~/save wait for a running segmentation (s).
 SERVICE_TIMEOUT_S = 120.0
 

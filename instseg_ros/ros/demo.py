@@ -1,0 +1,422 @@
+"""``instseg demo``: both nodes on the shipped recording, through a real rclpy graph.
+
+1. Starts ``clusternet_node`` and ``occuseg_mapping_node`` as separate processes (parameters from
+   ``config/*.yaml``, inputs remapped to the recording's realsense2_camera topics, mapping pose from
+   ``/camera/pose``) on a private ROS domain limited to this machine.
+2. Plays the recording (``instseg_ros/data/demo/bin_sequence``, rosbag2 MCAP read with ``rosbags``)
+   with rclpy publishers at ``--rate`` views per second. Headers are restamped with the wall clock
+   at publish time, as a live camera would stamp them, so latency = arrival of the output - stamp.
+3. Asks the mapping node for a final segmentation (``~/segment``) and a save (``~/save``).
+4. Writes to ``--out``: ``outputs/`` (rosbag2 MCAP of every output message and /diagnostics),
+   ``overlays/view_XX.png`` (colour | ClusterNet labels | ground truth), ``map.png`` (rendered
+   labelled map next to the ground-truth voxels), ``map/map.ply`` + ``map/instances.json`` (from
+   ``~/save``), ``logs/`` (node output) and ``summary.json`` (per-frame latency and instance counts,
+   per-frame 2D accuracy and map accuracy against the recording's ground truth).
+
+Prints the summary's headline numbers as a final JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from instseg_ros.ros.graph import apply_ros_environment, ros_environment
+from instseg_ros.ros.node_common import package_root
+from instseg_ros.ros import recording as rec
+
+#: IoU at which a predicted instance counts as matching a ground-truth instance.
+MATCH_IOU = 0.5
+#: Seconds to wait for both nodes to load their models and subscribe.
+STARTUP_TIMEOUT_S = 120.0
+#: Seconds to wait for the last camera outputs after the last frame.
+DRAIN_TIMEOUT_S = 30.0
+#: Points drawn in map.png (random subset beyond this).
+MAX_PLOT_POINTS = 60000
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+def match_instances(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = MATCH_IOU,
+                    ignore: np.ndarray | None = None) -> dict:
+    """Match predicted to ground-truth instances by IoU over the same pixels / points.
+
+    Args:
+        pred, gt: int label arrays of the same shape (0 = background / no instance).
+        iou_threshold: a pair matches when IoU >= this (one-to-one, greedy by decreasing IoU).
+        ignore: optional bool mask of elements left out of every count (e.g. no ground truth).
+    Returns:
+        dict: n_pred, n_gt, matched, precision, recall (0 when undefined), mean_iou_matched,
+        mean_best_iou (per ground-truth instance, its best IoU with any prediction: coverage).
+    """
+    p = np.asarray(pred).reshape(-1).astype(np.int64)
+    g = np.asarray(gt).reshape(-1).astype(np.int64)
+    if p.shape != g.shape:
+        raise ValueError(f"pred and gt must have the same shape, got {np.shape(pred)} and {np.shape(gt)}")
+    if ignore is not None:
+        keep = ~np.asarray(ignore).reshape(-1)
+        p, g = p[keep], g[keep]
+    pid = np.unique(p[p > 0])
+    gid = np.unique(g[g > 0])
+    out = {"n_pred": int(len(pid)), "n_gt": int(len(gid)), "matched": 0, "precision": 0.0, "recall": 0.0,
+           "mean_iou_matched": 0.0, "mean_best_iou": 0.0}
+    if not len(pid) or not len(gid):
+        return out
+    pi = np.searchsorted(pid, p)
+    gi = np.searchsorted(gid, g)
+    both = (p > 0) & (g > 0)
+    inter = np.bincount(pi[both] * len(gid) + gi[both], minlength=len(pid) * len(gid)).reshape(len(pid), len(gid))
+    sp = np.bincount(pi[p > 0], minlength=len(pid))
+    sg = np.bincount(gi[g > 0], minlength=len(gid))
+    iou = inter / (sp[:, None] + sg[None, :] - inter)
+    used_p, used_g, ious = set(), set(), []
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        a, b = np.unravel_index(flat, iou.shape)
+        if iou[a, b] < iou_threshold:
+            break
+        if a in used_p or b in used_g:
+            continue
+        used_p.add(a)
+        used_g.add(b)
+        ious.append(float(iou[a, b]))
+    out.update(matched=len(ious), precision=len(ious) / len(pid), recall=len(ious) / len(gid),
+               mean_iou_matched=float(np.mean(ious)) if ious else 0.0,
+               mean_best_iou=float(iou.max(axis=0).mean()))
+    return out
+
+
+def transfer_gt_to_points(points: np.ndarray, gt_coords: np.ndarray, gt_instance: np.ndarray,
+                          max_dist: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth instance of each map point = that of the nearest ground-truth voxel centre.
+
+    Returns (labels int (M,), has_gt bool (M,)): points farther than ``max_dist`` (m) from every
+    ground-truth voxel get no ground truth (left out of the accuracy).
+    """
+    from scipy.spatial import cKDTree
+
+    if len(points) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    d, idx = cKDTree(gt_coords).query(points, k=1)
+    has = d <= max_dist
+    return np.where(has, gt_instance[idx], 0).astype(np.int64), has
+
+
+# ----------------------------------------------------------------------------------------- images
+
+def colorize(labels: np.ndarray) -> np.ndarray:
+    """int labels (...) -> uint8 (..., 3) colours (:func:`instance_color`, black background)."""
+    from instseg_ros.ros.conversions import instance_color
+
+    lab = np.asarray(labels).astype(np.int64)
+    ids = np.unique(lab[lab > 0])
+    lut = np.zeros((int(lab.max(initial=0)) + 1, 3), np.uint8)
+    for i in ids:
+        lut[i] = np.round(np.asarray(instance_color(int(i))) * 255).astype(np.uint8)
+    return lut[lab]
+
+
+def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Colour image with label colours blended in (background left as is)."""
+    out = rgb.astype(np.float32).copy()
+    m = labels > 0
+    out[m] = (1 - alpha) * out[m] + alpha * colorize(labels)[m].astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def save_overlay(path: Path, rgb: np.ndarray, pred: np.ndarray, gt: np.ndarray, title: str) -> None:
+    from PIL import Image, ImageDraw
+
+    panels = [rgb, overlay(rgb, pred), overlay(rgb, gt)]
+    img = Image.fromarray(np.concatenate(panels, axis=1))
+    d = ImageDraw.Draw(img)
+    w = rgb.shape[1]
+    for k, text in enumerate(["input", f"clusternet_node: {len(np.unique(pred[pred > 0]))} instances",
+                              f"ground truth: {len(np.unique(gt[gt > 0]))} objects"]):
+        d.rectangle([k * w, 0, k * w + 8 * len(text) + 8, 16], fill=(0, 0, 0))
+        d.text((k * w + 4, 2), text, fill=(255, 255, 255))
+    d.text((4, rgb.shape[0] - 14), title, fill=(255, 255, 255))
+    img.save(path)
+
+
+def render_map(path: Path, points: np.ndarray, labels: np.ndarray, gt_points: np.ndarray,
+               gt_labels: np.ndarray, title: str) -> None:
+    """Orthographic views (top, and oblique 3D) of the labelled map and of the ground-truth voxels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+
+    def sub(p, l):
+        if len(p) > MAX_PLOT_POINTS:
+            i = rng.choice(len(p), MAX_PLOT_POINTS, replace=False)
+            return p[i], l[i]
+        return p, l
+
+    fig = plt.figure(figsize=(14, 10), dpi=90)
+    for row, (p, l, name) in enumerate([(points, labels, "OccuSeg map (occuseg_mapping_node)"),
+                                        (gt_points, gt_labels, "ground truth voxels")]):
+        p, l = sub(np.asarray(p), np.asarray(l))
+        c = colorize(l).astype(np.float32) / 255.0
+        c[l == 0] = (0.75, 0.75, 0.75)
+        ax = fig.add_subplot(2, 2, 2 * row + 1)
+        order = np.argsort(p[:, 2]) if len(p) else np.zeros(0, int)
+        ax.scatter(p[order, 0], p[order, 1], c=c[order], s=1.0, linewidths=0)
+        ax.set_aspect("equal")
+        ax.set_title(f"{name}: top view ({len(np.unique(l[l > 0]))} instances)")
+        ax.set_xlabel("x [m]")
+        ax.set_ylabel("y [m]")
+        ax3 = fig.add_subplot(2, 2, 2 * row + 2, projection="3d", proj_type="ortho")
+        ax3.scatter(p[:, 0], p[:, 1], p[:, 2], c=c, s=0.6, linewidths=0)
+        ax3.view_init(elev=35, azim=-60)
+        ax3.set_title(f"{name}: oblique")
+        if len(p):
+            span = (p.max(0) - p.min(0)).max() / 2
+            mid = (p.max(0) + p.min(0)) / 2
+            ax3.set_xlim(mid[0] - span, mid[0] + span)
+            ax3.set_ylim(mid[1] - span, mid[1] + span)
+            ax3.set_zlim(mid[2] - span, mid[2] + span)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------- the graph
+
+def load_views(bag: Path) -> tuple[list[dict], object, dict]:
+    """Recording -> (views: list of {"color", "depth", "info", "pose", "gt_labels"} rclpy messages in
+    stamp order, ground-truth voxel PointCloud2, recording.json dict)."""
+    by_stamp: dict[int, dict] = {}
+    gt_voxels = None
+    names = {rec.COLOR_TOPIC: "color", rec.DEPTH_TOPIC: "depth", rec.INFO_TOPIC: "info",
+             rec.POSE_TOPIC: "pose", rec.GT_LABELS_TOPIC: "gt_labels"}
+    for topic, typ, t, raw in rec.read_bag(bag):
+        msg = rec.deserialize(raw, typ)
+        if topic == rec.GT_VOXELS_TOPIC:
+            gt_voxels = msg
+        elif topic in names:
+            s = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            by_stamp.setdefault(s, {})[names[topic]] = msg
+    views = [by_stamp[s] for s in sorted(by_stamp)]
+    missing = [i for i, v in enumerate(views) if set(v) != set(names.values())]
+    if missing or gt_voxels is None or not views:
+        raise ValueError(f"{bag} is not a complete demo recording (views missing topics: {missing}, "
+                         f"ground-truth voxels: {gt_voxels is not None})")
+    meta_path = bag / "recording.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return views, gt_voxels, meta
+
+
+def _restamp(msg, stamp) -> None:
+    msg.header.stamp = stamp
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="instseg demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="demo_out", help="output directory (created; existing files replaced)")
+    ap.add_argument("--bag", default=str(rec.DEMO_BAG), help="recording to play (rosbag2 directory)")
+    ap.add_argument("--rate", type=float, default=2.0, help="views published per second")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda for both models")
+    ap.add_argument("--clusternet-model", default="", help="ClusterNet weights ('' = models/clusternet_lite.pt)")
+    ap.add_argument("--occuseg-model", default="", help="OccuSeg weights ('' = the mapping node's default)")
+    a = ap.parse_args(argv)
+    if not a.rate > 0:
+        ap.error("--rate must be > 0")
+    t_start = time.monotonic()
+    out = Path(a.out)
+    for sub in ("overlays", "logs", "map"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    views, gt_voxels_msg, rec_meta = load_views(Path(a.bag))
+    print(f"demo: {len(views)} views from {a.bag}; outputs -> {out.resolve()}", flush=True)
+
+    env = ros_environment()
+    apply_ros_environment(env)
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from sensor_msgs.msg import Image, PointCloud2
+    from std_srvs.srv import Trigger
+    from visualization_msgs.msg import MarkerArray
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from instseg_ros.msg import ObjectInstanceArray
+    from instseg_ros.ros.conversions import image_to_array, image_to_rgb, msg_to_labeled_cloud, ns_to_stamp
+    from instseg_ros.ros.graph import wait_for_subscribers, wait_until
+    from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command
+
+    cfg_dir = package_root() / "config"
+    remaps = {"color/image_raw": rec.COLOR_TOPIC, "aligned_depth_to_color/image_raw": rec.DEPTH_TOPIC,
+              "color/camera_info": rec.INFO_TOPIC}
+    cn_params = {"device": a.device}
+    if a.clusternet_model:
+        cn_params["model_path"] = str(Path(a.clusternet_model).resolve())
+    map_params = {"device": a.device, "pose_source": "topic", "save_dir": str((out / "map").resolve())}
+    if a.occuseg_model:
+        map_params["model_path"] = str(Path(a.occuseg_model).resolve())
+    bounds = rec_meta.get("sequence_meta", {}).get("bounds")
+    if bounds:  # crop the map to the recorded bin / table, as a deployment sets its workspace box
+        map_params["workspace_min"], map_params["workspace_max"] = list(bounds[0]), list(bounds[1])
+    cn_cmd = node_command("clusternet_node", params_file=cfg_dir / "clusternet_node.yaml", params=cn_params,
+                          remaps=remaps)
+    map_cmd = node_command("occuseg_mapping_node", params_file=cfg_dir / "occuseg_mapping_node.yaml",
+                           params=map_params, remaps={**remaps, "pose": rec.POSE_TOPIC})
+    cn_out = {t: f"/clusternet_node/{t}" for t in ("instances", "labels", "cloud", "markers")}
+    map_out = {t: f"/occuseg_mapping_node/{t}" for t in ("instances", "map_cloud", "markers")}
+    types = {cn_out["instances"]: ObjectInstanceArray, cn_out["labels"]: Image, cn_out["cloud"]: PointCloud2,
+             cn_out["markers"]: MarkerArray, map_out["instances"]: ObjectInstanceArray,
+             map_out["map_cloud"]: PointCloud2, map_out["markers"]: MarkerArray, "/diagnostics": DiagnosticArray}
+
+    rclpy.init()
+    node = rclpy.create_node("instseg_demo")
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    procs = [NodeProcess(cn_cmd, env, out / "logs" / "clusternet_node.log"),
+             NodeProcess(map_cmd, env, out / "logs" / "occuseg_mapping_node.log")]
+    summary: dict = {}
+    try:
+        pub = FramePublisher(node, rec.CAMERA_NS)
+        pose_pub = node.create_publisher(type(views[0]["pose"]), rec.POSE_TOPIC, 10)
+        col = Collector(node, types)
+        ok = wait_until(lambda: all(p.get_subscription_count() >= 2 for p in pub.publishers)
+                        and pose_pub.get_subscription_count() >= 1
+                        or not all(p.alive() for p in procs), STARTUP_TIMEOUT_S)
+        if not ok or not all(p.alive() for p in procs):
+            for p in procs:
+                print(f"--- {p.log}:\n{p.output()[-3000:]}", file=sys.stderr)
+            raise RuntimeError("the nodes did not start (see the logs above)")
+        t_ready = time.monotonic()
+        print(f"demo: nodes up after {t_ready - t_start:.1f} s; playing at {a.rate} views/s", flush=True)
+
+        stamps: list[int] = []
+        period = 1.0 / a.rate
+        next_t = time.monotonic()
+        for v in views:
+            now = time.time_ns()
+            st = ns_to_stamp(now)
+            for key in ("color", "depth", "info", "pose"):
+                _restamp(v[key], st)
+            stamps.append(now)
+            pose_pub.publish(v["pose"])
+            pub.publish_msgs(v["color"], v["depth"], v["info"])
+            next_t += period
+            time.sleep(max(0.0, next_t - time.monotonic()))
+        wait_until(lambda: _stamps_seen(col.get(cn_out["instances"]), stamps) >= len(stamps), DRAIN_TIMEOUT_S)
+        t_played = time.monotonic()
+
+        seg_cli = node.create_client(Trigger, "/occuseg_mapping_node/segment")
+        save_cli = node.create_client(Trigger, "/occuseg_mapping_node/save")
+        n_map_before = col.count(map_out["map_cloud"])
+        seg = _call(seg_cli, 180.0)
+        wait_until(lambda: col.count(map_out["map_cloud"]) > n_map_before, 20.0)
+        save = _call(save_cli, 60.0)
+        print(f"demo: ~/segment: {seg.message}; ~/save: {save.message}", flush=True)
+    finally:
+        codes = [p.stop() for p in procs]
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+    # ---------------------------------------------------------------------------- outputs
+    bag_out = out / "outputs"
+    with rec.BagWriter(bag_out) as bw:
+        for topic in types:
+            for recv, msg in col.get(topic):
+                bw.write(topic, msg, recv)
+        counts = dict(bw.counts)
+
+    by_stamp = {}
+    for recv, m in col.get(cn_out["instances"]):
+        by_stamp[m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec] = (recv, m)
+    labels_by_stamp = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec: m
+                       for _, m in col.get(cn_out["labels"])}
+    frames = []
+    for k, (v, s) in enumerate(zip(views, stamps)):
+        gt = image_to_array(v["gt_labels"], metres=False).astype(np.int64)
+        entry = {"view": k, "stamp_ns": s, "published": s in by_stamp}
+        if s in by_stamp:
+            recv, m = by_stamp[s]
+            entry.update(latency_ms=(recv - s) * 1e-6, instances=len(m.instances))
+            if s in labels_by_stamp:
+                pred = image_to_array(labels_by_stamp[s], metres=False).astype(np.int64)
+                entry["accuracy_2d"] = match_instances(pred, gt)
+                save_overlay(out / "overlays" / f"view_{k:02d}.png", image_to_rgb(v["color"]), pred, gt,
+                             f"view {k}: latency {entry['latency_ms']:.0f} ms")
+        frames.append(entry)
+
+    map_msgs = col.get(map_out["map_cloud"])
+    map_summary: dict = {"segmentations_received": len(map_msgs)}
+    if map_msgs:
+        cloud = msg_to_labeled_cloud(map_msgs[-1][1])
+        gtc = msg_to_labeled_cloud(gt_voxels_msg)
+        vox = float(rec_meta.get("voxel_size", 0.005))
+        gt_lab, has = transfer_gt_to_points(cloud.points, gtc.points, gtc.labels.astype(np.int64), 1.5 * vox)
+        acc = match_instances(cloud.labels.astype(np.int64), gt_lab, ignore=~has)
+        ids_runs = [sorted(o.id for o in m.instances) for _, m in col.get(map_out["instances"])]
+        map_summary.update(points=len(cloud.points), points_with_gt=int(has.sum()), accuracy=acc,
+                           instance_ids_per_run=ids_runs)
+        render_map(out / "map.png", cloud.points, cloud.labels.astype(np.int64), gtc.points,
+                   gtc.labels.astype(np.int64),
+                   f"labelled map after {len(views)} views: {acc['n_pred']} instances, "
+                   f"{acc['matched']}/{acc['n_gt']} objects matched at IoU {MATCH_IOU}")
+
+    lat = [f["latency_ms"] for f in frames if "latency_ms" in f]
+    acc2d = [f["accuracy_2d"] for f in frames if "accuracy_2d" in f]
+    summary = {
+        "recording": str(a.bag), "views": len(views), "rate_hz": a.rate, "device": a.device,
+        "wall_s": {"total": time.monotonic() - t_start, "startup": t_ready - t_start, "play": t_played - t_ready},
+        "node_exit_codes": codes,
+        "camera": {
+            "frames_published": sum(f["published"] for f in frames),
+            "latency_ms": {"mean": float(np.mean(lat)) if lat else None,
+                           "p50": float(np.median(lat)) if lat else None,
+                           "max": float(np.max(lat)) if lat else None},
+            "mean_precision_2d": float(np.mean([x["precision"] for x in acc2d])) if acc2d else None,
+            "mean_recall_2d": float(np.mean([x["recall"] for x in acc2d])) if acc2d else None,
+            "frames": frames,
+        },
+        "map": map_summary,
+        "services": {"segment": seg.message, "save": save.message},
+        "output_bag": {"path": str(bag_out), "messages": counts},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    head = {"views": len(views), "camera_frames": summary["camera"]["frames_published"],
+            "camera_latency_ms_p50": summary["camera"]["latency_ms"]["p50"],
+            "camera_recall_2d": summary["camera"]["mean_recall_2d"],
+            "map_instances": map_summary.get("accuracy", {}).get("n_pred"),
+            "map_recall": map_summary.get("accuracy", {}).get("recall"),
+            "map_precision": map_summary.get("accuracy", {}).get("precision"),
+            "wall_s": round(summary["wall_s"]["total"], 1), "out": str(out.resolve())}
+    print(json.dumps(head), flush=True)
+    return 0
+
+
+def _stamps_seen(msgs, stamps) -> int:
+    seen = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for _, m in msgs}
+    return sum(s in seen for s in stamps)
+
+
+def _call(client, timeout: float):
+    """Call a std_srvs/Trigger service (the executor spins in another thread); RuntimeError on timeout."""
+    from std_srvs.srv import Trigger
+
+    if not client.wait_for_service(timeout_sec=20.0):
+        raise RuntimeError(f"service {client.srv_name} is not available")
+    fut = client.call_async(Trigger.Request())
+    deadline = time.monotonic() + timeout
+    while not fut.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not fut.done():
+        raise RuntimeError(f"service {client.srv_name} did not answer within {timeout} s")
+    return fut.result()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

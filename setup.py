@@ -2,7 +2,17 @@
 
 scripts/setup.sh installs this editable into .venv after building msg/ with rosidl.
 """
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+
+def _share(folder: str) -> list[tuple[str, list[str]]]:
+    """launch/, config/, models/ into share/instseg_ros/ as colcon installs them, so that
+    ament_index lookups (and the Fast DDS profile) work from a non-editable install too."""
+    files = [str(p) for p in Path(folder).glob("*") if p.is_file()]
+    return [(f"share/instseg_ros/{folder}", files)] if files else []
+
 
 setup(
     name="instseg_ros",
@@ -12,6 +22,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["instseg_ros", "instseg_ros.*"]),
     include_package_data=True,
+    package_data={"instseg_ros.data": ["sample/**/*", "demo/**/*"]},
+    data_files=_share("launch") + _share("config") + _share("models"),
     entry_points={
         "console_scripts": [
             "instseg = instseg_ros.cli:main",

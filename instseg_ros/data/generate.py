@@ -45,7 +45,8 @@ def _coco_anns(labels: np.ndarray, instances: list[dict]) -> list[dict]:
 
 
 def _run_shard(job: tuple) -> tuple[int, int]:
-    out, split, seed, shard, scenes, cfg = job
+    out, split, seed, shard, scenes, cfg = job[:6]
+    level = job[6] if len(job) > 6 else 1
     frames_dir = io.frames_dir(out, split)
     records = []
     for s in scenes:
@@ -53,7 +54,7 @@ def _run_shard(job: tuple) -> tuple[int, int]:
             fid = f"{s:07d}_{fr['extra']['view']:02d}"
             io.write_frame(frames_dir, fid, rgb=fr["rgb"], depth=fr["depth"], depth_gt=fr["depth_gt"],
                            labels=fr["labels"], K=fr["K"], T_world_camera=fr["T_world_camera"],
-                           instances=fr["instances"], extra=fr["extra"])
+                           instances=fr["instances"], extra=fr["extra"], compress_level=level)
             records.append({"file_name": f"frames/{fid}.rgb.png", "width": cfg.width, "height": cfg.height,
                             "anns": _coco_anns(fr["labels"], fr["instances"])})
     marker = Path(out) / split / "shards" / f"{shard:06d}.json"
@@ -66,13 +67,15 @@ def _run_shard(job: tuple) -> tuple[int, int]:
 
 
 def _run_sequence(job: tuple) -> tuple[int, int]:
-    out, split, seed, index, cfg, n_views, voxel_sizes = job
+    out, split, seed, index, cfg, n_views, voxel_sizes = job[:7]
+    level = job[7] if len(job) > 7 else 1
     d = io.sequences_dir(out, split) / f"{index:05d}"
     seq = generate_sequence(split, seed, index, cfg, n_views, voxel_sizes)
     for fr in seq["views"]:
         io.write_frame(d / "views", f"{fr['extra']['view']:03d}", rgb=fr["rgb"], depth=fr["depth"],
                        depth_gt=fr["depth_gt"], labels=fr["labels"], K=fr["K"],
-                       T_world_camera=fr["T_world_camera"], instances=fr["instances"], extra=fr["extra"])
+                       T_world_camera=fr["T_world_camera"], instances=fr["instances"], extra=fr["extra"],
+                       compress_level=level)
     for vs, (coords, inst, sem) in seq["gt_voxels"].items():
         io.write_gt_voxels(d, coords, inst, sem, vs)
     meta = dict(seq["meta"], n_views=n_views, voxel_sizes=list(voxel_sizes))
@@ -176,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="voxel GT size in metres (repeatable; default 0.01)")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop starting new shards after this long; finished shards are kept and merged")
+    ap.add_argument("--png-compress", type=int, default=1, choices=range(10), metavar="0-9",
+                    help="PNG zlib level (1 fast; 9 for small shipped samples)")
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -202,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         if (shard_dir / f"{sh:06d}.json").exists():
             continue
         scenes = list(range(sh * args.shard_size, min((sh + 1) * args.shard_size, args.scenes)))
-        jobs.append((str(out), args.split, args.seed, sh, scenes, cfg))
-    seq_jobs = [(str(out), args.split, args.seed, i, cfg, args.views, voxel_sizes) for i in range(args.sequences)
+        jobs.append((str(out), args.split, args.seed, sh, scenes, cfg, args.png_compress))
+    seq_jobs = [(str(out), args.split, args.seed, i, cfg, args.views, voxel_sizes, args.png_compress)
+                for i in range(args.sequences)
                 if not (io.sequences_dir(out, args.split) / f"{i:05d}" / "sequence.json").exists()]
     t0 = time.perf_counter()
     n_frames = 0

@@ -52,6 +52,11 @@ def family_id(name: str) -> int:
         raise ValueError(f"unknown shape family {name!r}; known: {FAMILIES}") from None
 
 
+def sample_root() -> Path:
+    """Root of the small dataset shipped in the package (``instseg_ros/data/sample``, see its README)."""
+    return Path(__file__).resolve().parent / "sample"
+
+
 def frames_dir(root: str | os.PathLike, split: str) -> Path:
     """``<root>/<split>/frames``."""
     return Path(root) / split / "frames"
@@ -209,7 +214,8 @@ def _check_id(fid: str) -> None:
 
 def write_frame(directory: str | os.PathLike, fid: str, *, rgb: np.ndarray, depth: np.ndarray,
                 depth_gt: np.ndarray, labels: np.ndarray, K: np.ndarray, T_world_camera: np.ndarray,
-                instances: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> str:
+                instances: list[dict[str, Any]], extra: dict[str, Any] | None = None,
+                compress_level: int = 1) -> str:
     """Write one frame's four PNGs and JSON into ``directory``; returns the prefix.
 
     Args:
@@ -217,6 +223,7 @@ def write_frame(directory: str | os.PathLike, fid: str, *, rgb: np.ndarray, dept
         values above 65.535 m raise). depth_gt: float32 (H, W) metres (stored in 0.1 mm units, so at most
         6.5535 m). labels: int (H, W) instance ids in [0, 65535]. K (3, 3), T_world_camera (4, 4).
         instances: list of dicts (JSON-serialisable). extra: more JSON keys (e.g. "scene", "seed").
+        compress_level: PNG zlib level 0-9 (1 = fast, 9 = small files for shipped samples).
     The PNGs are written to temporary names and renamed, the JSON last, so a frame whose JSON exists is
     complete (what resumable generation relies on).
     """
@@ -248,7 +255,7 @@ def write_frame(directory: str | os.PathLike, fid: str, *, rgb: np.ndarray, dept
     }
     for suf, im in imgs.items():
         tmp = f"{prefix}{suf}.tmp"
-        im.save(tmp, format="PNG", compress_level=1)
+        im.save(tmp, format="PNG", compress_level=int(compress_level))
         os.replace(tmp, f"{prefix}{suf}")
     meta = {"K": np.asarray(K, dtype=float).tolist(), "width": int(w), "height": int(h),
             "T_world_camera": np.asarray(T_world_camera, dtype=float).tolist(), "instances": instances}

@@ -277,7 +277,7 @@ def sample_camera(rng: np.random.Generator, st: SceneState, cfg: SceneConfig) ->
         c = np.zeros(3)
     target = c + np.array([*rng.normal(0, 0.05, 2), 0.0])
     target[2] = max(target[2] * 0.5, 0.0)
-    el_lo = cfg.cam_elevation[0] if st.kind == "table" else 45.0
+    el_lo = cfg.cam_elevation[0] if st.kind == "table" else 55.0  # low views into a bin see only its wall
     el = np.deg2rad(rng.uniform(el_lo, cfg.cam_elevation[1]))
     az = rng.uniform(0, 2 * np.pi)
     d = rng.uniform(cfg.cam_distance[0], cfg.cam_distance[1] if st.kind == "table" else min(cfg.cam_distance[1], 1.0))

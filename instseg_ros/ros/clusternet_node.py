@@ -46,8 +46,8 @@ from instseg_ros.msg import ObjectInstanceArray
 from instseg_ros.ros.conversions import (array_to_image, camera_info_to_intrinsics, image_to_depth, image_to_rgb,
                                          instances_to_markers, instances_to_msg, labeled_cloud_to_msg)
 from instseg_ros.ros.graph import image_qos
-from instseg_ros.ros.node_common import (LatencyStats, LatestFrameWorker, RateMeter, diagnostic_status,
-                                         resolve_model_path)
+from instseg_ros.ros.node_common import (LatencyStats, LatestFrameWorker, RateMeter, SyncWatch,
+                                         diagnostic_status, resolve_model_path)
 from instseg_ros.ros.node_params import ClusterNetNodeConfig, declare_config, read_config
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
 
@@ -156,6 +156,7 @@ class ClusterNetNode(LifecycleNode):
         self._last_stamp_ns = -1
         self._worker = LatestFrameWorker(self._process, self._on_frame_error, name="clusternet-worker")
         self._sync = ApproximateTimeSynchronizer(3, self._on_synced, queue_size=cfg.queue_size, slop=cfg.slop)
+        self._sync_watch = SyncWatch([COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC])
         qos = image_qos(cfg.input_reliability, cfg.input_history)
         self._subs = [
             self.create_subscription(Image, COLOR_TOPIC, self._sync.input_callback(0), qos),
@@ -280,6 +281,11 @@ class ClusterNetNode(LifecycleNode):
         if self._diag_pub is None:
             return
         st = self.stats()
+        if self._sync is not None:
+            warning = self._sync_watch.check(self._sync.stats())
+            if warning:
+                self.get_logger().warning(warning)
+                self._last_error = warning
         active = self._predictor is not None
         level = DiagnosticStatus.OK
         msg = "active" if active else "inactive"

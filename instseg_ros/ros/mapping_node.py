@@ -56,8 +56,8 @@ from instseg_ros.ros.clusternet_node import (COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPI
 from instseg_ros.ros.conversions import (instances_to_markers, instances_to_msg, labeled_cloud_to_msg,
                                          ns_to_stamp, oriented_extents)
 from instseg_ros.ros.graph import image_qos
-from instseg_ros.ros.node_common import (LatencyStats, LatestFrameWorker, RateMeter, diagnostic_status,
-                                         resolve_model_path)
+from instseg_ros.ros.node_common import (LatencyStats, LatestFrameWorker, RateMeter, SyncWatch,
+                                         diagnostic_status, resolve_model_path)
 from instseg_ros.ros.node_params import MappingNodeConfig, declare_config, read_config
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
 
@@ -208,6 +208,7 @@ class MappingNode(LifecycleNode):
                                              name="mapping-segment")
         n_inputs = 4 if cfg.pose_source == "topic" else 3
         self._sync = ApproximateTimeSynchronizer(n_inputs, self._on_synced, queue_size=cfg.queue_size, slop=cfg.slop)
+        self._sync_watch = SyncWatch([DEPTH_TOPIC, COLOR_TOPIC, INFO_TOPIC, POSE_TOPIC][:n_inputs])
         qos = image_qos(cfg.input_reliability, cfg.input_history)
         self._subs = [
             self.create_subscription(Image, DEPTH_TOPIC, self._sync.input_callback(0), qos),
@@ -489,6 +490,11 @@ class MappingNode(LifecycleNode):
         if self._diag_pub is None:
             return
         st = self.stats()
+        if self._sync is not None and self._segmenter is not None:
+            warning = self._sync_watch.check(self._sync.stats())
+            if warning:
+                self.get_logger().warning(warning)
+                self._last_error = warning
         level, msg = DiagnosticStatus.OK, ("active" if self._segmenter is not None else "inactive")
         if st["map_blocks_dropped"]:
             level, msg = DiagnosticStatus.WARN, "TSDF block budget reached: raise max_blocks or crop the workspace"

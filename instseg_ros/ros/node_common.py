@@ -200,3 +200,32 @@ def resolve_model_path(path: str, default_name: str) -> str:
         if q.is_file():
             return str(q)
     raise FileNotFoundError(f"model file not found (looked at {', '.join(map(str, candidates))})")
+
+
+class SyncWatch:
+    """Notices inputs that arrive but never form a synchronized set (a missing camera_info or pose
+    stream, stamps further apart than ``slop``) so the node can say which input is missing.
+
+    Call :meth:`check` periodically with the synchronizer's :class:`~instseg_ros.ros.sync.SyncStats`;
+    it returns a warning text when, since the previous call, some input received messages but no
+    set was matched, else None.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(names)
+        self._received = [0] * len(self.names)
+        self._matched = 0
+
+    def check(self, stats) -> str | None:
+        got = [r - p for r, p in zip(stats.received, self._received)]
+        matched = stats.matched - self._matched
+        self._received, self._matched = list(stats.received), stats.matched
+        if matched > 0 or not any(got):
+            return None
+        silent = [n for n, g in zip(self.names, got) if g == 0]
+        counts = ", ".join(f"{n}={g}" for n, g in zip(self.names, got))
+        if silent:
+            return (f"frames skipped: no synchronized set since the last check (received {counts}); "
+                    f"nothing arrived on {', '.join(silent)}")
+        return (f"frames skipped: no synchronized set since the last check (received {counts}); "
+                f"stamps differ by more than slop")

@@ -1,0 +1,352 @@
+"""clusternet_node on a real graph: the node in its own process, this process publishes frames.
+
+The model is a real ClusterNet whose heads are set by hand (foreground everywhere, centroid
+probability high, ξ = the pixel's own 3-D point, radius 0.1 m), so the node's clustering cuts the
+scene into deterministic spatial clusters without training; what is tested is the node: every
+output per frame with the input header, centroids / covariances equal to the moments of the
+published label masks over the sent depth (computed here pixel by pixel from K), cloud labels
+equal to ~/labels at each point's pixel, one marker set per instance, bad frames logged and
+skipped with the next good frame published, and the lifecycle transitions.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.graph
+
+W, H = 320, 240
+TIMEOUT = 30.0
+
+
+def geometric_clusternet(path: str) -> str:
+    """A tiny ClusterNet with hand-set heads (see the module docstring), saved as a checkpoint."""
+    import torch
+
+    from instseg_ros.clusternet.checkpoint import save_checkpoint
+    from instseg_ros.clusternet.config import ModelConfig
+    from instseg_ros.clusternet.model import ClusterNet
+
+    cfg = ModelConfig(base_width=8, input_height=48, input_width=64, c1_channels=16, aspp_channels=16,
+                      decoder_channels=16, depth_widths=(8, 8, 8, 8))
+    model = ClusterNet(cfg)
+    net = model.net
+    with torch.no_grad():
+        for head in (net.mask_head, net.centroid_head):
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor([-6.0, 6.0]))
+        net.xi_head.weight.zero_()
+        net.xi_head.bias.zero_()
+        last = net.radius_head[-1]
+        last.weight.zero_()
+        last.bias.fill_(math.log(math.expm1(0.1 / cfg.radius_scale)))
+    save_checkpoint(path, cfg, model.state_dict(), {"note": "hand-set heads for node tests"})
+    return path
+
+
+def scene_frame(shift: float = 0.0):
+    """Three boxes on a 0.36 m plate seen from 0.5 m above: rgb uint8, depth float32 m, K, gt ids."""
+    from instseg_ros.mapping.render import box_mesh, intrinsics, look_at, render
+
+    meshes = [box_mesh((0, 0, -0.01), (0.36, 0.36, 0.02), (120, 120, 120)),
+              box_mesh((0.08 + shift, 0.02, 0.03), (0.06, 0.08, 0.06), (200, 50, 50)),
+              box_mesh((-0.08, -0.05, 0.025), (0.05, 0.05, 0.05), (50, 200, 50)),
+              box_mesh((0.0, 0.1, 0.02), (0.04, 0.04, 0.04), (50, 50, 200))]
+    K = intrinsics(W, H)
+    T = look_at((0.02, 0.01, 0.5), (0, 0, 0))
+    depth, rgb, ids = render(meshes, K, T, W, H)
+    depth = np.round(depth * 1000.0) / 1000.0  # what survives 16UC1 millimetres
+    return rgb, depth.astype(np.float32), K
+
+
+@pytest.fixture(scope="module")
+def graph(ros_env, tmp_path_factory):
+    """This process's rclpy node + executor on the run's domain (own context)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node(f"test_camera_{os.getpid()}", context=ctx)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    yield node, ex, tmp_path_factory.mktemp("camera")
+    ex.shutdown()
+    node.destroy_node()
+    rclpy.shutdown(context=ctx)
+
+
+def spin_until(ex, pred, timeout=TIMEOUT) -> bool:
+    from instseg_ros.ros.graph import wait_until
+
+    return wait_until(pred, timeout, lambda t: ex.spin_once(timeout_sec=t))
+
+
+class CameraRig:
+    """A clusternet_node process in namespace ``ns`` plus publishers / collectors in the test node."""
+
+    def __init__(self, graph, ros_env, ns: str, model: str, **params) -> None:
+        from sensor_msgs.msg import Image, PointCloud2
+        from visualization_msgs.msg import MarkerArray
+
+        from instseg_ros.msg import ObjectInstanceArray
+        from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command
+
+        node, self.ex, tmp = graph
+        self.ns = ns
+        p = {"model_path": model, "device": "cpu", "diagnostics_period_s": 0.5, **params}
+        self.proc = NodeProcess(node_command("clusternet_node", namespace=ns, params=p), ros_env,
+                                tmp / f"{ns.strip('/')}.log")
+        self.pub = FramePublisher(node, ns)
+        out = f"{ns}/clusternet_node"
+        self.topics = {"instances": f"{out}/instances", "labels": f"{out}/labels", "cloud": f"{out}/cloud",
+                       "markers": f"{out}/markers"}
+        self.col = Collector(node, {self.topics["instances"]: ObjectInstanceArray, self.topics["labels"]: Image,
+                                    self.topics["cloud"]: PointCloud2, self.topics["markers"]: MarkerArray})
+
+    def wait_connected(self, timeout=60.0) -> bool:
+        return spin_until(self.ex, lambda: all(p.get_subscription_count() >= 1 for p in self.pub.publishers)
+                          and all(s.get_publisher_count() >= 1 for s in self.col.subs) or not self.proc.alive(),
+                          timeout) and self.proc.alive()
+
+    def outputs_for(self, stamp_ns: int) -> dict:
+        out = {}
+        for key, topic in self.topics.items():
+            for _, m in self.col.get(topic):
+                if key == "markers":
+                    h = m.markers[0].header if m.markers else None
+                else:
+                    h = m.header
+                if h is not None and h.stamp.sec * 1_000_000_000 + h.stamp.nanosec == stamp_ns:
+                    out[key] = m
+        return out
+
+    def send(self, rgb, depth, K, stamp_ns=None, wait=True) -> tuple[int, dict]:
+        s = stamp_ns if stamp_ns is not None else time.time_ns()
+        self.pub.publish_frame(rgb, depth, K, s)
+        got = {}
+        if wait:
+            spin_until(self.ex, lambda: len(self.outputs_for(s)) == 4)
+            got = self.outputs_for(s)
+        return s, got
+
+
+@pytest.fixture(scope="module")
+def rig(graph, ros_env):
+    model = geometric_clusternet(str(graph[2] / "geometric.pt"))
+    r = CameraRig(graph, ros_env, f"/cam{os.getpid()}", model)
+    assert r.wait_connected(), r.proc.output()
+    yield r
+    code = r.proc.stop()
+    assert code == 0, r.proc.output()
+
+
+def reference_moments(labels: np.ndarray, depth: np.ndarray, K: np.ndarray, iid: int):
+    """Centroid, covariance and count of the valid-depth pixels labelled ``iid``, pixel by pixel."""
+    v, u = np.nonzero((labels == iid) & (depth > 0))
+    z = depth[v, u].astype(np.float64)
+    pts = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], 1)
+    c = pts.mean(0)
+    return c, (pts - c).T @ (pts - c) / len(pts), len(pts)
+
+
+def test_every_output_per_frame_consistent_with_labels(rig):
+    from visualization_msgs.msg import Marker
+
+    from instseg_ros.ros.conversions import image_to_array, msg_to_labeled_cloud
+
+    for k in range(2):
+        rgb, depth, K = scene_frame(shift=0.02 * k)
+        stamp, out = rig.send(rgb, depth, K)
+        assert set(out) == {"instances", "labels", "cloud", "markers"}, rig.proc.output()[-2000:]
+        for key in ("instances", "labels", "cloud"):
+            assert out[key].header.frame_id == "camera_color_optical_frame"
+        inst = out["instances"]
+        ids = sorted(o.id for o in inst.instances)
+        assert len(ids) >= 2, "the hand-set model must cut the scene into several clusters"
+        labels = image_to_array(out["labels"], metres=False).astype(np.int64)
+        assert labels.shape == (H, W) and out["labels"].encoding == "16UC1"
+        assert sorted(np.unique(labels[labels > 0]).tolist()) == ids
+        # centroids / covariances / counts = moments of the label masks over the depth we sent
+        for o in inst.instances:
+            c, cov, n = reference_moments(labels, depth, K, o.id)
+            assert o.num_points == n
+            np.testing.assert_allclose([o.centroid.x, o.centroid.y, o.centroid.z], c, atol=1e-5)
+            np.testing.assert_allclose(np.asarray(o.covariance).reshape(3, 3), cov, atol=1e-7)
+            assert (o.pose.position.x, o.pose.position.y, o.pose.position.z) == (o.centroid.x, o.centroid.y,
+                                                                                  o.centroid.z)
+        # cloud: one point per valid pixel, label and colour of the pixel it projects to
+        cloud = msg_to_labeled_cloud(out["cloud"])
+        assert len(cloud.points) == int((depth > 0).sum())
+        p = cloud.points.astype(np.float64)
+        u = np.rint(K[0, 0] * p[:, 0] / p[:, 2] + K[0, 2]).astype(int)
+        v = np.rint(K[1, 1] * p[:, 1] / p[:, 2] + K[1, 2]).astype(int)
+        np.testing.assert_array_equal(cloud.labels, labels[v, u])
+        np.testing.assert_array_equal(cloud.colors, rgb[v, u])
+        # markers: DELETEALL first, then one ellipsoid and one id text per instance
+        ms = out["markers"].markers
+        assert ms[0].action == Marker.DELETEALL
+        spheres = sorted(m.id for m in ms if m.type == Marker.SPHERE and m.action == Marker.ADD)
+        texts = sorted(int(m.text) for m in ms if m.type == Marker.TEXT_VIEW_FACING)
+        assert spheres == ids and texts == ids
+
+
+def _bad_then_good(rig, publish_bad, expect_in_log: str, settle: float = 0.4):
+    n_before = rig.col.count(rig.topics["instances"])
+    publish_bad()
+    spin_until(rig.ex, lambda: expect_in_log in rig.proc.output(), 10.0)
+    spin_until(rig.ex, lambda: False, settle)
+    assert rig.col.count(rig.topics["instances"]) == n_before, "a bad frame produced output"
+    assert expect_in_log in rig.proc.output(), rig.proc.output()[-3000:]
+    rgb, depth, K = scene_frame()
+    stamp, out = rig.send(rgb, depth, K)
+    assert len(out) == 4, f"the good frame after '{expect_in_log}' was not published:\n{rig.proc.output()[-3000:]}"
+    assert rig.proc.alive()
+
+
+def test_bad_inputs_are_logged_skipped_and_the_next_frame_is_published(rig):
+    from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info
+    from instseg_ros.ros.launcher import make_header
+
+    rgb, depth, K = scene_frame()
+    frame = "camera_color_optical_frame"
+
+    def send(color, dep, info):
+        rig.pub.publish_msgs(color, dep, info)
+
+    def wrong_encoding():
+        h = make_header(time.time_ns(), frame)
+        bad = array_to_image(rgb[..., 0].copy(), "mono8", h)
+        bad.encoding = "yuv422"
+        send(array_to_image(rgb, "rgb8", h), bad, intrinsics_to_camera_info(K, W, H, h))
+
+    _bad_then_good(rig, wrong_encoding, "depth image rejected")
+
+    def size_mismatch():
+        h = make_header(time.time_ns(), frame)
+        send(array_to_image(rgb, "rgb8", h), array_to_image(depth[::2, ::2].copy(), "16UC1", h),
+             intrinsics_to_camera_info(K, W, H, h))
+
+    _bad_then_good(rig, size_mismatch, "size mismatch")
+
+    def zero_depth():
+        h = make_header(time.time_ns(), frame)
+        send(array_to_image(rgb, "rgb8", h), array_to_image(np.zeros_like(depth), "16UC1", h),
+             intrinsics_to_camera_info(K, W, H, h))
+
+    _bad_then_good(rig, zero_depth, "no valid pixel")
+
+    def nan_depth():
+        h = make_header(time.time_ns(), frame)
+        send(array_to_image(rgb, "rgb8", h), array_to_image(np.full_like(depth, np.nan), "32FC1", h),
+             intrinsics_to_camera_info(K, W, H, h))
+
+    n_warn = rig.proc.output().count("no valid pixel")
+    _bad_then_good(rig, nan_depth, "no valid pixel")
+    assert rig.proc.output().count("no valid pixel") > n_warn
+
+    def invalid_info():
+        h = make_header(time.time_ns(), frame)
+        info = intrinsics_to_camera_info(K, W, H, h)
+        info.k = [0.0] * 9
+        send(array_to_image(rgb, "rgb8", h), array_to_image(depth, "16UC1", h), info)
+
+    _bad_then_good(rig, invalid_info, "camera_info rejected")
+
+    def missing_info():
+        for _ in range(3):
+            h = make_header(time.time_ns(), frame)
+            rig.pub.color.publish(array_to_image(rgb, "rgb8", h))
+            rig.pub.depth.publish(array_to_image(depth, "16UC1", h))
+            time.sleep(0.2)
+
+    _bad_then_good(rig, missing_info, "nothing arrived on color/camera_info", settle=1.2)
+
+    def out_of_order():
+        old = time.time_ns() - 5_000_000_000
+        h = make_header(old, frame)
+        send(array_to_image(rgb, "rgb8", h), array_to_image(depth, "16UC1", h), intrinsics_to_camera_info(K, W, H, h))
+
+    _bad_then_good(rig, out_of_order, "out-of-order stamps")
+
+
+def lifecycle_call(graph, node_fqn: str, transition: int | None):
+    """change_state (transition id) or get_state (None) on a lifecycle node; returns the response."""
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    node, ex, _ = graph
+    if transition is None:
+        cli = node.create_client(GetState, f"{node_fqn}/get_state")
+        req = GetState.Request()
+    else:
+        cli = node.create_client(ChangeState, f"{node_fqn}/change_state")
+        req = ChangeState.Request()
+        req.transition.id = transition
+    assert spin_until(ex, lambda: cli.service_is_ready(), TIMEOUT), f"{cli.srv_name} not available"
+    fut = cli.call_async(req)
+    assert spin_until(ex, fut.done, 60.0), f"{cli.srv_name} did not answer"
+    node.destroy_client(cli)
+    return fut.result()
+
+
+def test_lifecycle_transitions(graph, ros_env):
+    from lifecycle_msgs.msg import State, Transition
+    from rcl_interfaces.msg import Parameter as ParamMsg, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    node, ex, tmp = graph
+    model = geometric_clusternet(str(tmp / "geometric_lc.pt"))
+    r = CameraRig(graph, ros_env, f"/lc{os.getpid()}", str(tmp / "missing.pt"), autostart=False)
+    fqn = f"{r.ns}/clusternet_node"
+    try:
+        assert lifecycle_call(graph, fqn, None).current_state.id == State.PRIMARY_STATE_UNCONFIGURED
+
+        # parameters are validated on every change: a negative slop is refused with the reason
+        cli = node.create_client(SetParameters, f"{fqn}/set_parameters")
+        assert spin_until(ex, cli.service_is_ready)
+        req = SetParameters.Request()
+        req.parameters = [ParamMsg(name="slop", value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
+                                                                     double_value=-1.0))]
+        fut = cli.call_async(req)
+        assert spin_until(ex, fut.done)
+        res = fut.result().results[0]
+        assert not res.successful and "slop" in res.reason
+
+        assert lifecycle_call(graph, fqn, Transition.TRANSITION_CONFIGURE).success
+        assert lifecycle_call(graph, fqn, None).current_state.id == State.PRIMARY_STATE_INACTIVE
+        # a missing model: activate fails with the reason logged, the node stays inactive
+        assert not lifecycle_call(graph, fqn, Transition.TRANSITION_ACTIVATE).success
+        assert "cannot load the model" in r.proc.output()
+        assert lifecycle_call(graph, fqn, None).current_state.id == State.PRIMARY_STATE_INACTIVE
+        req.parameters = [ParamMsg(name="model_path", value=ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                                                           string_value=model))]
+        fut = cli.call_async(req)
+        assert spin_until(ex, fut.done) and fut.result().results[0].successful
+        # parameters are read on configure: cleanup and configure again to use the new model_path
+        assert lifecycle_call(graph, fqn, Transition.TRANSITION_CLEANUP).success
+        assert lifecycle_call(graph, fqn, Transition.TRANSITION_CONFIGURE).success
+        assert lifecycle_call(graph, fqn, Transition.TRANSITION_ACTIVATE).success
+        assert lifecycle_call(graph, fqn, None).current_state.id == State.PRIMARY_STATE_ACTIVE
+        assert "on CPU" in r.proc.output()
+        assert r.wait_connected()
+        rgb, depth, K = scene_frame()
+        _, out = r.send(rgb, depth, K)
+        assert len(out) == 4, r.proc.output()[-2000:]
+
+        assert lifecycle_call(graph, fqn, Transition.TRANSITION_DEACTIVATE).success
+        assert "model freed" in r.proc.output()
+        n = r.col.count(r.topics["instances"])
+        r.send(rgb, depth, K, wait=False)
+        spin_until(ex, lambda: False, 1.5)
+        assert r.col.count(r.topics["instances"]) == n, "an inactive node published"
+        assert lifecycle_call(graph, fqn, Transition.TRANSITION_CLEANUP).success
+        assert lifecycle_call(graph, fqn, None).current_state.id == State.PRIMARY_STATE_UNCONFIGURED
+        assert lifecycle_call(graph, fqn, Transition.TRANSITION_UNCONFIGURED_SHUTDOWN).success
+        assert lifecycle_call(graph, fqn, None).current_state.id == State.PRIMARY_STATE_FINALIZED
+    finally:
+        code = r.proc.stop()
+    assert code == 0, r.proc.output()

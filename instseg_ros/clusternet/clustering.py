@@ -143,12 +143,13 @@ def gmm_iteration(xi: torch.Tensor, assign: torch.Tensor, k: int, reg: float) ->
     logdet = 2 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(1)
     logw = torch.log(cnt.clamp_min(1) / cnt.sum())
     const = logw - 0.5 * logdet                            # (K,) the shared -D/2 log 2π drops out
+    eye = torch.eye(d, dtype=chol.dtype, device=chol.device).expand(k, d, d)
+    linv = torch.linalg.solve_triangular(chol, eye, upper=False)     # (K, D, D): z = L^-1 (x - mu)
     out = torch.empty(p, dtype=torch.long, device=xi.device)
     step = max(1, GMM_CHUNK_ELEMENTS // max(1, k * d))
     for i in range(0, p, step):
         diff = x64[i:i + step, None, :] - mean[None]       # (c, K, D)
-        z = torch.linalg.solve_triangular(chol[None].expand(diff.shape[0], -1, -1, -1),
-                                          diff[..., None], upper=False)[..., 0]
+        z = torch.einsum("kij,pkj->pki", linv, diff)
         ll = const[None] - 0.5 * (z ** 2).sum(-1)
         out[i:i + step] = ll.argmax(1)
     return out

@@ -142,7 +142,12 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    """One training run (``instseg train clusternet --config``)."""
+    """One training run (``instseg train clusternet --config``).
+
+    refresh_frames_every: re-list the training split every N steps (0 = never), for training while the
+    generator is still writing frames. max_frames: use only the first N frames (0 = all).
+    threads: torch CPU threads. checkpoint_every / log_every: steps.
+    """
 
     data: str = "/work/data_out/synth"
     train_split: str = "train"
@@ -157,6 +162,7 @@ class TrainConfig:
     threads: int = 2
     num_workers: int = 0
     checkpoint_every: int = 250
+    refresh_frames_every: int = 0
     log_every: int = 10
     max_frames: int = 0
     device: str = "auto"

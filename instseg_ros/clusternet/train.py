@@ -124,10 +124,14 @@ def train(cfg: TrainConfig, resume: bool = False, frames: list | None = None, qu
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     ds.epoch = step  # different augmentation draws after a resume
-    loader = DataLoader(ds, batch_size=cfg.batch_size, collate_fn=_collate, num_workers=cfg.num_workers,
-                        sampler=EpochShuffle(len(ds), cfg.seed, rank, world, start_epoch=step // max(1, len(ds))),
-                        pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=cfg.num_workers > 0)
+
+    def _loader() -> DataLoader:
+        return DataLoader(ds, batch_size=cfg.batch_size, collate_fn=_collate, num_workers=cfg.num_workers,
+                          sampler=EpochShuffle(len(ds), cfg.seed, rank, world,
+                                               start_epoch=step // max(1, len(ds))),
+                          pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg.num_workers > 0)
+
+    loader = _loader()
     stop = {"flag": False}
 
     def _on_signal(signum, frame):  # noqa: ARG001
@@ -138,7 +142,8 @@ def train(cfg: TrainConfig, resume: bool = False, frames: list | None = None, qu
     def _save() -> None:
         if rank != 0:
             return
-        meta = {"steps": step, "data": {"root": str(cfg.data), "split": cfg.train_split, "frames": len(ds)},
+        meta = {"steps": step, "data": {"root": str(cfg.data), "split": cfg.train_split, "frames": len(ds),
+                                        "samples_seen": step * cfg.batch_size * world},
                 "history": history, "metrics": {}, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "device": str(device), "world_size": world}
         save_checkpoint(ckpt_path, mcfg, model.state_dict(), meta, optimizer=opt.state_dict(),
@@ -155,6 +160,17 @@ def train(cfg: TrainConfig, resume: bool = False, frames: list | None = None, qu
     try:
         it = iter(loader)
         while step < cfg.steps and not stop["flag"]:
+            if cfg.refresh_frames_every and frames is None and step % cfg.refresh_frames_every == 0 and step:
+                # the generator may still be writing the split: pick up frames that appeared since
+                from instseg_ros.data.io import list_frames
+
+                fresh = list_frames(cfg.data, cfg.train_split)
+                fresh = fresh[:cfg.max_frames] if cfg.max_frames else fresh
+                if len(fresh) > len(ds.frames):
+                    _log.info("training set grew from %d to %d frames", len(ds.frames), len(fresh))
+                    ds.frames = fresh
+                    loader = _loader()
+                    it = iter(loader)
             batch = {k: v.to(device, non_blocking=True) for k, v in next(it).items()}
             model.set_step(step)
             inputs = model.net.prepare(batch["rgb"], batch["depth"], batch["K"])

@@ -71,3 +71,9 @@ def random_scene(rng: np.random.Generator, h: int, w: int, n: int, table_z: floa
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def make_scene():
+    """The :func:`random_scene` builder (conftest is not importable under --import-mode=importlib)."""
+    return random_scene

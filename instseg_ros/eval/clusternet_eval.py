@@ -1,0 +1,183 @@
+"""``instseg evaluate clusternet --data DIR --checkpoint FILE``: ClusterNet vs the RANSAC-plane + DBSCAN
+baseline on the same frames.
+
+Metrics per method: class-agnostic COCO mask AP / AR (Table I of the ClusterNet paper), occlusion AR_HO /
+AR_MO / AR_LO (Table II), unseen-object overlap / boundary P/R/F and the share of objects with F >= 0.75.
+Ground truth comes from the frames' label PNGs (visible masks) and the occlusion scores in their JSON.
+Writes ``<out>/clusternet_eval.json`` and ``<out>/clusternet_eval.png`` (metric bars + example overlays),
+and prints the result as a final JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from .coco import (COCO_KEYS, coco_dataset, coco_metrics, dt_results, gt_annotations, mean_unseen,
+                   occlusion_recall, unseen_object_metrics)
+
+_log = logging.getLogger("instseg_ros.eval.clusternet")
+N_EXAMPLES = 3
+
+
+class _Collector:
+    """Accumulates COCO results and per-image unseen-object metrics of one method."""
+
+    def __init__(self) -> None:
+        self.dts: list[dict[str, Any]] = []
+        self.unseen: list[dict[str, float]] = []
+        self.ms: list[float] = []
+
+    def add(self, image_id: int, gt: np.ndarray, labels: np.ndarray, ids: np.ndarray, scores: np.ndarray,
+            ms: float) -> None:
+        self.dts += dt_results(image_id, labels, ids, scores)
+        self.unseen.append(unseen_object_metrics(gt, labels))
+        self.ms.append(ms)
+
+    def summary(self, gt_dict: dict[str, Any]) -> dict[str, float]:
+        out = coco_metrics(gt_dict, self.dts)
+        out.update(occlusion_recall(gt_dict, self.dts))
+        out.update(mean_unseen(self.unseen))
+        out["ms_per_frame"] = float(np.mean(self.ms)) if self.ms else float("nan")
+        return out
+
+
+def evaluate(frames: list, predictor=None, baseline: bool = True, baseline_params=None,
+             progress: bool = True) -> dict[str, Any]:
+    """Evaluate on frames (``load_frame`` prefixes or dicts).
+
+    Returns:
+        {"frames": n, "objects": n_gt, "clusternet": metrics or None, "baseline": metrics or None,
+         "examples": [(rgb, gt, clusternet labels, baseline labels)] for the first frames}.
+    """
+    from tqdm import tqdm
+
+    from instseg_ros.clusternet.baseline import plane_dbscan_segment
+    from instseg_ros.data.io import load_frame
+
+    if not frames:
+        raise ValueError("no frames to evaluate")
+    images, anns = [], []
+    cn, bl = _Collector(), _Collector()
+    examples = []
+    for image_id, f in enumerate(tqdm(frames, desc="evaluate", disable=not progress), start=1):
+        fr = f if isinstance(f, dict) else load_frame(f)
+        gt = fr["labels"]
+        occ = {int(i["id"]): float(i.get("occlusion", 1.0)) for i in fr.get("instances", [])}
+        images.append({"id": image_id, "width": int(gt.shape[1]), "height": int(gt.shape[0])})
+        anns += gt_annotations(image_id, gt, occ, start_id=len(anns) + 1)
+        cl = bll = None
+        if predictor is not None:
+            t = time.perf_counter()
+            inst = predictor.predict(fr["rgb"], fr["depth"], fr["K"])
+            cn.add(image_id, gt, inst.labels, inst.ids, inst.scores, (time.perf_counter() - t) * 1e3)
+            cl = inst.labels
+        if baseline:
+            t = time.perf_counter()
+            lab, sc = plane_dbscan_segment(fr["depth"], fr["K"], baseline_params)
+            bl.add(image_id, gt, lab, np.arange(1, len(sc) + 1), sc, (time.perf_counter() - t) * 1e3)
+            bll = lab
+        if len(examples) < N_EXAMPLES:
+            examples.append((fr["rgb"], gt, cl, bll))
+    gt_dict = coco_dataset(images, anns)
+    return {"frames": len(frames), "objects": len(anns),
+            "clusternet": cn.summary(gt_dict) if predictor is not None else None,
+            "baseline": bl.summary(gt_dict) if baseline else None, "examples": examples}
+
+
+def save_plot(result: dict[str, Any], path: str, title: str = "") -> None:
+    """Metric bars (ClusterNet vs baseline) above example overlays (RGB+GT, ClusterNet, baseline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from instseg_ros.clusternet.viz import overlay
+
+    keys = list(COCO_KEYS) + ["AR_HO", "AR_MO", "AR_LO", "overlap_F", "boundary_F", "obj_F>=0.75"]
+    ex = result.get("examples", [])
+    rows = 1 + len(ex)
+    fig = plt.figure(figsize=(14, 3.2 + 2.6 * len(ex)))
+    ax = fig.add_subplot(rows, 1, 1)
+    x = np.arange(len(keys))
+    methods = [(m, result[m]) for m in ("clusternet", "baseline") if result.get(m)]
+    wdt = 0.8 / max(1, len(methods))
+    for i, (name, met) in enumerate(methods):
+        vals = [np.nan_to_num(met.get(k, np.nan)) for k in keys]
+        ax.bar(x + i * wdt - 0.4 + wdt / 2, vals, wdt, label=name)
+    ax.set_xticks(x, keys, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"{result['frames']} frames, {result['objects']} objects")
+    for r, (rgb, gt, cl, bl) in enumerate(ex, start=1):
+        panels = [("ground truth", gt), ("ClusterNet", cl), ("RANSAC+DBSCAN", bl)]
+        for c, (name, lab) in enumerate(panels):
+            a = fig.add_subplot(rows, 3, 3 * r + c + 1)
+            a.imshow(overlay(rgb, lab) if lab is not None else rgb)
+            a.set_title(name if lab is not None else f"{name}: not run", fontsize=8)
+            a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _clean(d):
+    if isinstance(d, dict):
+        return {k: _clean(v) for k, v in d.items() if k != "examples"}
+    if isinstance(d, float) and not np.isfinite(d):
+        return None
+    if isinstance(d, (np.floating, np.integer)):
+        return _clean(d.item())
+    return d
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="instseg evaluate clusternet", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="dataset root (<root>/<split>/frames)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--checkpoint", help="ClusterNet checkpoint (.pt); omit with --baseline-only")
+    p.add_argument("--baseline-only", action="store_true")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--max-frames", type=int, default=0, help="first N frames only (0 = all)")
+    p.add_argument("--out", default="out/eval_clusternet", help="output directory")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resolution", type=int, nargs=2, metavar=("H", "W"), help="network resolution override")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from instseg_ros.data.io import list_frames
+
+    frames = list_frames(a.data, a.split)
+    if not frames:
+        raise SystemExit(f"no frames in {a.data}/{a.split}")
+    if a.max_frames:
+        frames = frames[:a.max_frames]
+    predictor = None
+    if not a.baseline_only:
+        if not a.checkpoint:
+            p.error("--checkpoint is required unless --baseline-only")
+        import torch
+
+        from instseg_ros.clusternet.predictor import ClusterNetPredictor
+
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        predictor = ClusterNetPredictor.from_checkpoint(a.checkpoint, device=a.device,
+                                                        resolution=tuple(a.resolution) if a.resolution else None)
+    res = evaluate(frames, predictor, baseline=not a.no_baseline)
+    os.makedirs(a.out, exist_ok=True)
+    res_json = _clean({**res, "data": os.path.abspath(a.data), "split": a.split, "checkpoint": a.checkpoint,
+                       "steps": (predictor.meta.get("steps") if predictor else None)})
+    jpath = os.path.join(a.out, "clusternet_eval.json")
+    with open(jpath, "w") as f:
+        json.dump(res_json, f, indent=2)
+    save_plot(res, os.path.join(a.out, "clusternet_eval.png"))
+    _log.info("wrote %s and clusternet_eval.png", jpath)
+    print(json.dumps(res_json))
+    return 0

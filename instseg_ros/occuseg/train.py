@@ -50,6 +50,7 @@ class TrainConfig:
     max_voxels: int = 200000
     seed: int = 0
     limit_scenes: int = 0
+    rescan_every: int = 0                     # steps; > 0 picks up sequences generated while training
     net: NetConfig = field(default_factory=NetConfig)
     loss: LossWeights = field(default_factory=LossWeights)
 
@@ -110,8 +111,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> str:
                            cfg.use_gt_depth)
     if not paths:
         raise ValueError(f"no training sequences under {cfg.data_root}/sequences/{cfg.train_split}")
-    scenes = [load_scene(p) for p in paths]
-    scenes = [s for s in scenes if (s.instance > 0).any()]
+    def load_all(paths):
+        loaded = [load_scene(p) for p in paths]
+        return [s for s in loaded if (s.instance > 0).any()]
+
+    scenes = load_all(paths)
     _log.info("%d training scenes, %.0f voxels on average", len(scenes), np.mean([len(s.sv) for s in scenes]))
     model = OccuSegNet(cfg.net)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -174,6 +178,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> str:
         bar.set_postfix(loss=f"{rec['total']:.3f}", occ=f"{rec['occupancy']:.3f}")
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
             save(step + 1)
+        if cfg.rescan_every and (step + 1) % cfg.rescan_every == 0 and not cfg.limit_scenes:
+            new = prepare_scenes(cfg.data_root, cfg.train_split, tsdf_cfg, cache, None, cfg.use_gt_depth)
+            if len(new) > len(paths):
+                scenes += load_all(sorted(set(new) - set(paths)))
+                paths = new
+                _log.info("now %d training scenes", len(scenes))
     if step0 >= cfg.steps:
         save(step0)
     return str(out / "model.pt")

@@ -326,7 +326,7 @@ def frame_instances(scene: render.Scene, st: SceneState, labels: np.ndarray, K, 
     """Per instance in view: visible/amodal pixels, occlusion = visible / amodal, visible bbox [x, y, w, h]."""
     from instseg_ros.data.io import FAMILIES
 
-    amodal = render.amodal_counts(scene, K, T_wc, W, H)
+    amodal = render.amodal_counts(scene, K, T_wc, W, H, labels)
     vis = np.bincount(labels.reshape(-1), minlength=len(st.shapes) + 1)
     out = []
     for i, s in enumerate(st.shapes):

@@ -1,0 +1,242 @@
+"""Numba kernels of the renderer: per-pixel loops that numpy would run as many full-image temporaries.
+
+All kernels are single-threaded (the generator parallelises over processes) and cached on disk
+(``cache=True``), so a worker pays the JIT compile once per machine, not once per process.
+Array conventions follow :mod:`instseg_ros.data.render`: images flattened row-major to (H*W, ...),
+world frame metres, rays with camera-frame z component 1 (ray parameter = z-depth).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def finish_cast(t_hit, gid, prim, uv, prim_normal, o, d, tri_offset, all_tris, all_normals, inst_of_geom):
+    """Turn Open3D ``cast_rays`` outputs into render buffers.
+
+    Args: t_hit float32 (N,) (inf = miss); gid, prim uint32 (N,); uv float32 (N, 2) barycentrics of vertices 1
+    and 2; prim_normal float32 (N, 3) face normals; o (3,) ray origin; d float32 (N, 3) ray directions;
+    tri_offset int64 (G + 1,); all_tris int64 (T, 3) global vertex ids; all_normals float32 (V, 3);
+    inst_of_geom int32 (G + 1,) (last = no hit).
+    Returns depth float32 (N,), geom int32 (N,) (-1 = none), instance int32 (N,), normal float32 (N, 3)
+    (unit, facing the camera, 0 where no hit), point float32 (N, 3) world hit point (0 where no hit).
+    """
+    n = t_hit.shape[0]
+    G = inst_of_geom.shape[0] - 1
+    depth = np.zeros(n, np.float32)
+    geom = np.full(n, -1, np.int32)
+    inst = np.zeros(n, np.int32)
+    normal = np.zeros((n, 3), np.float32)
+    point = np.zeros((n, 3), np.float32)
+    for i in range(n):
+        t = t_hit[i]
+        if not np.isfinite(t):
+            inst[i] = inst_of_geom[G]
+            continue
+        g = np.int64(gid[i])
+        depth[i] = t
+        geom[i] = g
+        inst[i] = inst_of_geom[g]
+        tri = tri_offset[g] + np.int64(prim[i])
+        w1 = uv[i, 0]
+        w2 = uv[i, 1]
+        w0 = 1.0 - w1 - w2
+        a, b, c = all_tris[tri, 0], all_tris[tri, 1], all_tris[tri, 2]
+        nx = w0 * all_normals[a, 0] + w1 * all_normals[b, 0] + w2 * all_normals[c, 0]
+        ny = w0 * all_normals[a, 1] + w1 * all_normals[b, 1] + w2 * all_normals[c, 1]
+        nz = w0 * all_normals[a, 2] + w1 * all_normals[b, 2] + w2 * all_normals[c, 2]
+        ln = np.sqrt(nx * nx + ny * ny + nz * nz)
+        if not np.isfinite(ln) or ln < 1e-6:
+            nx, ny, nz = prim_normal[i, 0], prim_normal[i, 1], prim_normal[i, 2]
+            ln = max(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-9)
+        nx, ny, nz = nx / ln, ny / ln, nz / ln
+        if nx * d[i, 0] + ny * d[i, 1] + nz * d[i, 2] > 0:
+            nx, ny, nz = -nx, -ny, -nz
+        normal[i, 0], normal[i, 1], normal[i, 2] = nx, ny, nz
+        for k in range(3):
+            point[i, k] = o[k] + d[i, k] * t
+    return depth, geom, inst, normal, point
+
+
+@njit(cache=True)
+def shadow_ray_plan(geom, lit, H, W):
+    """Which pixels cast a shadow ray: one per 2x2 block whose pixels all show the same geometry, every lit
+    pixel in mixed blocks (silhouettes stay sharp). geom int32 (H*W,), lit bool (H*W,).
+    Returns (ray_pixels int64 (R,), ray_of_pixel int64 (H*W,) with -1 for unlit pixels)."""
+    ray_of = np.full(H * W, -1, np.int64)
+    rays = np.empty(H * W, np.int64)
+    r = 0
+    for by in range(0, H, 2):
+        for bx in range(0, W, 2):
+            g0 = geom[by * W + bx]
+            uniform = g0 >= 0
+            for dy in range(2):
+                for dx in range(2):
+                    y, x = by + dy, bx + dx
+                    if y < H and x < W and geom[y * W + x] != g0:
+                        uniform = False
+            rep = -1
+            for dy in range(2):
+                for dx in range(2):
+                    y, x = by + dy, bx + dx
+                    if y >= H or x >= W:
+                        continue
+                    p = y * W + x
+                    if not lit[p]:
+                        continue
+                    if uniform and rep >= 0:
+                        ray_of[p] = rep
+                    else:
+                        rays[r] = p
+                        ray_of[p] = r
+                        rep = r
+                        r += 1
+    return rays[:r], ray_of
+
+
+@njit(cache=True, fastmath=True)
+def shade(geom, normal, point, vis, cam_pos, Rs, ts, c0, c1, tid, inv_scale, printed, spec_w, shininess,
+          tex, key_dir, key_col, fill_dir, fill_col, ambient):
+    """Linear RGB float32 (N, 3): textured albedo x (hemispheric ambient + shadowed key + fill) + Blinn-Phong.
+
+    Per-geometry tables are indexed by geom (last row = no hit): Rs (G+1, 3, 3) body rotation, ts (G+1, 3)
+    body origin (texture coordinates are body-frame positions so textures stick to objects), c0 / c1
+    (G+1, 3) material colours, tid texture index (-1 plain), inv_scale texels per metre, printed flags,
+    spec_w / shininess. tex float32 (n, S, S, 3). vis float32 (N,) key-light visibility (shadows).
+    Triplanar-like projection: the body axis most aligned with the normal is dropped.
+    """
+    n = geom.shape[0]
+    S = tex.shape[1]
+    out = np.empty((n, 3), np.float32)
+    for i in range(n):
+        g = geom[i]
+        if g < 0:
+            for k in range(3):
+                out[i, k] = ambient[k] * 0.5
+            continue
+        px, py, pz = point[i, 0] - ts[g, 0], point[i, 1] - ts[g, 1], point[i, 2] - ts[g, 2]
+        nx, ny, nz = normal[i, 0], normal[i, 1], normal[i, 2]
+        # body frame: R^T v
+        l0 = Rs[g, 0, 0] * px + Rs[g, 1, 0] * py + Rs[g, 2, 0] * pz
+        l1 = Rs[g, 0, 1] * px + Rs[g, 1, 1] * py + Rs[g, 2, 1] * pz
+        l2 = Rs[g, 0, 2] * px + Rs[g, 1, 2] * py + Rs[g, 2, 2] * pz
+        m0 = abs(Rs[g, 0, 0] * nx + Rs[g, 1, 0] * ny + Rs[g, 2, 0] * nz)
+        m1 = abs(Rs[g, 0, 1] * nx + Rs[g, 1, 1] * ny + Rs[g, 2, 1] * nz)
+        m2 = abs(Rs[g, 0, 2] * nx + Rs[g, 1, 2] * ny + Rs[g, 2, 2] * nz)
+        if m0 >= m1 and m0 >= m2:
+            a, b = l1, l2
+        elif m1 >= m2:
+            a, b = l0, l2
+        else:
+            a, b = l0, l1
+        tv0 = tv1 = tv2 = 0.0
+        t = tid[g]
+        if t >= 0:
+            iu = np.int64(np.floor(a * inv_scale[g])) % S
+            iv = np.int64(np.floor(b * inv_scale[g])) % S
+            tv0, tv1, tv2 = tex[t, iv, iu, 0], tex[t, iv, iu, 1], tex[t, iv, iu, 2]
+        if printed[g]:
+            al0, al1, al2 = tv0 * c1[g, 0], tv1 * c1[g, 1], tv2 * c1[g, 2]
+        else:
+            al0 = c0[g, 0] * (1 - tv0) + c1[g, 0] * tv0
+            al1 = c0[g, 1] * (1 - tv1) + c1[g, 1] * tv1
+            al2 = c0[g, 2] * (1 - tv2) + c1[g, 2] * tv2
+        ndk = max(nx * key_dir[0] + ny * key_dir[1] + nz * key_dir[2], 0.0)
+        ndf = max(nx * fill_dir[0] + ny * fill_dir[1] + nz * fill_dir[2], 0.0)
+        v = vis[i]
+        spec = 0.0
+        if ndk > 0 and spec_w[g] > 0:
+            vx, vy, vz = cam_pos[0] - point[i, 0], cam_pos[1] - point[i, 1], cam_pos[2] - point[i, 2]
+            lv = max(np.sqrt(vx * vx + vy * vy + vz * vz), 1e-9)
+            hx, hy, hz = vx / lv + key_dir[0], vy / lv + key_dir[1], vz / lv + key_dir[2]
+            lh = max(np.sqrt(hx * hx + hy * hy + hz * hz), 1e-9)
+            ndh = min(max((nx * hx + ny * hy + nz * hz) / lh, 0.0), 1.0)
+            spec = spec_w[g] * ndh ** shininess[g] * v
+        sky = 0.6 + 0.4 * (0.5 + 0.5 * nz)  # hemispheric ambient: surfaces facing up get more light
+        out[i, 0] = al0 * (ambient[0] * sky + key_col[0] * ndk * v + fill_col[0] * ndf) + spec * key_col[0]
+        out[i, 1] = al1 * (ambient[1] * sky + key_col[1] * ndk * v + fill_col[1] * ndf) + spec * key_col[1]
+        out[i, 2] = al2 * (ambient[2] * sky + key_col[2] * ndk * v + fill_col[2] * ndf) + spec * key_col[2]
+    return out
+
+
+@njit(cache=True)
+def amodal_raster(uv, tris, tri_obj, n_obj, vis_order, vis_start, H, W):
+    """Unoccluded pixel count per object by rasterising its triangles' silhouettes (no depth test).
+
+    A pixel (u, v) counts for object k when its centre (integer u, v: the ray convention of
+    :func:`render.camera_rays`) lies inside (edges included) a projected triangle of k, or when k is
+    visible there (so amodal >= visible exactly, whatever happens at silhouette edges).
+    uv float64 (V, 2) projected vertices (all in front of the camera); tris int64 (T, 3) sorted by object;
+    tri_obj int64 (T,) object index 0..n_obj-1; vis_order int64 (P,) pixel indices sorted by visible object,
+    vis_start int64 (n_obj + 1,) offsets into it. Returns int64 (n_obj,).
+    """
+    stamp = np.full(H * W, -1, np.int64)
+    counts = np.zeros(n_obj, np.int64)
+    T = tris.shape[0]
+    j = 0
+    for k in range(n_obj):
+        c = 0
+        while j < T and tri_obj[j] == k:
+            a, b, cc = tris[j, 0], tris[j, 1], tris[j, 2]
+            ax, ay, bx, by, cx, cy = uv[a, 0], uv[a, 1], uv[b, 0], uv[b, 1], uv[cc, 0], uv[cc, 1]
+            j += 1
+            area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+            if abs(area) < 1e-12:
+                continue
+            s = 1.0 if area > 0 else -1.0
+            eps = -1e-9 * abs(area)
+            u0 = max(int(np.ceil(min(ax, bx, cx))), 0)
+            u1 = min(int(np.floor(max(ax, bx, cx))), W - 1)
+            v0 = max(int(np.ceil(min(ay, by, cy))), 0)
+            v1 = min(int(np.floor(max(ay, by, cy))), H - 1)
+            for y in range(v0, v1 + 1):
+                for x in range(u0, u1 + 1):
+                    e0 = s * ((bx - ax) * (y - ay) - (by - ay) * (x - ax))
+                    e1 = s * ((cx - bx) * (y - by) - (cy - by) * (x - bx))
+                    e2 = s * ((ax - cx) * (y - cy) - (ay - cy) * (x - cx))
+                    if e0 >= eps and e1 >= eps and e2 >= eps:
+                        p = y * W + x
+                        if stamp[p] != k:
+                            stamp[p] = k
+                            c += 1
+        for q in range(vis_start[k], vis_start[k + 1]):
+            p = vis_order[q]
+            if stamp[p] != k:
+                stamp[p] = k
+                c += 1
+        counts[k] = c
+    return counts
+
+
+@njit(cache=True, fastmath=True)
+def expose(lin, gain, vignette, H, W):
+    """lin float32 (H, W, 3) * gain (3,) * (1 - vignette * r^2), r = distance to the centre / half diagonal."""
+    out = np.empty((H, W, 3), np.float32)
+    cx, cy = W / 2.0, H / 2.0
+    inv = 1.0 / (cx * cx + cy * cy)
+    for y in range(H):
+        for x in range(W):
+            f = 1.0 - vignette * ((x - cx) ** 2 + (y - cy) ** 2) * inv
+            for k in range(3):
+                out[y, x, k] = lin[y, x, k] * gain[k] * f
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def tonemap(img, inv_gamma, sat, noise, offset):
+    """Gamma, saturation around the grey value, additive noise (float32 (H, W, 3)), offset (3,) -> uint8."""
+    H, W = img.shape[0], img.shape[1]
+    out = np.empty((H, W, 3), np.uint8)
+    for y in range(H):
+        for x in range(W):
+            r = max(img[y, x, 0], 0.0) ** inv_gamma
+            g = max(img[y, x, 1], 0.0) ** inv_gamma
+            b = max(img[y, x, 2], 0.0) ** inv_gamma
+            m = (r + g + b) / 3.0
+            vals = (m + (r - m) * sat, m + (g - m) * sat, m + (b - m) * sat)
+            for k in range(3):
+                v = vals[k] + noise[y, x, k] + offset[k]
+                v = min(max(v, 0.0), 1.0)
+                out[y, x, k] = np.uint8(v * 255.0 + 0.5)
+    return out

@@ -66,7 +66,8 @@ class NodeProcess:
                                      start_new_session=True)
 
     def output(self) -> str:
-        self._fh.flush()
+        if not self._fh.closed:
+            self._fh.flush()
         return self.log.read_text(errors="replace")
 
     def alive(self) -> bool:
@@ -182,3 +183,37 @@ class Collector:
     def get(self, topic: str) -> list[tuple[int, Any]]:
         with self._lock:
             return list(self.messages[topic])
+
+
+def spin_until(executor, predicate, timeout: float = 30.0) -> bool:
+    """Spin ``executor`` until ``predicate()`` holds or ``timeout`` s pass; returns its last value."""
+    from instseg_ros.ros.graph import wait_until
+
+    return wait_until(predicate, timeout, lambda t: executor.spin_once(timeout_sec=t))
+
+
+def lifecycle_call(node, executor, node_fqn: str, transition: int | None, timeout: float = 60.0):
+    """Call ``<node_fqn>/change_state`` with a transition id, or ``get_state`` when ``transition`` is
+    None, from ``node`` (spun by ``executor``); returns the response. RuntimeError on timeout."""
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    if transition is None:
+        cli, req = node.create_client(GetState, f"{node_fqn}/get_state"), GetState.Request()
+    else:
+        cli, req = node.create_client(ChangeState, f"{node_fqn}/change_state"), ChangeState.Request()
+        req.transition.id = int(transition)
+    try:
+        if not spin_until(executor, cli.service_is_ready, 30.0):
+            raise RuntimeError(f"{cli.srv_name} is not available")
+        # the request reader can match before the response writer does (a fresh client may lose
+        # its first response): give discovery a moment, and re-ask get_state, which is idempotent
+        spin_until(executor, lambda: False, 0.3)
+        attempts = 1 if transition is not None else 4
+        for _ in range(attempts):
+            fut = cli.call_async(req)
+            if spin_until(executor, fut.done, timeout if attempts == 1 else min(timeout, 5.0)):
+                return fut.result()
+            cli.remove_pending_request(fut)
+        raise RuntimeError(f"{cli.srv_name} did not answer within {timeout} s")
+    finally:
+        node.destroy_client(cli)

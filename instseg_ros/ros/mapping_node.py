@@ -128,8 +128,8 @@ class MappingNode(LifecycleNode):
         self._sync: ApproximateTimeSynchronizer | None = None
         self._subs: list = []
         self._pubs: dict = {}
-        self._services: list = []
-        self._timers: list = []
+        self._srvs: list = []
+        self._tmrs: list = []
         self._diag_pub = None
         self._srv_group = ReentrantCallbackGroup()
         self._map_lock = threading.Lock()     # TSDF map
@@ -176,13 +176,13 @@ class MappingNode(LifecycleNode):
             "instances": self.create_lifecycle_publisher(ObjectInstanceArray, "~/instances", out_qos),
             "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", out_qos),
         }
-        self._services = [
+        self._srvs = [
             self.create_service(Trigger, "~/segment", self._srv_segment, callback_group=self._srv_group),
             self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=self._srv_group),
             self.create_service(Trigger, "~/save", self._srv_save, callback_group=self._srv_group),
         ]
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._timers = [self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics)]
+        self._tmrs = [self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics)]
         self.get_logger().info(f"configured: {cfg}")
         return TransitionCallbackReturn.SUCCESS
 
@@ -221,7 +221,7 @@ class MappingNode(LifecycleNode):
                                                                   reliability=ReliabilityPolicy.RELIABLE)))
         if cfg.segment_period_s > 0:
             self._seg_timer = self.create_timer(cfg.segment_period_s, self._periodic_segment)
-            self._timers.append(self._seg_timer)
+            self._tmrs.append(self._seg_timer)
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -243,7 +243,7 @@ class MappingNode(LifecycleNode):
         self._subs = []
         if getattr(self, "_seg_timer", None) is not None:
             self.destroy_timer(self._seg_timer)
-            self._timers.remove(self._seg_timer)
+            self._tmrs.remove(self._seg_timer)
             self._seg_timer = None
         for w in (self._worker, self._seg_worker):
             if w is not None:
@@ -263,11 +263,11 @@ class MappingNode(LifecycleNode):
     def _destroy_outputs(self) -> None:
         for p in self._pubs.values():
             self.destroy_lifecycle_publisher(p)
-        for s in self._services:
+        for s in self._srvs:
             self.destroy_service(s)
-        for t in self._timers:
+        for t in self._tmrs:
             self.destroy_timer(t)
-        self._pubs, self._services, self._timers = {}, [], []
+        self._pubs, self._srvs, self._tmrs = {}, [], []
         if self._diag_pub is not None:
             self.destroy_publisher(self._diag_pub)
             self._diag_pub = None

@@ -81,9 +81,15 @@ def graph(ros_env, tmp_path_factory):
 
 
 def spin_until(ex, pred, timeout=TIMEOUT) -> bool:
-    from instseg_ros.ros.graph import wait_until
+    from instseg_ros.ros.launcher import spin_until as _spin_until
 
-    return wait_until(pred, timeout, lambda t: ex.spin_once(timeout_sec=t))
+    return _spin_until(ex, pred, timeout)
+
+
+def lifecycle_call(graph, node_fqn: str, transition: int | None):
+    from instseg_ros.ros.launcher import lifecycle_call as _call
+
+    return _call(graph[0], graph[1], node_fqn, transition)
 
 
 class CameraRig:
@@ -272,25 +278,6 @@ def test_bad_inputs_are_logged_skipped_and_the_next_frame_is_published(rig):
         send(array_to_image(rgb, "rgb8", h), array_to_image(depth, "16UC1", h), intrinsics_to_camera_info(K, W, H, h))
 
     _bad_then_good(rig, out_of_order, "out-of-order stamps")
-
-
-def lifecycle_call(graph, node_fqn: str, transition: int | None):
-    """change_state (transition id) or get_state (None) on a lifecycle node; returns the response."""
-    from lifecycle_msgs.srv import ChangeState, GetState
-
-    node, ex, _ = graph
-    if transition is None:
-        cli = node.create_client(GetState, f"{node_fqn}/get_state")
-        req = GetState.Request()
-    else:
-        cli = node.create_client(ChangeState, f"{node_fqn}/change_state")
-        req = ChangeState.Request()
-        req.transition.id = transition
-    assert spin_until(ex, lambda: cli.service_is_ready(), TIMEOUT), f"{cli.srv_name} not available"
-    fut = cli.call_async(req)
-    assert spin_until(ex, fut.done, 60.0), f"{cli.srv_name} did not answer"
-    node.destroy_client(cli)
-    return fut.result()
 
 
 def test_lifecycle_transitions(graph, ros_env):

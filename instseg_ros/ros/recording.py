@@ -180,7 +180,7 @@ def make_recording(seq_dir: str | Path, out: str | Path, period_s: float = 0.5, 
                                                         make_header(START_NS, MAP_FRAME)), START_NS)
         counts = dict(bag.counts)
     size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
-    meta = {"source": str(Path(seq_dir).name), "views": len(views), "period_s": period_s,
+    meta = {"source": str(seq_dir), "views": len(views), "period_s": period_s,
             "voxel_size": gt["voxel_size"], "width": int(views[0]["rgb"].shape[1]),
             "height": int(views[0]["rgb"].shape[0]), "topics": counts, "bytes": size,
             "sequence_meta": seq.get("meta", {})}

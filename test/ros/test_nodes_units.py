@@ -1,0 +1,214 @@
+"""Node pieces that need no graph: parameter configs, id tracking, demo metrics, the grasp rule,
+the one-slot worker, launch files and the RViz config."""
+from __future__ import annotations
+
+import py_compile
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+
+from instseg_ros.core.instances import Instances
+from instseg_ros.mapping.stable_ids import InstanceIdTracker, overlap_iou, voxel_keys
+from instseg_ros.ros.demo import match_instances, transfer_gt_to_points
+from instseg_ros.ros.grasp_consumer import most_graspable
+from instseg_ros.ros.node_common import LatestFrameWorker, SyncWatch
+from instseg_ros.ros.node_params import (ClusterNetNodeConfig, MappingNodeConfig, config_from_values,
+                                         config_from_yaml, default_values)
+from instseg_ros.ros.sync import SyncStats
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------ parameters
+
+@pytest.mark.parametrize("cls, name", [(ClusterNetNodeConfig, "clusternet_node"),
+                                       (MappingNodeConfig, "occuseg_mapping_node")])
+def test_shipped_yaml_sets_every_parameter_to_its_documented_default(cls, name):
+    path = ROOT / "config" / f"{name}.yaml"
+    doc = yaml.safe_load(path.read_text())
+    params = doc[name]["ros__parameters"]
+    known = set(default_values(cls)) | {"autostart"}
+    assert set(params) - known == set(), f"{path} has keys the node does not declare"
+    # the YAML and the dataclass defaults agree (workspace_* is optional in the YAML)
+    assert config_from_yaml(cls, path, name) == cls()
+    assert set(default_values(cls)) - set(params) <= {"workspace_min", "workspace_max"}
+
+
+@pytest.mark.parametrize("cls, values, word", [
+    (ClusterNetNodeConfig, {"slop": -0.1}, "slop"),
+    (ClusterNetNodeConfig, {"queue_size": 0}, "queue_size"),
+    (ClusterNetNodeConfig, {"input_reliability": "sometimes"}, "input_reliability"),
+    (ClusterNetNodeConfig, {"device": "tpu"}, "device"),
+    (ClusterNetNodeConfig, {"cloud_stride": 0}, "cloud_stride"),
+    (MappingNodeConfig, {"pose_source": "gps"}, "pose_source"),
+    (MappingNodeConfig, {"static_pose": [0.0, 0.0, 1.0]}, "static_pose"),
+    (MappingNodeConfig, {"static_pose": [0, 0, 1, 0, 0, 0, 0]}, "quaternion"),
+    (MappingNodeConfig, {"workspace_min": [0.0, 0.0, 0.0]}, "workspace"),
+    (MappingNodeConfig, {"voxel_size": 0.0}, "voxel_size"),
+    (MappingNodeConfig, {"id_match_iou": 1.5}, "id_match_iou"),
+    (MappingNodeConfig, {"segment_period_s": -1.0}, "segment_period_s"),
+    (MappingNodeConfig, {"not_a_parameter": 1}, "unknown parameter"),
+])
+def test_bad_parameter_values_raise_naming_the_parameter(cls, values, word):
+    with pytest.raises(ValueError, match=word):
+        config_from_values(cls, values)
+
+
+def test_static_pose_becomes_the_camera_transform():
+    # camera 0.6 m above the origin looking straight down: rotation of pi about x
+    cfg = MappingNodeConfig(pose_source="static", static_pose=[0.1, 0.2, 0.6, 1.0, 0.0, 0.0, 0.0])
+    T = cfg.static_transform()
+    np.testing.assert_allclose(T, [[1, 0, 0, 0.1], [0, -1, 0, 0.2], [0, 0, -1, 0.6], [0, 0, 0, 1]], atol=1e-12)
+    tc = cfg.tsdf_config()
+    assert tc.voxel_size == 0.005 and tc.workspace_min is None
+
+
+# ------------------------------------------------------------------------------ stable ids
+
+def _map_instances(labels):
+    labels = np.asarray(labels, np.int32)
+    ids = np.unique(labels[labels > 0])
+    n = len(ids)
+    return Instances(labels=labels, ids=ids, centroids=np.zeros((n, 3)), covariances=np.zeros((n, 3, 3)),
+                     scores=np.ones(n), num_points=np.ones(n))
+
+
+def test_overlap_iou_by_hand():
+    coords = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]])
+    k = voxel_keys(coords)
+    # a: {0,1} -> 1, {2,3} -> 2 ; b: {1,2} -> 7, {3} -> 9
+    iou = overlap_iou(k, np.array([1, 1, 2, 2]), np.array([1, 2]), k, np.array([0, 7, 7, 9]), np.array([7, 9]))
+    np.testing.assert_allclose(iou, [[1 / 3, 0.0], [1 / 3, 1 / 2]])
+
+
+def test_ids_survive_renumbering_and_new_objects_get_fresh_ids():
+    tr = InstanceIdTracker(iou_threshold=0.3)
+    coords = np.array([[i, 0, 0] for i in range(10)])
+    first = tr.assign(coords, _map_instances([1, 1, 1, 2, 2, 2, 0, 0, 0, 0]))
+    assert first.ids.tolist() == [1, 2]
+    # the map grew by one voxel; the segmenter numbered the objects the other way round and found a
+    # third one: the old objects keep ids 1 and 2 (IoU 1 and 3/4), the new one gets 3
+    coords2 = np.array([[i, 0, 0] for i in range(11)])
+    second = tr.assign(coords2, _map_instances([2, 2, 2, 1, 1, 1, 1, 0, 3, 3, 3]))
+    np.testing.assert_array_equal(second.labels, [1, 1, 1, 2, 2, 2, 2, 0, 3, 3, 3])
+    assert sorted(second.ids.tolist()) == [1, 2, 3]
+    # object 1 vanishes, object 2 stays (as 5), a new object appears at an unused voxel (as 6): it
+    # gets 4, not the freed id 1
+    third = tr.assign(coords2, _map_instances([0, 0, 0, 5, 5, 5, 5, 6, 0, 0, 0]))
+    np.testing.assert_array_equal(third.labels, [0, 0, 0, 2, 2, 2, 2, 4, 0, 0, 0])
+
+
+def test_id_match_respects_the_threshold():
+    tr = InstanceIdTracker(iou_threshold=0.5)
+    coords = np.array([[i, 0, 0] for i in range(4)])
+    tr.assign(coords, _map_instances([1, 1, 1, 1]))
+    out = tr.assign(coords, _map_instances([0, 0, 0, 9]))  # IoU 1/4 < 0.5
+    assert out.ids.tolist() == [2]
+
+
+# ------------------------------------------------------------------------------ demo metrics
+
+def test_match_instances_by_hand():
+    gt = np.array([[1, 1, 1, 0], [2, 2, 0, 0]])
+    pred = np.array([[5, 5, 0, 0], [6, 6, 6, 6]])
+    # 5 vs 1: 2/3 ; 6 vs 2: 2/4 ; 5 vs 2 and 6 vs 1: 0
+    r = match_instances(pred, gt, 0.5)
+    assert (r["n_pred"], r["n_gt"], r["matched"]) == (2, 2, 2)
+    assert r["precision"] == 1.0 and r["recall"] == 1.0
+    assert r["mean_iou_matched"] == pytest.approx((2 / 3 + 0.5) / 2)
+    r = match_instances(pred, gt, 0.6)
+    assert r["matched"] == 1 and r["precision"] == 0.5
+    ignore = np.array([[False, False, False, False], [True, True, True, True]])
+    r = match_instances(pred, gt, 0.5, ignore=ignore)
+    assert (r["n_pred"], r["n_gt"], r["matched"]) == (1, 1, 1)
+
+
+def test_transfer_gt_uses_the_nearest_voxel_within_range():
+    gt_coords = np.array([[0.0, 0, 0], [0.01, 0, 0]])
+    lab, has = transfer_gt_to_points(np.array([[0.004, 0, 0], [0.0065, 0, 0], [0.05, 0, 0]]), gt_coords,
+                                     np.array([3, 4]), 0.015)
+    assert lab.tolist() == [3, 4, 0] and has.tolist() == [True, True, False]
+
+
+# ------------------------------------------------------------------------------ grasp rule
+
+def _obj(i, c, ext, score=0.9, n=500):
+    return SimpleNamespace(id=i, centroid=SimpleNamespace(x=c[0], y=c[1], z=c[2]),
+                           extent=SimpleNamespace(x=ext[0], y=ext[1], z=ext[2]), score=score, num_points=n)
+
+
+def test_most_graspable_takes_the_closest_object_that_fits_the_gripper():
+    objs = [_obj(1, (0, 0, 0.50), (0.10, 0.05, 0.03)),     # fits (width 0.05), 0.50 m away
+            _obj(2, (0, 0, 0.40), (0.20, 0.12, 0.10)),     # closest but 0.12 m wide: does not fit
+            _obj(3, (0, 0.1, 0.45), (0.06, 0.04, 0.04)),   # fits, distance 0.461 m -> chosen
+            _obj(4, (0, 0, 0.30), (0.05, 0.05, 0.05), n=10)]  # too few points
+    assert most_graspable(objs, 0.08, 50, "closest") == 2
+    assert most_graspable(objs, 0.08, 50, "highest") == 0   # map frame: largest z among candidates
+    assert most_graspable(objs[1:2], 0.08, 50) is None
+    with pytest.raises(ValueError):
+        most_graspable(objs, prefer="nearest")
+
+
+# ------------------------------------------------------------------------------ worker / sync watch
+
+def test_one_slot_worker_keeps_only_the_newest_waiting_item():
+    seen, gate = [], threading.Event()
+
+    def process(x):
+        if x == 0:
+            gate.wait(5)
+        seen.append(x)
+
+    w = LatestFrameWorker(process, lambda item, e: None)
+    w.submit(0)
+    time.sleep(0.2)          # 0 is being processed
+    for x in (1, 2, 3):      # 1 and 2 are replaced while 0 runs
+        w.submit(x)
+    gate.set()
+    assert w.wait_idle(5)
+    assert seen == [0, 3] and w.dropped == 2
+    w.stop()
+
+
+def test_sync_watch_names_the_silent_input():
+    sw = SyncWatch(["color", "depth", "info"])
+    assert sw.check(SyncStats([0, 0, 0], 0, [0, 0, 0], [0, 0, 0])) is None
+    msg = sw.check(SyncStats([3, 3, 0], 0, [0, 0, 0], [3, 3, 0]))
+    assert "nothing arrived on info" in msg
+    assert sw.check(SyncStats([4, 4, 1], 1, [0, 0, 0], [3, 3, 0])) is None  # a set matched
+
+
+# ------------------------------------------------------------------------------ launch / rviz
+
+@pytest.mark.parametrize("name", ["realsense.launch.py", "replay.launch.py"])
+def test_launch_files_compile_and_expose_the_documented_arguments(name, tmp_path):
+    path = ROOT / "launch" / name
+    py_compile.compile(str(path), cfile=str(tmp_path / "x.pyc"), doraise=True)
+    text = path.read_text()
+    for arg in ("params_file", "use_rviz", "camera_namespace", "camera_name"):
+        assert f'DeclareLaunchArgument("{arg}"' in text
+    for exe in ("clusternet_node", "occuseg_mapping_node", "rviz2"):
+        assert f'executable="{exe}"' in text
+    for f in ("clusternet_node.yaml", "occuseg_mapping_node.yaml", "site_overrides.yaml", "instseg.rviz"):
+        assert (ROOT / "config" / f).is_file() and f in text
+
+
+def test_rviz_config_shows_every_output_topic():
+    doc = yaml.safe_load((ROOT / "config" / "instseg.rviz").read_text())
+    topics = {d["Topic"]["Value"] for d in doc["Visualization Manager"]["Displays"] if "Topic" in d}
+    assert topics == {"/clusternet_node/cloud", "/clusternet_node/markers", "/clusternet_node/labels",
+                      "/occuseg_mapping_node/map_cloud", "/occuseg_mapping_node/markers"}
+
+
+def test_colcon_launchers_import_the_node_mains():
+    for exe, mod in [("clusternet_node", "instseg_ros.ros.clusternet_node"),
+                     ("occuseg_mapping_node", "instseg_ros.ros.mapping_node"),
+                     ("grasp_consumer", "instseg_ros.ros.grasp_consumer")]:
+        text = (ROOT / "scripts" / exe).read_text()
+        assert text.startswith("#!/usr/bin/env python3") and f"from {mod} import main" in text
+        assert (ROOT / "scripts" / exe).stat().st_mode & 0o111

@@ -12,6 +12,22 @@ from numba import njit
 
 
 @njit(cache=True)
+def make_rays(fx, fy, cx, cy, R, t, W, H):
+    """float32 (H*W, 6) world rays [origin, direction] of an optical-frame camera, direction camera z = 1:
+    d = R @ ((u - cx) / fx, (v - cy) / fy, 1) for pixel (u, v) (row-major), origin t. R (3, 3), t (3,)."""
+    rays = np.empty((H * W, 6), np.float32)
+    for v in range(H):
+        y = (np.float32(v) - np.float32(cy)) / np.float32(fy)
+        for u in range(W):
+            x = (np.float32(u) - np.float32(cx)) / np.float32(fx)
+            i = v * W + u
+            for k in range(3):
+                rays[i, k] = t[k]
+                rays[i, 3 + k] = x * R[k, 0] + y * R[k, 1] + R[k, 2]
+    return rays
+
+
+@njit(cache=True)
 def finish_cast(t_hit, gid, prim, uv, prim_normal, o, d, tri_offset, all_tris, all_normals, inst_of_geom):
     """Turn Open3D ``cast_rays`` outputs into render buffers.
 
@@ -20,7 +36,8 @@ def finish_cast(t_hit, gid, prim, uv, prim_normal, o, d, tri_offset, all_tris, a
     tri_offset int64 (G + 1,); all_tris int64 (T, 3) global vertex ids; all_normals float32 (V, 3);
     inst_of_geom int32 (G + 1,) (last = no hit).
     Returns depth float32 (N,), geom int32 (N,) (-1 = none), instance int32 (N,), normal float32 (N, 3)
-    (unit, facing the camera, 0 where no hit), point float32 (N, 3) world hit point (0 where no hit).
+    (unit, facing the camera, 0 where no hit), point float32 (N, 3) world hit point (0 where no hit),
+    cos float32 (N,) |cos| of the angle between normal and ray (0 where no hit).
     """
     n = t_hit.shape[0]
     G = inst_of_geom.shape[0] - 1
@@ -29,6 +46,7 @@ def finish_cast(t_hit, gid, prim, uv, prim_normal, o, d, tri_offset, all_tris, a
     inst = np.zeros(n, np.int32)
     normal = np.zeros((n, 3), np.float32)
     point = np.zeros((n, 3), np.float32)
+    cosang = np.zeros(n, np.float32)
     for i in range(n):
         t = t_hit[i]
         if not np.isfinite(t):
@@ -51,12 +69,14 @@ def finish_cast(t_hit, gid, prim, uv, prim_normal, o, d, tri_offset, all_tris, a
             nx, ny, nz = prim_normal[i, 0], prim_normal[i, 1], prim_normal[i, 2]
             ln = max(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-9)
         nx, ny, nz = nx / ln, ny / ln, nz / ln
-        if nx * d[i, 0] + ny * d[i, 1] + nz * d[i, 2] > 0:
+        nd = nx * d[i, 0] + ny * d[i, 1] + nz * d[i, 2]
+        if nd > 0:
             nx, ny, nz = -nx, -ny, -nz
+        cosang[i] = abs(nd) / max(np.sqrt(d[i, 0] ** 2 + d[i, 1] ** 2 + d[i, 2] ** 2), 1e-9)
         normal[i, 0], normal[i, 1], normal[i, 2] = nx, ny, nz
         for k in range(3):
             point[i, k] = o[k] + d[i, k] * t
-    return depth, geom, inst, normal, point
+    return depth, geom, inst, normal, point, cosang
 
 
 @njit(cache=True)
@@ -223,20 +243,62 @@ def expose(lin, gain, vignette, H, W):
     return out
 
 
+GAMMA_LUT_N = 4096
+GAMMA_LUT_MAX_SQRT = 1.5  #: the table covers linear values up to 1.5^2 (brighter clips after gamma anyway)
+
+
+def gamma_lut(inv_gamma: float) -> np.ndarray:
+    """float32 (GAMMA_LUT_N + 1,): x^inv_gamma tabulated on s = sqrt(x) (dense where the curve is steep)."""
+    s = np.linspace(0.0, GAMMA_LUT_MAX_SQRT, GAMMA_LUT_N + 1)
+    return (s ** (2.0 * inv_gamma)).astype(np.float32)
+
+
 @njit(cache=True, fastmath=True)
-def tonemap(img, inv_gamma, sat, noise, offset):
-    """Gamma, saturation around the grey value, additive noise (float32 (H, W, 3)), offset (3,) -> uint8."""
+def _gamma(v, lut):
+    s = np.sqrt(max(v, 0.0)) * (GAMMA_LUT_N / GAMMA_LUT_MAX_SQRT)
+    i = min(int(s), GAMMA_LUT_N - 1)
+    f = min(s - i, 1.0)
+    return lut[i] * (1.0 - f) + lut[i + 1] * f
+
+
+@njit(cache=True, fastmath=True)
+def tonemap(img, lut, sat, noise, offset):
+    """Gamma (``lut`` from :func:`gamma_lut`), saturation around the grey value, additive noise (float32
+    (H, W, 3)), offset (3,) -> uint8 (H, W, 3)."""
     H, W = img.shape[0], img.shape[1]
     out = np.empty((H, W, 3), np.uint8)
     for y in range(H):
         for x in range(W):
-            r = max(img[y, x, 0], 0.0) ** inv_gamma
-            g = max(img[y, x, 1], 0.0) ** inv_gamma
-            b = max(img[y, x, 2], 0.0) ** inv_gamma
+            r = _gamma(img[y, x, 0], lut)
+            g = _gamma(img[y, x, 1], lut)
+            b = _gamma(img[y, x, 2], lut)
             m = (r + g + b) / 3.0
             vals = (m + (r - m) * sat, m + (g - m) * sat, m + (b - m) * sat)
             for k in range(3):
                 v = vals[k] + noise[y, x, k] + offset[k]
                 v = min(max(v, 0.0), 1.0)
                 out[y, x, k] = np.uint8(v * 255.0 + 0.5)
+    return out
+
+
+@njit(cache=True)
+def label_bboxes(labels, n):
+    """Per id 0..n-1 of int (H, W) labels: [x, y, w, h] of its pixels (zeros when absent), int64 (n, 4)."""
+    H, W = labels.shape
+    lo = np.full((n, 2), 1 << 30, np.int64)
+    hi = np.full((n, 2), -1, np.int64)
+    for y in range(H):
+        for x in range(W):
+            k = labels[y, x]
+            if k < 0 or k >= n:
+                continue
+            lo[k, 0] = min(lo[k, 0], x)
+            lo[k, 1] = min(lo[k, 1], y)
+            hi[k, 0] = max(hi[k, 0], x)
+            hi[k, 1] = max(hi[k, 1], y)
+    out = np.zeros((n, 4), np.int64)
+    for k in range(n):
+        if hi[k, 0] >= 0:
+            out[k, 0], out[k, 1] = lo[k, 0], lo[k, 1]
+            out[k, 2], out[k, 3] = hi[k, 0] - lo[k, 0] + 1, hi[k, 1] - lo[k, 1] + 1
     return out

@@ -61,7 +61,7 @@ def _run_shard(job: tuple) -> tuple[int, int]:
     marker.parent.mkdir(parents=True, exist_ok=True)
     tmp = str(marker) + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"scenes": list(scenes), "frames": records}, f)
+        f.write(json.dumps({"scenes": list(scenes), "frames": records}))
     os.replace(tmp, marker)
     return shard, len(records)
 
@@ -80,7 +80,7 @@ def _run_sequence(job: tuple) -> tuple[int, int]:
         io.write_gt_voxels(d, coords, inst, sem, vs)
     meta = dict(seq["meta"], n_views=n_views, voxel_sizes=list(voxel_sizes))
     with open(str(d / "sequence.json") + ".tmp", "w") as f:
-        json.dump(meta, f)
+        f.write(json.dumps(meta))  # dumps: the C encoder (dump streams through the Python one)
     os.replace(str(d / "sequence.json") + ".tmp", d / "sequence.json")
     return index, n_views
 
@@ -101,7 +101,7 @@ def merge_coco(out: str | os.PathLike, split: str) -> str:
             "categories": [{"id": 1, "name": "object", "supercategory": "object"}]}
     path = Path(out) / split / "annotations.json"
     with open(str(path) + ".tmp", "w") as f:
-        json.dump(coco, f)
+        f.write(json.dumps(coco))  # dumps: the C encoder (dump streams through the Python one)
     os.replace(str(path) + ".tmp", path)
     return str(path)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 
 @dataclass
@@ -67,23 +68,43 @@ def stereo_shadow(depth: np.ndarray, fx: float, baseline: float) -> np.ndarray:
     In that imager a pixel u at depth z appears at u - fx * baseline / z. Pixel u is hidden when some
     pixel to its right lands at or left of it there: min over u' > u of (u' - d(u')) < u - d(u).
     """
+    return _stereo_shadow(np.ascontiguousarray(depth, np.float32), float(fx * baseline))
+
+
+@njit(cache=True)
+def _stereo_shadow(depth, fb):
     H, W = depth.shape
-    z = np.where(depth > 0, depth, np.inf)
-    x2 = np.arange(W)[None, :] - fx * baseline / z
-    right_min = np.minimum.accumulate(x2[:, ::-1], axis=1)[:, ::-1]
-    nxt = np.full_like(right_min, np.inf)
-    nxt[:, :-1] = right_min[:, 1:]
-    return (nxt < x2 - 0.5) & (depth > 0)
+    out = np.zeros((H, W), np.bool_)
+    for y in range(H):
+        right_min = np.inf  # min over u' > u of the pixel's position in the second imager
+        for x in range(W - 1, -1, -1):
+            z = depth[y, x]
+            x2 = x - fb / z if z > 0 else np.inf
+            if z > 0 and right_min < x2 - 0.5:
+                out[y, x] = True
+            right_min = min(right_min, x2)
+    return out
+
+
+def _bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """float32 (n_out, n_in): linear interpolation of n_in samples spanning [0, n_out - 1] (end points aligned)."""
+    x = np.arange(n_out) * (n_in - 1) / max(n_out - 1, 1)
+    i0 = np.minimum(np.floor(x).astype(int), n_in - 2)
+    f = (x - i0).astype(np.float32)
+    m = np.zeros((n_out, n_in), np.float32)
+    m[np.arange(n_out), i0] = 1 - f
+    m[np.arange(n_out), i0 + 1] += f
+    return m
 
 
 def _smooth_noise(rng, shape, scale):
-    from scipy.ndimage import zoom
-
+    """float32 (H, W) spatially correlated unit-variance noise: a Gaussian grid every ``scale`` px, bilinearly
+    interpolated (two small matrix products instead of an image-sized zoom)."""
     H, W = shape
     gh, gw = max(2, int(H / scale) + 2), max(2, int(W / scale) + 2)
-    g = rng.normal(size=(gh, gw))
-    z = zoom(g, (H / (gh - 1), W / (gw - 1)), order=1)[:H, :W]
-    return z / max(z.std(), 1e-6)
+    g = rng.standard_normal((gh, gw), dtype=np.float32)
+    z = _bilinear_matrix(H, gh) @ g @ _bilinear_matrix(W, gw).T
+    return z / max(float(z.std()), 1e-6)
 
 
 def apply_depth_noise(depth_gt: np.ndarray, K: np.ndarray, rng: np.random.Generator,
@@ -104,49 +125,58 @@ def apply_depth_noise(depth_gt: np.ndarray, K: np.ndarray, rng: np.random.Genera
     cfg = cfg or DepthNoiseConfig()
     H, W = depth_gt.shape
     fx = float(K[0, 0])
-    valid = depth_gt > 0
-    z = np.where(valid, depth_gt, 1.0).astype(np.float64)
-    disp = fx * cfg.baseline / z
+    dg = np.asarray(depth_gt, np.float32)
+    valid = dg > 0
+    fb = np.float32(fx * cfg.baseline)
+    z = np.where(valid, dg, np.float32(1.0))
     # 2. axial noise (disparity space) + 3. subpixel quantisation
-    white = rng.normal(size=(H, W))
+    white = rng.standard_normal((H, W), dtype=np.float32)
     corr = _smooth_noise(rng, (H, W), cfg.corr_scale)
-    nd = cfg.sigma_disp * (np.sqrt(1 - cfg.corr_frac) * white + np.sqrt(cfg.corr_frac) * corr)
-    disp_n = np.round((disp + nd) * cfg.subpixel) / cfg.subpixel
-    disp_n = np.maximum(disp_n, 1.0 / cfg.subpixel)
-    zn = fx * cfg.baseline / disp_n
-    out = np.where(valid, zn, 0.0)
+    nd = np.float32(cfg.sigma_disp * np.sqrt(1 - cfg.corr_frac)) * white
+    nd += np.float32(cfg.sigma_disp * np.sqrt(cfg.corr_frac)) * corr
+    nd += fb / z
+    sub = np.float32(cfg.subpixel)
+    disp_n = np.maximum(np.round(nd * sub) / sub, np.float32(1.0) / sub)
+    out = np.where(valid, fb / disp_n, np.float32(0.0))
     invalid = ~valid
     # 1. stereo shadow
     if cfg.shadow:
-        invalid |= stereo_shadow(depth_gt, fx, cfg.baseline)
-    # 4. depth edges: neighbours whose depth differs by more than a relative threshold
-    dz = np.zeros((H, W))
-    dpad = np.pad(np.where(valid, depth_gt, 0.0), 1, mode="edge")
-    neighbour_max = np.zeros((H, W))
-    neighbour_min = np.full((H, W), np.inf)
+        invalid |= stereo_shadow(dg, fx, cfg.baseline)
+    # 4. depth edges: 4-neighbours whose depth differs by more than a relative threshold
+    dpad = np.pad(dg, 1, mode="edge")
+    dinf = np.where(dpad > 0, dpad, np.float32(np.inf))
+    neighbour_max = np.zeros((H, W), np.float32)
+    neighbour_min = np.full((H, W), np.inf, np.float32)
     for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-        nb = dpad[1 + dy:1 + dy + H, 1 + dx:1 + dx + W]
-        neighbour_max = np.maximum(neighbour_max, nb)
-        neighbour_min = np.minimum(neighbour_min, np.where(nb > 0, nb, np.inf))
-    dz = np.maximum(neighbour_max - depth_gt, depth_gt - np.where(np.isfinite(neighbour_min), neighbour_min, depth_gt))
-    edge = valid & (dz > cfg.edge_threshold * np.maximum(depth_gt, 0.2))
-    r = rng.random((H, W))
-    fly = edge & (r < cfg.flying_prob)
-    mix = rng.random((H, W))
-    far = np.where(neighbour_max > depth_gt, neighbour_max, depth_gt)
-    near = np.where(np.isfinite(neighbour_min), np.minimum(neighbour_min, depth_gt), depth_gt)
-    out = np.where(fly, near + mix * (far - near), out)
-    invalid |= edge & ~fly & (r < cfg.flying_prob + cfg.edge_hole_prob)
+        np.maximum(neighbour_max, dpad[1 + dy:1 + dy + H, 1 + dx:1 + dx + W], out=neighbour_max)
+        np.minimum(neighbour_min, dinf[1 + dy:1 + dy + H, 1 + dx:1 + dx + W], out=neighbour_min)
+    has_min = np.isfinite(neighbour_min)
+    dz = np.maximum(neighbour_max - dg, dg - np.where(has_min, neighbour_min, dg))
+    edge = valid & (dz > np.float32(cfg.edge_threshold) * np.maximum(dg, np.float32(0.2)))
+    ey, ex = np.nonzero(edge)  # edge pixels are few: draw their random numbers only
+    if len(ey):
+        r = rng.random(len(ey), dtype=np.float32)
+        mix = rng.random(len(ey), dtype=np.float32)
+        d0 = dg[ey, ex]
+        far = np.maximum(neighbour_max[ey, ex], d0)
+        near = np.where(has_min[ey, ex], np.minimum(neighbour_min[ey, ex], d0), d0)
+        fly = r < cfg.flying_prob
+        out[ey[fly], ex[fly]] = near[fly] + mix[fly] * (far[fly] - near[fly])
+        hole = ~fly & (r < cfg.flying_prob + cfg.edge_hole_prob)
+        invalid[ey[hole], ex[hole]] = True
     # 5. dropout: speckle, blobs, grazing angles, hard objects
-    invalid |= rng.random((H, W)) < cfg.speckle_prob
+    u = rng.random((H, W), dtype=np.float32)
+    invalid |= u < cfg.speckle_prob
     if cfg.blob_frac > 0:
         b = _smooth_noise(rng, (H, W), rng.uniform(15, 40))
-        thr = np.quantile(b, 1 - cfg.blob_frac)
+        thr = np.quantile(b[::3, ::3], 1 - cfg.blob_frac)
         invalid |= b > thr
     if normal_cos is not None:
-        invalid |= (normal_cos < cfg.grazing_cos) & (rng.random((H, W)) < 0.7)
+        # reuse u: independent of the speckle test wherever u >= speckle_prob, i.e. almost everywhere
+        invalid |= (normal_cos < cfg.grazing_cos) & (u > 1 - 0.7)
     if instance is not None and cfg.hard_object_prob > 0:
-        ids = np.unique(instance[instance > 0])
+        ids = np.nonzero(np.bincount(np.asarray(instance, np.int64).reshape(-1)))[0]
+        ids = ids[ids > 0]
         hard = ids[rng.random(len(ids)) < cfg.hard_object_prob]
         if len(hard):
             m = np.isin(instance, hard)
@@ -154,5 +184,5 @@ def apply_depth_noise(depth_gt: np.ndarray, K: np.ndarray, rng: np.random.Genera
             invalid |= m & holes
     # 6. range and quantisation
     invalid |= (out < cfg.min_z) | (out > cfg.max_z)
-    out = np.where(invalid, 0.0, np.round(out * 1000.0) / 1000.0)
+    out = np.where(invalid, np.float32(0.0), np.round(out * np.float32(1000.0)) / np.float32(1000.0))
     return out.astype(np.float32)

@@ -111,24 +111,24 @@ def cast(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: int, height: int)
 
     Returns dict: "depth" float32 (H, W) z-depth metres (0 = no hit); "geom" int32 (H, W) geometry index
     (-1 = none); "instance" int32 (H, W) (0 = background / none); "normal" float32 (H, W, 3) world-frame
-    smooth normal facing the camera; "point" float32 (H, W, 3) world hit point; "dir" (H*W, 3) ray dirs.
+    smooth normal facing the camera; "point" float32 (H, W, 3) world hit point; "cos" float32 (H, W) |cos| of
+    the normal-ray angle (0 = no hit); "dir" float32 (H*W, 3) ray directions (camera z = 1).
     """
     import open3d.core as o3c
 
     from instseg_ros.data import _kernels
 
-    o, d = camera_rays(K, T_wc, width, height)
-    rays = np.empty((len(d), 6), np.float32)
-    rays[:, :3] = o[0]
-    rays[:, 3:] = d
+    rays = _kernels.make_rays(float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]),
+                              np.asarray(T_wc[:3, :3], np.float64), np.asarray(T_wc[:3, 3], np.float64), width, height)
+    d = rays[:, 3:]
     r = scene.rc.cast_rays(o3c.Tensor(rays), nthreads=1)
-    depth, geom, inst, normal, point = _kernels.finish_cast(
+    depth, geom, inst, normal, point, cosang = _kernels.finish_cast(
         r["t_hit"].numpy(), r["geometry_ids"].numpy(), r["primitive_ids"].numpy(), r["primitive_uvs"].numpy(),
-        r["primitive_normals"].numpy(), np.ascontiguousarray(o[0]), d, scene.tri_offset, scene.all_tris,
+        r["primitive_normals"].numpy(), rays[0, :3].copy(), d, scene.tri_offset, scene.all_tris,
         scene.all_normals, scene.instance_of_geom)
     return {"depth": depth.reshape(height, width), "geom": geom.reshape(height, width),
             "instance": inst.reshape(height, width), "normal": normal.reshape(height, width, 3),
-            "point": point.reshape(height, width, 3), "dir": d}
+            "point": point.reshape(height, width, 3), "cos": cosang.reshape(height, width), "dir": d}
 
 
 def amodal_counts(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: int, height: int,
@@ -368,12 +368,18 @@ def shade(scene: Scene, buf: dict, light: Lighting, cam_pos: np.ndarray, rng: np
     return rgb.reshape(H, W, 3)
 
 
+_GAMMA_LUT = None
+
+
 def camera_effects(lin: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Linear RGB -> uint8 sRGB-ish camera image: auto-exposure, white balance, vignetting, blur, noise."""
     from scipy.ndimage import gaussian_filter
 
     from instseg_ros.data import _kernels
 
+    global _GAMMA_LUT
+    if _GAMMA_LUT is None:
+        _GAMMA_LUT = _kernels.gamma_lut(1 / 2.2)
     H, W, _ = lin.shape
     lum = lin[::4, ::4].mean(2)  # exposure statistic on a subsampled image
     expo = rng.uniform(0.35, 0.6) / max(float(np.percentile(lum, 60)), 1e-4)
@@ -384,4 +390,4 @@ def camera_effects(lin: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     sat = np.float32(rng.uniform(0.75, 1.15))
     noise = rng.standard_normal((H, W, 3), dtype=np.float32) * np.float32(rng.uniform(0.004, 0.02))
     offset = rng.normal(0, 0.01, 3).astype(np.float32)
-    return _kernels.tonemap(img, np.float32(1 / 2.2), sat, noise, offset)
+    return _kernels.tonemap(img, _GAMMA_LUT, sat, noise, offset)

@@ -314,9 +314,7 @@ def render_view(scene: render.Scene, st: SceneState, K: np.ndarray, T_wc: np.nda
     light = light or sample_lighting(rng)
     lin = render.shade(scene, buf, light, T_wc[:3, 3], rng, render.texture_bank())
     rgb = render.camera_effects(lin, rng)
-    dirs = buf["dir"].reshape(H, W, 3)
-    cosang = np.abs(np.einsum("hwc,hwc->hw", buf["normal"], dirs)) / np.linalg.norm(dirs, axis=2)
-    depth = noise_mod.apply_depth_noise(depth_gt, K, rng, noise_mod.sample_noise_config(rng), labels, cosang)
+    depth = noise_mod.apply_depth_noise(depth_gt, K, rng, noise_mod.sample_noise_config(rng), labels, buf["cos"])
     instances = frame_instances(scene, st, labels, K, T_wc, W, H)
     return {"rgb": rgb, "depth": depth, "depth_gt": depth_gt, "labels": labels, "K": K, "T_world_camera": T_wc,
             "instances": instances}
@@ -326,8 +324,11 @@ def frame_instances(scene: render.Scene, st: SceneState, labels: np.ndarray, K, 
     """Per instance in view: visible/amodal pixels, occlusion = visible / amodal, visible bbox [x, y, w, h]."""
     from instseg_ros.data.io import FAMILIES
 
+    from instseg_ros.data import _kernels
+
     amodal = render.amodal_counts(scene, K, T_wc, W, H, labels)
     vis = np.bincount(labels.reshape(-1), minlength=len(st.shapes) + 1)
+    boxes = _kernels.label_bboxes(labels, len(st.shapes) + 1)
     out = []
     for i, s in enumerate(st.shapes):
         iid = i + 1
@@ -336,11 +337,7 @@ def frame_instances(scene: render.Scene, st: SceneState, labels: np.ndarray, K, 
         if a == 0 and v == 0:
             continue
         a = max(a, v)
-        if v:
-            ys, xs = np.nonzero(labels == iid)
-            bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-        else:
-            bbox = [0, 0, 0, 0]
+        bbox = [int(x) for x in boxes[iid]]
         out.append({"id": iid, "family": s.family, "family_id": FAMILIES.index(s.family) + 1, "visible_px": v,
                     "amodal_px": int(a), "occlusion": float(v / a), "bbox": bbox})
     return out

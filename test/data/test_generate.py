@@ -146,3 +146,18 @@ def test_voxel_ground_truth_agrees_with_views(tmp_path):
         assert json.load(f)["n_views"] == 2
     with pytest.raises(ValueError, match="no voxel GT"):
         io.load_sequence(io.list_sequences(tmp_path, "train")[0], voxel_size=0.005)
+
+
+def test_fast_png_writer_round_trips_through_pillow():
+    from PIL import Image
+    import io as _io
+
+    rng = np.random.default_rng(4)
+    for arr in (rng.integers(0, 256, (7, 5, 3), dtype=np.uint8), rng.integers(0, 65536, (6, 9), dtype=np.uint16),
+                np.full((3, 4), 65535, np.uint16), np.zeros((2, 1, 3), np.uint8)):
+        for strategy in (0, 3):  # zlib default / RLE
+            with Image.open(_io.BytesIO(io._png_bytes(arr, strategy))) as im:
+                back = np.asarray(im)
+            np.testing.assert_array_equal(back.astype(np.int64), arr.astype(np.int64))
+    with pytest.raises(ValueError, match="PNG writer"):
+        io._png_bytes(np.zeros((2, 2), np.int32), 0)

@@ -150,3 +150,27 @@ def test_rasterised_amodal_matches_exhaustive_ray_listing(index):
             assert abs(fast[iid] - a) <= max(2, 0.02 * a), (iid, fast[iid], a)
             assert fast[iid] >= (labels == iid).sum()
         assert sum(fast.values()) == pytest.approx(sum(ref.values()), rel=0.01)
+
+
+def test_kernels_match_numpy_references():
+    from instseg_ros.data import _kernels
+
+    T = look_at(np.array([0.3, -0.2, 0.5]), np.zeros(3), roll_deg=12.0)
+    rays = _kernels.make_rays(K[0, 0], K[1, 1], K[0, 2], K[1, 2], T[:3, :3].copy(), T[:3, 3].copy(), W, H)
+    o, d = render.camera_rays(K, T, W, H)
+    np.testing.assert_allclose(rays[:, :3], o, atol=1e-6)
+    np.testing.assert_allclose(rays[:, 3:], d, atol=1e-6)
+    # gamma through the lookup table vs the power law: within one output level
+    rng = np.random.default_rng(0)
+    img = np.concatenate([rng.random((8, 8, 3)), rng.random((8, 8, 3)) * 1e-3, rng.random((8, 8, 3)) * 3],
+                         0).astype(np.float32)
+    out = _kernels.tonemap(img, _kernels.gamma_lut(1 / 2.2), np.float32(1.0), np.zeros_like(img),
+                           np.zeros(3, np.float32))
+    ref = np.clip(img.astype(np.float64) ** (1 / 2.2), 0, 1) * 255 + 0.5
+    assert np.abs(out.astype(np.int64) - np.floor(ref)).max() <= 1
+    # bounding boxes per label id
+    lab = np.zeros((9, 11), np.int32)
+    lab[2:5, 3:4] = 1
+    lab[8, 10] = 2
+    np.testing.assert_array_equal(_kernels.label_bboxes(lab, 4), [[0, 0, 11, 9], [3, 2, 1, 3], [10, 8, 1, 1],
+                                                                  [0, 0, 0, 0]])

@@ -225,13 +225,15 @@ def config_from_yaml(cls: type[C], path: str | Path, node_name: str, overrides: 
 def declare_config(node, cls: type) -> None:
     """Declare every field of ``cls`` as a parameter of ``node`` (once, in the constructor) and
     register a set-parameters callback that rejects values the dataclass refuses."""
-    from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+    from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+    from rclpy.parameter import Parameter
 
     for name, default in default_values(cls).items():
         desc = ParameterDescriptor(description=DESCRIPTIONS.get(name, ""))
-        if isinstance(default, list):
-            # typed explicitly: an empty list would not say it holds doubles
-            desc.type = ParameterType.PARAMETER_DOUBLE_ARRAY
+        if isinstance(default, list) and not default:
+            # an empty list would be typed BYTE_ARRAY: declare the type, leave it unset (= [])
+            node.declare_parameter(name, Parameter.Type.DOUBLE_ARRAY, desc)
+        elif isinstance(default, list):
             node.declare_parameter(name, [float(v) for v in default], desc)
         else:
             node.declare_parameter(name, default, desc)
@@ -252,9 +254,14 @@ def declare_config(node, cls: type) -> None:
 
 def read_values(node, cls: type) -> dict[str, Any]:
     """Current parameter values of ``node`` for the fields of ``cls`` (unset arrays -> [])."""
+    from rclpy.exceptions import ParameterUninitializedException
+
     out = {}
     for name, default in default_values(cls).items():
-        v = node.get_parameter(name).value
+        try:
+            v = node.get_parameter(name).value
+        except ParameterUninitializedException:
+            v = None
         if isinstance(default, list):
             v = [] if v is None else [float(x) for x in v]
         out[name] = v

@@ -52,7 +52,8 @@ def match_instances(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = MAT
         ignore: optional bool mask of elements left out of every count (e.g. no ground truth).
     Returns:
         dict: n_pred, n_gt, matched, precision, recall (0 when undefined), mean_iou_matched,
-        mean_best_iou (per ground-truth instance, its best IoU with any prediction: coverage).
+        mean_best_iou (per ground-truth instance, its best IoU with any prediction: coverage),
+        pairs: [(pred id, gt id, IoU)] of the matches.
     """
     p = np.asarray(pred).reshape(-1).astype(np.int64)
     g = np.asarray(gt).reshape(-1).astype(np.int64)
@@ -64,7 +65,7 @@ def match_instances(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = MAT
     pid = np.unique(p[p > 0])
     gid = np.unique(g[g > 0])
     out = {"n_pred": int(len(pid)), "n_gt": int(len(gid)), "matched": 0, "precision": 0.0, "recall": 0.0,
-           "mean_iou_matched": 0.0, "mean_best_iou": 0.0}
+           "mean_iou_matched": 0.0, "mean_best_iou": 0.0, "pairs": []}
     if not len(pid) or not len(gid):
         return out
     pi = np.searchsorted(pid, p)
@@ -84,9 +85,28 @@ def match_instances(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = MAT
         used_p.add(a)
         used_g.add(b)
         ious.append(float(iou[a, b]))
+        out["pairs"].append((int(pid[a]), int(gid[b]), float(iou[a, b])))
     out.update(matched=len(ious), precision=len(ious) / len(pid), recall=len(ious) / len(gid),
                mean_iou_matched=float(np.mean(ious)) if ious else 0.0,
                mean_best_iou=float(iou.max(axis=0).mean()))
+    return out
+
+
+def centroid_errors(inst_msg, pairs, gt_labels: np.ndarray, depth_msg, info_msg) -> list[float]:
+    """Distance (m) between each matched instance's published centroid and the centroid of its
+    ground-truth object's visible pixels back-projected with the same input depth (camera frame)."""
+    from instseg_ros.core.geometry import backproject
+    from instseg_ros.ros.conversions import camera_info_to_intrinsics, image_to_depth
+
+    depth = image_to_depth(depth_msg)
+    pts = backproject(depth, camera_info_to_intrinsics(info_msg).K)
+    valid = np.isfinite(depth) & (depth > 0)
+    cents = {o.id: np.array([o.centroid.x, o.centroid.y, o.centroid.z]) for o in inst_msg.instances}
+    out = []
+    for pid, gid, _ in pairs:
+        m = (gt_labels == gid) & valid
+        if m.any() and pid in cents:
+            out.append(float(np.linalg.norm(pts[m].astype(np.float64).mean(0) - cents[pid])))
     return out
 
 
@@ -346,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
             entry.update(latency_ms=(recv - s) * 1e-6, instances=len(m.instances))
             if s in labels_by_stamp:
                 pred = image_to_array(labels_by_stamp[s], metres=False).astype(np.int64)
-                entry["accuracy_2d"] = match_instances(pred, gt)
+                acc = match_instances(pred, gt)
+                entry["accuracy_2d"] = acc
+                entry["centroid_errors_m"] = centroid_errors(m, acc["pairs"], gt, v["depth"], v["info"])
                 save_overlay(out / "overlays" / f"view_{k:02d}.png", image_to_rgb(v["color"]), pred, gt,
                              f"view {k}: latency {entry['latency_ms']:.0f} ms")
         frames.append(entry)
@@ -380,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                            "max": float(np.max(lat)) if lat else None},
             "mean_precision_2d": float(np.mean([x["precision"] for x in acc2d])) if acc2d else None,
             "mean_recall_2d": float(np.mean([x["recall"] for x in acc2d])) if acc2d else None,
+            "centroid_error_m_median": (float(np.median(errs)) if (errs := [e for f in frames
+                                        for e in f.get("centroid_errors_m", [])]) else None),
             "frames": frames,
         },
         "map": map_summary,
@@ -390,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     head = {"views": len(views), "camera_frames": summary["camera"]["frames_published"],
             "camera_latency_ms_p50": summary["camera"]["latency_ms"]["p50"],
             "camera_recall_2d": summary["camera"]["mean_recall_2d"],
+            "camera_centroid_error_m_median": summary["camera"]["centroid_error_m_median"],
             "map_instances": map_summary.get("accuracy", {}).get("n_pred"),
             "map_recall": map_summary.get("accuracy", {}).get("recall"),
             "map_precision": map_summary.get("accuracy", {}).get("precision"),

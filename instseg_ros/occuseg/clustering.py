@@ -193,13 +193,14 @@ def cluster_voxels(sv_labels: np.ndarray, voxel_edges: np.ndarray, centre: np.nd
         voxel_edges: int (E, 2) voxel adjacency (defines supervoxel adjacency).
         centre: (V, 3) mu_i + d_i, normalised units. emb: (V, E) s_i. log_occ: (V,) o_i.
         sigma: (V, 2) (sigma_s, sigma_d). prob: (V, K) class probabilities, class 0 = background.
-    Background supervoxels (mean probability argmax = 0) take no part in the merging.
+    Background supervoxels (mean background probability >= 0.5, i.e. the object classes together are
+    less likely than background) take no part in the merging.
     """
     cfg = cfg or ClusterConfig()
     sv = np.asarray(sv_labels, np.int64)
     V = len(sv)
     st = SupervoxelStats.from_voxels(sv, centre, emb, log_occ, sigma, prob)
-    fg = st.prob.argmax(axis=1) != 0
+    fg = st.prob[:, 0] < 0.5 * np.maximum(st.n, 1)      # sums: mean p(background) < 0.5
     ve = np.asarray(voxel_edges, np.int64).reshape(-1, 2)
     se = np.stack([sv[ve[:, 0]], sv[ve[:, 1]]], axis=1)
     se = se[(se[:, 0] != se[:, 1]) & fg[se[:, 0]] & fg[se[:, 1]]]

@@ -25,8 +25,8 @@ class SupervoxelConfig:
         + color_weight * ||rgb_i - rgb_j|| / (255 sqrt 3).
     """
 
-    k: float = 0.4
-    min_size: int = 20
+    k: float = 0.2
+    min_size: int = 10
     normal_weight: float = 1.0
     color_weight: float = 0.5
 

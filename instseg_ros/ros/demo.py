@@ -305,10 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         pub = FramePublisher(node, rec.CAMERA_NS)
         pose_pub = node.create_publisher(type(views[0]["pose"]), rec.POSE_TOPIC, 10)
         col = Collector(node, types)
+        failed = lambda: not all(p.alive() for p in procs) or any("autostart:" in p.output() for p in procs)
         ok = wait_until(lambda: all(p.get_subscription_count() >= 2 for p in pub.publishers)
-                        and pose_pub.get_subscription_count() >= 1
-                        or not all(p.alive() for p in procs), STARTUP_TIMEOUT_S)
-        if not ok or not all(p.alive() for p in procs):
+                        and pose_pub.get_subscription_count() >= 1 or failed(), STARTUP_TIMEOUT_S)
+        if not ok or failed():
             for p in procs:
                 print(f"--- {p.log}:\n{p.output()[-3000:]}", file=sys.stderr)
             raise RuntimeError("the nodes did not start (see the logs above)")
@@ -338,9 +338,13 @@ def main(argv: list[str] | None = None) -> int:
         wait_until(lambda: col.count(map_out["map_cloud"]) > n_map_before, 20.0)
         save = _call(save_cli, 60.0)
         print(f"demo: ~/segment: {seg.message}; ~/save: {save.message}", flush=True)
+    except RuntimeError as e:
+        print(f"instseg demo: {e}", file=sys.stderr)
+        return 1
     finally:
         codes = [p.stop() for p in procs]
         executor.shutdown(timeout_sec=2.0)
+        spinner.join(timeout=5.0)
         node.destroy_node()
         rclpy.try_shutdown()
 

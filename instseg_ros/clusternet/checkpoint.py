@@ -59,3 +59,13 @@ def build_model(ckpt: dict[str, Any], device: str | torch.device = "cpu"):
     except RuntimeError as e:
         raise RuntimeError(f"checkpoint weights do not match its config: {e}") from e
     return model.to(device).eval()
+
+
+def export_checkpoint(src: str, dst: str, extra_meta: dict[str, Any] | None = None, half: bool = False) -> str:
+    """Write a shippable copy of a training checkpoint: config, weights and meta only (no optimizer state),
+    optionally with float16 weights (loaded back as float32 by :func:`build_model`)."""
+    ck = load_checkpoint(src)
+    meta = dict(ck["meta"])
+    meta.update(extra_meta or {})
+    sd = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ck["model"].items()}
+    return save_checkpoint(dst, ck["model_config"], sd, meta)

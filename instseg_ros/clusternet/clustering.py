@@ -84,10 +84,12 @@ def sphere_seeding(xi: torch.Tensor, eta: torch.Tensor, radius: torch.Tensor, *,
         x, pr = xi[remaining], eta[remaining].clone()
         sub = torch.full((remaining.numel(),), -1, dtype=torch.long, device=dev)
         n = min(block, max_instances - k)
+        x = x - x.mean(0)                                  # centred: |x|^2 - 2 x.c + |c|^2 stays accurate
+        sq = (x * x).sum(1)
         for j in range(n):
             s = torch.argmax(pr)
             r = r_all[remaining[s]]
-            d2 = ((x - x[s]) ** 2).sum(1)
+            d2 = sq - 2.0 * (x @ x[s]) + sq[s]
             new = (sub < 0) & (d2 <= r * r)
             new[s] = sub[s] < 0                           # a seed always joins its own cluster
             sub = torch.where(new, torch.full_like(sub, k + j), sub)
@@ -144,13 +146,16 @@ def gmm_iteration(xi: torch.Tensor, assign: torch.Tensor, k: int, reg: float) ->
     logw = torch.log(cnt.clamp_min(1) / cnt.sum())
     const = logw - 0.5 * logdet                            # (K,) the shared -D/2 log 2π drops out
     eye = torch.eye(d, dtype=chol.dtype, device=chol.device).expand(k, d, d)
-    linv = torch.linalg.solve_triangular(chol, eye, upper=False)     # (K, D, D): z = L^-1 (x - mu)
+    # z = L^-1 (x - mu): the statistics need float64, the per-pixel residuals are small and fit float32
+    linv = torch.linalg.solve_triangular(chol, eye, upper=False).to(xi.dtype)
+    mean32 = mean.to(xi.dtype)
+    const = const.to(xi.dtype)
     out = torch.empty(p, dtype=torch.long, device=xi.device)
     step = max(1, GMM_CHUNK_ELEMENTS // max(1, k * d))
     for i in range(0, p, step):
-        diff = x64[i:i + step, None, :] - mean[None]       # (c, K, D)
+        diff = xi[i:i + step, None, :] - mean32[None]       # (c, K, D)
         z = torch.einsum("kij,pkj->pki", linv, diff)
-        ll = const[None] - 0.5 * (z ** 2).sum(-1)
+        ll = const[None] - 0.5 * (z * z).sum(-1)
         out[i:i + step] = ll.argmax(1)
     return out
 

@@ -146,7 +146,8 @@ class TrainConfig:
 
     refresh_frames_every: re-list the training split every N steps (0 = never), for training while the
     generator is still writing frames. max_frames: use only the first N frames (0 = all).
-    threads: torch CPU threads. checkpoint_every / log_every: steps.
+    threads: torch CPU threads. checkpoint_every / log_every: steps. min_fg_valid_depth: see
+    :class:`instseg_ros.clusternet.dataset.ClusterNetDataset`.
     """
 
     data: str = "/work/data_out/synth"
@@ -163,6 +164,7 @@ class TrainConfig:
     num_workers: int = 0
     checkpoint_every: int = 250
     refresh_frames_every: int = 0
+    min_fg_valid_depth: float = 0.0
     log_every: int = 10
     max_frames: int = 0
     device: str = "auto"

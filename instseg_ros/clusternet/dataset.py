@@ -95,7 +95,8 @@ def prepare_frame(frame: dict[str, Any], size: tuple[int, int], feature: str, lo
     Returns:
         dict of tensors: "rgb" uint8 (3, H, W); "depth" float32 (1, H, W) metres (noisy, augmented);
         "K" float32 (3, 3); targets "xi" (9, H, W), "centroid" (H, W), "radius" (H, W),
-        "foreground" bool (H, W), "instance" int64 (H, W).
+        "foreground" bool (H, W), "instance" int64 (H, W); "fg_valid_depth" () share of foreground
+        pixels with valid input depth.
     """
     rgb, depth, depth_gt, labels = frame["rgb"], frame["depth"], frame["depth_gt"], frame["labels"]
     K = validate_intrinsics(frame["K"])
@@ -130,6 +131,7 @@ def prepare_frame(frame: dict[str, Any], size: tuple[int, int], feature: str, lo
         "radius": torch.from_numpy(t.radius),
         "foreground": torch.from_numpy(t.foreground),
         "instance": torch.from_numpy(t.instance.astype(np.int64)),
+        "fg_valid_depth": torch.tensor(float((d2[t.foreground] > 0).mean()) if t.foreground.any() else 1.0),
     }
 
 
@@ -142,10 +144,14 @@ class ClusterNetDataset(Dataset):
         size: (H, W) training resolution. feature: "c" or "c+cov". loss_cfg: target parameters.
         augment: AugmentConfig or None (no augmentation: centred full-frame resize).
         seed: base seed; sample i of epoch e uses a generator seeded from (seed, e, i).
+        min_fg_valid_depth: samples whose foreground has a smaller share of valid input depth are
+            replaced by another frame (objects closer than the sensor's minimum range have no depth at
+            all; their ξ cannot be inferred from XYZ and their L2 errors of tens of cm dominate batches).
     """
 
     def __init__(self, frames: list, size: tuple[int, int], feature: str = "c",
-                 loss_cfg: LossConfig | None = None, augment: AugmentConfig | None = None, seed: int = 0) -> None:
+                 loss_cfg: LossConfig | None = None, augment: AugmentConfig | None = None, seed: int = 0,
+                 min_fg_valid_depth: float = 0.0) -> None:
         if not frames:
             raise ValueError("ClusterNetDataset needs at least one frame")
         self.frames = list(frames)
@@ -155,6 +161,7 @@ class ClusterNetDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.min_fg_valid_depth = float(min_fg_valid_depth)
 
     @classmethod
     def from_split(cls, root: str, split: str, max_frames: int = 0, **kw) -> "ClusterNetDataset":
@@ -180,4 +187,9 @@ class ClusterNetDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        return prepare_frame(self.load(i), self.size, self.feature, self.loss_cfg, self.augment, rng)
+        for attempt in range(8):
+            j = i if attempt == 0 else int(rng.integers(0, len(self.frames)))
+            s = prepare_frame(self.load(j), self.size, self.feature, self.loss_cfg, self.augment, rng)
+            if float(s["fg_valid_depth"]) >= self.min_fg_valid_depth:
+                break
+        return s

@@ -104,10 +104,11 @@ def train(cfg: TrainConfig, resume: bool = False, frames: list | None = None, qu
     if frames is None:
         ds = ClusterNetDataset.from_split(cfg.data, cfg.train_split, max_frames=cfg.max_frames,
                                           size=(mcfg.input_height, mcfg.input_width), feature=mcfg.feature,
-                                          loss_cfg=cfg.loss, augment=cfg.augment, seed=cfg.seed + 1000 * rank)
+                                          loss_cfg=cfg.loss, augment=cfg.augment, seed=cfg.seed + 1000 * rank,
+                                          min_fg_valid_depth=cfg.min_fg_valid_depth)
     else:
         ds = ClusterNetDataset(frames, (mcfg.input_height, mcfg.input_width), mcfg.feature, cfg.loss,
-                               cfg.augment, seed=cfg.seed + 1000 * rank)
+                               cfg.augment, seed=cfg.seed + 1000 * rank, min_fg_valid_depth=cfg.min_fg_valid_depth)
     model = ClusterNet(mcfg, cfg.loss).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     step, history = 0, []
@@ -217,6 +218,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out-dir", help="override out_dir")
     p.add_argument("--data", help="override data root")
     p.add_argument("--device", help="override device (auto|cpu|cuda)")
+    p.add_argument("--export", metavar="PATH", help="afterwards, write a shippable copy of last.pt (no "
+                   "optimizer state) to PATH; with --resume and --steps <= the saved step this only exports")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_train_config(a.config)
@@ -229,6 +232,11 @@ def main(argv: list[str]) -> int:
     if a.device:
         cfg.device = a.device
     res = train(cfg, resume=a.resume)
+    if a.export:
+        from .checkpoint import export_checkpoint
+
+        export_checkpoint(res["checkpoint"], a.export)
+        _log.info("exported %s", a.export)
     print(json.dumps({"checkpoint": res["checkpoint"], "steps": res["steps"],
                       "final": res["history"][-1] if res["history"] else None}))
     return 0

@@ -77,6 +77,9 @@ def _run_cocoeval(gt_dict: dict[str, Any], dts: list[dict[str, Any]], area_rngs=
         gt = COCO()
         gt.dataset = gt_dict
         gt.createIndex()
+        # loadRes writes bbox / area / id into the dicts it gets: hand it fresh copies so that the same
+        # results can be evaluated again (occlusion bands after the main evaluation)
+        dts = [{k: d[k] for k in ("image_id", "category_id", "segmentation", "score")} for d in dts]
         dt = gt.loadRes(dts) if dts else COCO()
         if not dts:
             dt.dataset = {"images": gt_dict["images"], "annotations": [], "categories": gt_dict["categories"]}

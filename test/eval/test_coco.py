@@ -48,6 +48,7 @@ def test_occlusion_bands():
     gt = _two_objects()
     pred = np.where(gt == 1, 1, 0)                      # only object 1 is found
     g, d = _eval(gt, pred, [1], [0.9], occ={1: 0.2, 2: 0.9})
+    assert coco_metrics(g, d)["AR100"] == pytest.approx(50.0)   # the same results evaluated twice
     o = occlusion_recall(g, d)
     assert o["AR_HO"] == pytest.approx(100.0) and o["AR_LO"] == pytest.approx(0.0)
     assert np.isnan(o["AR_MO"]) and (o["n_HO"], o["n_MO"], o["n_LO"]) == (1, 0, 1)

@@ -42,7 +42,7 @@ class TsdfConfig:
     workspace_min: tuple[float, float, float] | None = None
     workspace_max: tuple[float, float, float] | None = None
     weight_threshold: float = 0.5
-    device: str = "cpu"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.voxel_size > 0:

@@ -141,3 +141,15 @@ def test_snap_to_voxels_averages_per_cell():
     assert sv.coords.tolist() == [[0, 0, 0], [2, 0, 0]]
     np.testing.assert_allclose(sv.points[0], [0.002, 0.002, 0.002], atol=1e-7)
     assert sv.colors[0].tolist() == [128, 128, 0]
+
+
+def test_device_selection():
+    import open3d as o3d
+    import torch
+
+    assert str(TsdfMap(TsdfConfig(device="cpu")).device) == "CPU:0"
+    cuda = torch.cuda.is_available() and o3d.core.cuda.is_available()
+    assert str(TsdfMap(TsdfConfig(device="auto")).device) == ("CUDA:0" if cuda else "CPU:0")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError):
+            TsdfMap(TsdfConfig(device="cuda"))

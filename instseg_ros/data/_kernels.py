@@ -117,14 +117,15 @@ def shadow_ray_plan(geom, lit, H, W):
 
 @njit(cache=True, fastmath=True)
 def shade(geom, normal, point, vis, cam_pos, Rs, ts, c0, c1, tid, inv_scale, printed, spec_w, shininess,
-          tex, key_dir, key_col, fill_dir, fill_col, ambient):
+          mapping, band, band_spec, tex, key_dir, key_col, fill_dir, fill_col, ambient):
     """Linear RGB float32 (N, 3): textured albedo x (hemispheric ambient + shadowed key + fill) + Blinn-Phong.
 
     Per-geometry tables are indexed by geom (last row = no hit): Rs (G+1, 3, 3) body rotation, ts (G+1, 3)
     body origin (texture coordinates are body-frame positions so textures stick to objects), c0 / c1
     (G+1, 3) material colours, tid texture index (-1 plain), inv_scale texels per metre, printed flags,
     spec_w / shininess. tex float32 (n, S, S, 3). vis float32 (N,) key-light visibility (shadows).
-    Triplanar-like projection: the body axis most aligned with the normal is dropped.
+    mapping / band / band_spec per geometry: see :class:`render.Material`. Triplanar-like projection drops the
+    body axis most aligned with the normal; cylindrical wraps (arc length, -z) around the body z axis.
     """
     n = geom.shape[0]
     S = tex.shape[1]
@@ -144,7 +145,18 @@ def shade(geom, normal, point, vis, cam_pos, Rs, ts, c0, c1, tid, inv_scale, pri
         m0 = abs(Rs[g, 0, 0] * nx + Rs[g, 1, 0] * ny + Rs[g, 2, 0] * nz)
         m1 = abs(Rs[g, 0, 1] * nx + Rs[g, 1, 1] * ny + Rs[g, 2, 1] * nz)
         m2 = abs(Rs[g, 0, 2] * nx + Rs[g, 1, 2] * ny + Rs[g, 2, 2] * nz)
-        if m0 >= m1 and m0 >= m2:
+        plain = False
+        sw = spec_w[g]
+        if mapping[g] == 1 and m2 < 0.75:  # side of a body of revolution
+            rad = np.sqrt(l0 * l0 + l1 * l1)
+            a, b = np.arctan2(l1, l0) * rad, -l2
+            if band[g] > 0 and abs(l2) > band[g]:
+                plain, sw = True, band_spec[g]
+        elif mapping[g] == 1:  # cap
+            a, b = l0, l1
+            if band[g] > 0:
+                plain, sw = True, band_spec[g]
+        elif m0 >= m1 and m0 >= m2:
             a, b = l1, l2
         elif m1 >= m2:
             a, b = l0, l2
@@ -152,11 +164,13 @@ def shade(geom, normal, point, vis, cam_pos, Rs, ts, c0, c1, tid, inv_scale, pri
             a, b = l0, l1
         tv0 = tv1 = tv2 = 0.0
         t = tid[g]
+        if plain:
+            t = -1
         if t >= 0:
             iu = np.int64(np.floor(a * inv_scale[g])) % S
             iv = np.int64(np.floor(b * inv_scale[g])) % S
             tv0, tv1, tv2 = tex[t, iv, iu, 0], tex[t, iv, iu, 1], tex[t, iv, iu, 2]
-        if printed[g]:
+        if printed[g] and not plain:
             al0, al1, al2 = tv0 * c1[g, 0], tv1 * c1[g, 1], tv2 * c1[g, 2]
         else:
             al0 = c0[g, 0] * (1 - tv0) + c1[g, 0] * tv0
@@ -166,13 +180,13 @@ def shade(geom, normal, point, vis, cam_pos, Rs, ts, c0, c1, tid, inv_scale, pri
         ndf = max(nx * fill_dir[0] + ny * fill_dir[1] + nz * fill_dir[2], 0.0)
         v = vis[i]
         spec = 0.0
-        if ndk > 0 and spec_w[g] > 0:
+        if ndk > 0 and sw > 0:
             vx, vy, vz = cam_pos[0] - point[i, 0], cam_pos[1] - point[i, 1], cam_pos[2] - point[i, 2]
             lv = max(np.sqrt(vx * vx + vy * vy + vz * vz), 1e-9)
             hx, hy, hz = vx / lv + key_dir[0], vy / lv + key_dir[1], vz / lv + key_dir[2]
             lh = max(np.sqrt(hx * hx + hy * hy + hz * hz), 1e-9)
             ndh = min(max((nx * hx + ny * hy + nz * hz) / lh, 0.0), 1.0)
-            spec = spec_w[g] * ndh ** shininess[g] * v
+            spec = sw * ndh ** shininess[g] * v
         sky = 0.6 + 0.4 * (0.5 + 0.5 * nz)  # hemispheric ambient: surfaces facing up get more light
         out[i, 0] = al0 * (ambient[0] * sky + key_col[0] * ndk * v + fill_col[0] * ndf) + spec * key_col[0]
         out[i, 1] = al1 * (ambient[1] * sky + key_col[1] * ndk * v + fill_col[1] * ndf) + spec * key_col[1]

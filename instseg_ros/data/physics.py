@@ -66,7 +66,7 @@ def _body_collision(p, client: int, shape: Shape) -> int:
 
 
 def drop(shapes: list[Shape], support: Support, spawn_xy: np.ndarray, rng: np.random.Generator,
-         cfg: PhysicsConfig | None = None) -> tuple[list[np.ndarray], dict]:
+         cfg: PhysicsConfig | None = None, spawn: list | None = None) -> tuple[list[np.ndarray], dict]:
     """Drop ``shapes`` onto ``support`` and return their resting poses.
 
     Args:
@@ -74,6 +74,8 @@ def drop(shapes: list[Shape], support: Support, spawn_xy: np.ndarray, rng: np.ra
         support: static boxes (table top, bin floor and walls).
         spawn_xy: (2, 2) [[xmin, ymin], [xmax, ymax]] world-frame region above which objects spawn.
         rng: randomness for spawn poses and friction.
+        spawn: optional per shape ``None`` (random orientation, stacked above ``spawn_xy``) or a float (4, 4)
+            T_world_body start pose (objects placed upright next to each other on a table).
     Returns:
         (poses, info): poses = list of float64 (4, 4) T_world_body; info = {"sim_time": s, "steps": n}.
     """
@@ -92,12 +94,18 @@ def drop(shapes: list[Shape], support: Support, spawn_xy: np.ndarray, rng: np.ra
         bodies = []
         z = 0.0
         lo, hi = np.asarray(spawn_xy, float)
-        for s in shapes:
-            ext = s.extent
-            z += ext * 0.35 + 0.01
-            pos = [float(rng.uniform(lo[0], hi[0])), float(rng.uniform(lo[1], hi[1])), z + ext / 2]
-            q = rng.normal(size=4)
-            q /= np.linalg.norm(q)
+        from instseg_ros.core.geometry import rotation_to_quaternion
+
+        for k, s in enumerate(shapes):
+            if spawn is not None and spawn[k] is not None:
+                pos = [float(x) for x in spawn[k][:3, 3]]
+                q = np.asarray(rotation_to_quaternion(spawn[k][:3, :3]), float)
+            else:
+                ext = s.extent
+                z += ext * 0.35 + 0.01
+                pos = [float(rng.uniform(lo[0], hi[0])), float(rng.uniform(lo[1], hi[1])), z + ext / 2]
+                q = rng.normal(size=4)
+                q /= np.linalg.norm(q)
             col = _body_collision(p, client, s)
             vol = np.prod(s.vertices.max(0) - s.vertices.min(0))
             mass = float(max(500.0 * vol, 0.01))

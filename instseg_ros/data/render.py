@@ -19,13 +19,24 @@ TEX_SIZE = 256
 class Material:
     """Surface appearance. colors: (2, 3) linear RGB in [0, 1] mixed by the texture value;
     texture: index into the texture bank (-1 = plain colors[0]); scale: metres per texture tile;
-    specular: Blinn-Phong weight; shininess: exponent; printed: texture bank entry is already coloured."""
+    specular: Blinn-Phong weight; shininess: exponent; printed: texture bank entry is already coloured.
+    mapping: MAP_TRIPLANAR (project along the body axis closest to the normal) or MAP_CYLINDER (wrap around the
+    body z axis, for cans / bottles / cups; caps stay planar). band: with MAP_CYLINDER, > 0 limits the texture
+    to |body z| < band metres (a can's label); caps and the rest show plain colors[0] (metal) with
+    specular ``band_specular``."""
     colors: np.ndarray
     texture: int = -1
     scale: float = 0.1
     specular: float = 0.1
     shininess: float = 20.0
     printed: bool = False
+    mapping: int = 0
+    band: float = 0.0
+    band_specular: float = 0.6
+
+
+MAP_TRIPLANAR = 0
+MAP_CYLINDER = 1
 
 
 @dataclass
@@ -242,59 +253,166 @@ def _value_noise(rng, size, octaves, base):
     return (out - out.min()) / max(out.max() - out.min(), 1e-9)
 
 
-def make_texture_bank(seed: int = 1234, n: int = 48) -> tuple[np.ndarray, np.ndarray]:
-    """Procedural textures, float32 (n, S, S, 3) in [0, 1], tileable, plus bool (n,) "printed" flags.
+#: texture kinds of the bank and how many of each; grey kinds are mixed between two material colours at
+#: render time, coloured kinds ("package", "label", "photo") carry their own colours (Material.printed).
+TEXTURE_KINDS: tuple[tuple[str, int, bool], ...] = (
+    ("noise", 4, False), ("wood", 5, False), ("planks", 4, False), ("stripes", 3, False), ("checker", 2, False),
+    ("speckle", 3, False), ("fabric", 3, False), ("carpet", 4, False), ("marble", 2, False),
+    ("package", 22, True), ("label", 10, True), ("photo", 4, True),
+)
 
-    Grey-valued kinds (value noise, wood, stripes, checker, speckle, fabric) are mixed between two material
-    colours at render time; printed kinds (packaging-like blocks and bars of colour) carry their own colour.
+
+def texture_kinds() -> np.ndarray:
+    """str (n,): the kind of every bank entry, in bank order (see :data:`TEXTURE_KINDS`)."""
+    return np.array([k for k, n, _ in TEXTURE_KINDS for _ in range(n)])
+
+
+def _rand_color(rng, dark_light: float = 0.5) -> np.ndarray:
+    """A packaging-like colour: saturated hues, or near white / near black."""
+    import colorsys
+
+    u = rng.random()
+    if u < 0.2:
+        return np.full(3, rng.uniform(0.85, 1.0))
+    if u < 0.35:
+        return np.full(3, rng.uniform(0.0, 0.15))
+    return np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.5, 1.0), rng.uniform(0.35, 1.0)))
+
+
+def _draw_text(img, rng, x0, y0, width, h, color):
+    """Rows of glyph-like marks (1-3 strokes in a box of height ``h`` px) from (x0, y0), ``width`` px wide."""
+    S = img.shape[0]
+    x = x0
+    stroke = max(1, int(round(h / 5)))
+    while x < x0 + width:
+        if rng.random() < 0.15:  # word gap
+            x += int(h * rng.uniform(0.4, 0.8))
+            continue
+        gw = max(1, int(h * rng.uniform(0.4, 0.9)))
+        for _ in range(int(rng.integers(1, 4))):
+            if rng.random() < 0.5:  # vertical stroke
+                sx = x + int(rng.integers(0, max(gw - stroke, 0) + 1))
+                img[y0 % S:(y0 % S) + h, sx % S:(sx % S) + stroke] = color
+            else:  # horizontal stroke at the top, middle or bottom
+                sy = y0 + int(rng.choice([0, h // 2, max(h - stroke, 0)]))
+                img[sy % S:(sy % S) + stroke, x % S:(x % S) + gw] = color
+        x += gw + max(1, stroke)
+
+
+def _package_texture(rng, S, kind):
+    """Printed packaging (cereal / cracker boxes: big title, logo, photo patch, text blocks, barcode) or a can
+    label (horizontal bands with text). float (S, S, 3) in [0, 1]."""
+    yy, xx = np.mgrid[0:S, 0:S] / S
+    bgc = _rand_color(rng)
+    img = np.ones((S, S, 3)) * bgc
+    if rng.random() < 0.5:  # gradient background
+        img = img * (1 - 0.35 * (yy if rng.random() < 0.5 else xx))[..., None] + 0.35 * _rand_color(rng) * (
+            yy if rng.random() < 0.5 else xx)[..., None]
+    if kind == "label":
+        y = 0
+        while y < S:
+            h = int(rng.integers(S // 16, S // 3))
+            if rng.random() < 0.6:
+                img[y:y + h] = _rand_color(rng)
+            if rng.random() < 0.6:
+                th = int(rng.integers(3, max(4, h // 2)))
+                _draw_text(img, rng, int(rng.integers(0, S // 4)), y + (h - th) // 2, int(rng.integers(S // 4, S)), th,
+                           _rand_color(rng))
+            y += h
+    else:
+        # photo-like patch (food picture): smooth colour noise in an ellipse or rectangle
+        if rng.random() < 0.8:
+            cx, cy, rx, ry = rng.uniform(0.3, 0.7), rng.uniform(0.4, 0.8), rng.uniform(0.15, 0.4), rng.uniform(0.1, 0.3)
+            m = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1 if rng.random() < 0.6 else (
+                (abs(xx - cx) < rx) & (abs(yy - cy) < ry))
+            c1, c2 = _rand_color(rng), _rand_color(rng)
+            nz = _value_noise(rng, S, 4, int(rng.integers(3, 8)))[..., None]
+            img[m] = (c1 * nz + c2 * (1 - nz))[m]
+        # title: big bold glyphs, sometimes on a banner
+        ty = int(rng.integers(S // 16, S // 3))
+        th = int(rng.integers(S // 12, S // 5))
+        if rng.random() < 0.5:
+            img[max(ty - th // 4, 0):ty + th + th // 4] = _rand_color(rng)
+        _draw_text(img, rng, int(rng.integers(4, S // 5)), ty, int(rng.integers(S // 2, S - S // 8)), th, _rand_color(rng))
+        # logo: a filled circle / ellipse
+        if rng.random() < 0.7:
+            cx, cy, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.04, 0.12)
+            img[((xx - cx) / r) ** 2 + ((yy - cy) / (r * rng.uniform(0.6, 1.4))) ** 2 < 1] = _rand_color(rng)
+        # small print: several lines of text
+        for _ in range(int(rng.integers(2, 12))):
+            h = int(rng.integers(2, 7))
+            _draw_text(img, rng, int(rng.integers(0, S // 2)), int(rng.integers(0, S - h)), int(rng.integers(S // 8, S // 2)),
+                       h, _rand_color(rng) if rng.random() < 0.5 else np.full(3, float(bgc.mean() < 0.5)))
+        if rng.random() < 0.4:  # barcode
+            bx, by = int(rng.integers(0, S - 40)), int(rng.integers(0, S - 24))
+            img[by:by + 24, bx:bx + 36] = 1.0
+            for x in range(bx + 2, bx + 34):
+                if rng.random() < 0.5:
+                    img[by + 2:by + 22, x] = 0.0
+    return 0.92 * img + 0.08 * _value_noise(rng, S, 2, 16)[..., None]
+
+
+def make_texture_bank(seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
+    """Procedural textures, float32 (n, S, S, 3) in [0, 1], plus bool (n,) "printed" flags, in the order of
+    :func:`texture_kinds`.
+
+    Grey-valued kinds (value noise, wood grain, wooden planks, stripes, checker, speckle, fabric, carpet,
+    marble) are mixed between two material colours at render time; printed kinds (packaging with titles,
+    logos, photos, small print and barcodes; can labels; smooth colour photos) carry their own colour.
     """
     rng = np.random.default_rng(seed)
     S = TEX_SIZE
     y, x = np.mgrid[0:S, 0:S] / S
     bank, printed = [], []
-    kinds = ["noise", "wood", "stripes", "checker", "speckle", "fabric", "print", "print", "marble"]
-    for i in range(n):
-        kind = kinds[i % len(kinds)]
-        if kind == "noise":
-            t = _value_noise(rng, S, 4, int(rng.integers(2, 6)))
-        elif kind == "wood":
-            nz = _value_noise(rng, S, 3, 4)
-            f = rng.integers(12, 40)
-            t = 0.5 + 0.5 * np.sin(2 * np.pi * (f * x + 1.5 * nz + 0.2 * np.sin(2 * np.pi * y)))
-            t = 0.6 * t ** 1.5 + 0.4 * _value_noise(rng, S, 2, 16)
-        elif kind == "stripes":
-            f = rng.integers(2, 16)
-            t = (np.sin(2 * np.pi * f * (x + (y if rng.random() < 0.3 else 0))) > rng.uniform(-0.5, 0.5)).astype(float)
-        elif kind == "checker":
-            f = rng.integers(2, 10)
-            t = ((np.floor(f * x) + np.floor(f * y)) % 2).astype(float)
-        elif kind == "speckle":
-            t = 0.7 * rng.random((S, S)) + 0.3 * _value_noise(rng, S, 3, 8)
-        elif kind == "fabric":
-            f = rng.integers(30, 80)
-            t = 0.5 + 0.25 * np.sin(2 * np.pi * f * x) + 0.25 * np.sin(2 * np.pi * f * y)
-            t = 0.7 * t + 0.3 * rng.random((S, S))
-        elif kind == "marble":
-            nz = _value_noise(rng, S, 5, 3)
-            t = 0.5 + 0.5 * np.sin(2 * np.pi * (2 * x + 6 * nz))
-        if kind != "print":
-            img = np.repeat(t[..., None], 3, axis=2)
-            printed.append(False)
-        else:
-            img = np.ones((S, S, 3)) * rng.random(3)
-            for _ in range(int(rng.integers(4, 14))):
-                x0, y0 = rng.integers(0, S, 2)
-                w, h = rng.integers(8, S // 2, 2)
-                col = rng.random(3) if rng.random() < 0.7 else np.full(3, float(rng.random() < 0.5))
-                ys = (np.arange(y0, y0 + h) % S)[:, None]
-                xs = (np.arange(x0, x0 + w) % S)[None, :]
-                if rng.random() < 0.3:  # text-like bars
-                    bars = (np.arange(h) // max(2, h // 8)) % 2 == 0
-                    ys = ys[bars]
-                img[ys, xs] = col
-            img = 0.85 * img + 0.15 * _value_noise(rng, S, 2, 8)[..., None]
-            printed.append(True)
-        bank.append(np.clip(img, 0, 1).astype(np.float32))
+    for kind, count, is_printed in TEXTURE_KINDS:
+        for _ in range(count):
+            if kind == "noise":
+                t = _value_noise(rng, S, 4, int(rng.integers(2, 6)))
+            elif kind in ("wood", "planks"):
+                # grain along x: fine streaks (per-row noise displaced by a slow warp) + faint distorted rings
+                nz = _value_noise(rng, S, 3, 4)
+                r0 = rng.random(S)  # per-row fibre value, smoothed cyclically so the texture still tiles
+                rows = (r0 + np.roll(r0, 1) + np.roll(r0, -1)) / 3
+                fib = rows[(np.arange(S)[:, None] + (nz * S * rng.uniform(0.04, 0.12)).astype(int)) % S]
+                f = rng.integers(3, 10)
+                rings = 0.5 + 0.5 * np.sin(2 * np.pi * (f * y + 1.5 * nz))
+                t = 0.45 * fib + 0.35 * rings ** 3 + 0.2 * _value_noise(rng, S, 2, 3)
+                if kind == "planks":  # boards of random shade separated by dark seams
+                    n_b = int(rng.choice([2, 4]))
+                    band = np.floor(y * n_b).astype(int)
+                    shade = rng.uniform(0.75, 1.15, n_b)[band]
+                    t = t * shade
+                    t[(y * n_b) % 1.0 < 0.012] *= 0.3
+            elif kind == "stripes":
+                f = rng.integers(2, 16)
+                t = (np.sin(2 * np.pi * f * (x + (y if rng.random() < 0.3 else 0))) > rng.uniform(-0.5, 0.5)).astype(float)
+            elif kind == "checker":
+                f = rng.integers(2, 10)
+                t = ((np.floor(f * x) + np.floor(f * y)) % 2).astype(float)
+            elif kind == "speckle":
+                t = 0.7 * rng.random((S, S)) + 0.3 * _value_noise(rng, S, 3, 8)
+            elif kind == "fabric":
+                f = rng.integers(30, 80)
+                t = 0.5 + 0.25 * np.sin(2 * np.pi * f * x) + 0.25 * np.sin(2 * np.pi * f * y)
+                t = 0.7 * t + 0.3 * rng.random((S, S))
+            elif kind == "carpet":  # loop pile: high-frequency speckle in streaks, low-frequency wear
+                t = rng.random((S, S))
+                t = 0.5 * t + 0.5 * np.roll(t, 1, axis=int(rng.integers(0, 2)))
+                t = 0.6 * (t > rng.uniform(0.4, 0.6)) + 0.2 * t + 0.2 * _value_noise(rng, S, 2, 6)
+            elif kind == "marble":
+                nz = _value_noise(rng, S, 5, 3)
+                t = 0.5 + 0.5 * np.sin(2 * np.pi * (2 * x + 6 * nz))
+            elif kind in ("package", "label"):
+                img = _package_texture(rng, S, kind)
+            elif kind == "photo":
+                img = np.stack([_value_noise(rng, S, 4, int(rng.integers(2, 6))) for _ in range(3)], -1)
+            else:  # pragma: no cover - TEXTURE_KINDS and this switch are edited together
+                raise ValueError(f"unknown texture kind {kind}")
+            if not is_printed:
+                t = (t - t.min()) / max(t.max() - t.min(), 1e-9)
+                img = np.repeat(t[..., None], 3, axis=2)
+            bank.append(np.clip(img, 0, 1).astype(np.float32))
+            printed.append(is_printed)
     return np.stack(bank), np.array(printed)
 
 
@@ -320,6 +438,7 @@ class Lighting:
     ambient: np.ndarray
     shadows: bool = True
     shadow_strength: float = 0.7
+    shadow_blur: float = 0.0  #: Gaussian sigma (px) of the shadow mask: penumbrae of area lights
 
 
 def shade(scene: Scene, buf: dict, light: Lighting, cam_pos: np.ndarray, rng: np.random.Generator,
@@ -349,6 +468,9 @@ def shade(scene: Scene, buf: dict, light: Lighting, cam_pos: np.ndarray, rng: np
     prn = np.array([m.material.printed for m in ms] + [False])
     spw = np.array([m.material.specular for m in ms] + [0.0], np.float32)
     shn = np.array([m.material.shininess for m in ms] + [1.0], np.float32)
+    mapping = np.array([m.material.mapping for m in ms] + [0], np.int64)
+    band = np.array([m.material.band for m in ms] + [0.0], np.float32)
+    band_spec = np.array([m.material.band_specular for m in ms] + [0.0], np.float32)
     key = np.asarray(light.key_dir, np.float32)
     vis = np.ones(H * W, np.float32)
     if light.shadows:
@@ -362,8 +484,13 @@ def shade(scene: Scene, buf: dict, light: Lighting, cam_pos: np.ndarray, rng: np
             rv = np.where(occ, np.float32(1.0 - light.shadow_strength), np.float32(1.0)).astype(np.float32)
             has = ray_of >= 0
             vis[has] = rv[ray_of[has]]
+            if light.shadow_blur > 0:
+                from scipy.ndimage import gaussian_filter
+
+                vis = gaussian_filter(vis.reshape(H, W), light.shadow_blur, mode="nearest").reshape(-1)
     f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
-    rgb = _kernels.shade(geom, n, p, vis, f32(cam_pos), Rs, ts, c0, c1, tid, inv_scale, prn, spw, shn, tex, key,
+    rgb = _kernels.shade(geom, n, p, vis, f32(cam_pos), Rs, ts, c0, c1, tid, inv_scale, prn, spw, shn, mapping,
+                         band, band_spec, tex, key,
                          f32(light.key_color), f32(light.fill_dir), f32(light.fill_color), f32(light.ambient))
     return rgb.reshape(H, W, 3)
 
@@ -382,12 +509,15 @@ def camera_effects(lin: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         _GAMMA_LUT = _kernels.gamma_lut(1 / 2.2)
     H, W, _ = lin.shape
     lum = lin[::4, ::4].mean(2)  # exposure statistic on a subsampled image
-    expo = rng.uniform(0.35, 0.6) / max(float(np.percentile(lum, 60)), 1e-4)
-    gain = (expo * rng.uniform(0.9, 1.1, 3)).astype(np.float32)
+    expo = rng.uniform(0.25, 0.65) / max(float(np.percentile(lum, 60)), 1e-4)
+    # white balance error: a colour-temperature tilt (blue <-> amber) and a small green / magenta one
+    tilt, gm = rng.normal(0, 0.07), rng.normal(0, 0.03)
+    wb = np.array([1 + tilt, 1 + gm, 1 - tilt]) * rng.uniform(0.95, 1.05, 3)
+    gain = (expo * wb).astype(np.float32)
     img = _kernels.expose(np.ascontiguousarray(lin, np.float32), gain, np.float32(rng.uniform(0.0, 0.35)), H, W)
     sigma = rng.uniform(0.3, 1.1)
     img = gaussian_filter(img, sigma=(sigma, sigma, 0), mode="nearest")
     sat = np.float32(rng.uniform(0.75, 1.15))
     noise = rng.standard_normal((H, W, 3), dtype=np.float32) * np.float32(rng.uniform(0.004, 0.02))
-    offset = rng.normal(0, 0.01, 3).astype(np.float32)
+    offset = (rng.normal(0, 0.01, 3) + rng.uniform(0.0, 0.04)).astype(np.float32)  # black level / haze
     return _kernels.tonemap(img, _GAMMA_LUT, sat, noise, offset)

@@ -32,7 +32,10 @@ class SceneConfig:
     wrist_roll_prob: float = 0.2
     views_per_scene: int = 4
     decal_max: int = 1
-    furniture_max: int = 3
+    furniture_max: int = 6
+    arranged_prob: float = 0.5  #: table scenes whose objects are put down side by side (mostly upright)
+    arranged_max_objects: int = 14
+    upright_prob: float = 0.75  #: objects of an arranged scene that stand upright (if their shape can)
     physics: PhysicsConfig = field(default_factory=PhysicsConfig)
 
 
@@ -67,42 +70,77 @@ def _lin(c):
     return np.asarray(c, float) ** 2.2
 
 
-def object_material(rng: np.random.Generator, n_tex: int, printed: np.ndarray) -> render.Material:
-    """Random object appearance: plain, patterned (two colours) or printed packaging."""
+def _tex(rng, *kinds: str) -> int:
+    """A random bank index among the given texture kinds (see :data:`render.TEXTURE_KINDS`)."""
+    names = render.texture_kinds()
+    return int(rng.choice(np.nonzero(np.isin(names, kinds))[0]))
+
+
+_GREY_KINDS = ("noise", "wood", "stripes", "checker", "speckle", "fabric", "marble")
+
+
+def object_material(rng: np.random.Generator, n_tex: int, printed: np.ndarray,
+                    shape: Shape | None = None) -> render.Material:
+    """Random object appearance: plain, patterned (two colours) or printed, aware of the shape when given:
+    boxes often get one packaging design per face (cereal / cracker boxes), tall cylinders and bottles a
+    wrapped label with metal ends (cans), bodies of revolution wrap their texture around their axis.
+    ``n_tex`` / ``printed`` describe the texture bank (kept for callers; kinds come from the bank layout)."""
     base = _hsv(rng.random(), rng.uniform(0.0, 1.0) ** 0.7, rng.uniform(0.15, 1.0))
-    u = rng.random()
     spec = float(rng.choice([0.02, 0.1, 0.3, 0.6], p=[0.3, 0.3, 0.25, 0.15]))
     shin = float(rng.uniform(8, 80))
-    if u < 0.35:
-        tex = int(rng.choice(np.nonzero(~printed)[0]))
+    fam = shape.family if shape is not None else ""
+    kind = shape.params.get("kind", "") if shape is not None else ""
+    revolve = fam in ("cylinder", "cone") or kind in ("bottle", "cup", "mug")
+    mapping = render.MAP_CYLINDER if revolve else render.MAP_TRIPLANAR
+    u = rng.random()
+    if fam == "box" and u < 0.6:  # packaging: one design spans a face
+        face = float(max(shape.params["dims"]))
+        return render.Material(np.stack([_lin(base), np.ones(3)]), _tex(rng, "package"),
+                               face * float(rng.uniform(0.9, 1.5)), float(rng.uniform(0.05, 0.35)), shin, printed=True)
+    if revolve and shape.extent > 0.05 and u < 0.45 and kind not in ("cup", "mug"):
+        # can / bottle label: printed band, metal (or plastic) ends
+        zs = shape.vertices[:, 2]
+        half_h = float(zs.max() - zs.min()) / 2
+        radius = float(np.abs(shape.vertices[:, :2]).max())
+        metal = _hsv(rng.uniform(0.08, 0.15), rng.uniform(0.0, 0.5), rng.uniform(0.5, 0.9))
+        return render.Material(np.stack([_lin(metal), np.ones(3)]), _tex(rng, "label", "package"),
+                               2 * np.pi * radius * float(rng.uniform(0.5, 1.0)), float(rng.uniform(0.1, 0.4)), shin,
+                               printed=True, mapping=mapping, band=half_h * float(rng.uniform(0.6, 0.95)),
+                               band_specular=float(rng.uniform(0.3, 0.9)))
+    if kind in ("cup", "mug", "bowl") and u < 0.6:  # glazed ceramics: plain glossy colour
+        return render.Material(np.stack([_lin(base), _lin(base)]), -1, 0.1, float(rng.uniform(0.2, 0.7)),
+                               float(rng.uniform(20, 90)), mapping=mapping)
+    u = rng.random()
+    if u < 0.3:
+        tex = _tex(rng, *_GREY_KINDS)
         c2 = base * rng.uniform(0.8, 1.0)
-        return render.Material(np.stack([_lin(base), _lin(c2)]), tex, float(rng.uniform(0.05, 0.3)), spec, shin)
-    if u < 0.65:
-        tex = int(rng.choice(np.nonzero(printed)[0]))
-        return render.Material(np.stack([_lin(base), np.ones(3)]), tex, float(rng.uniform(0.08, 0.3)), spec, shin,
-                               printed=True)
-    tex = int(rng.choice(np.nonzero(~printed)[0]))
+        return render.Material(np.stack([_lin(base), _lin(c2)]), tex, float(rng.uniform(0.05, 0.3)), spec, shin,
+                               mapping=mapping)
+    if u < 0.6:
+        return render.Material(np.stack([_lin(base), np.ones(3)]), _tex(rng, "package", "label", "photo"),
+                               float(rng.uniform(0.08, 0.3)), spec, shin, printed=True, mapping=mapping)
+    if u < 0.8:  # plain plastic / painted
+        return render.Material(np.stack([_lin(base), _lin(base)]), -1, 0.1, spec, shin, mapping=mapping)
     c2 = _hsv(rng.random(), rng.uniform(0, 1), rng.uniform(0.2, 1.0))
-    return render.Material(np.stack([_lin(base), _lin(c2)]), tex, float(rng.uniform(0.02, 0.15)), spec, shin)
+    return render.Material(np.stack([_lin(base), _lin(c2)]), _tex(rng, *_GREY_KINDS),
+                           float(rng.uniform(0.02, 0.15)), spec, shin, mapping=mapping)
 
 
 def _surface_material(rng, kind: str, printed: np.ndarray) -> render.Material:
-    grey = np.nonzero(~printed)[0]
-    # bank order cycles: noise, wood, stripes, checker, speckle, fabric, print, print, marble
-    by_kind = {k: grey[[i for i, g in enumerate(grey) if g % 9 == j]] for j, k in
-               enumerate(["noise", "wood", "stripes", "checker", "speckle", "fabric", "print", "print2", "marble"])}
+    """Background appearance of kind "table", "bin", "floor", "decal", "poster", or "wall" (walls, furniture)."""
     if kind == "table":
-        style = rng.choice(["wood", "laminate", "dark", "white", "marble"], p=[0.4, 0.25, 0.15, 0.1, 0.1])
-        if style == "wood":
-            c1 = _hsv(rng.uniform(0.05, 0.11), rng.uniform(0.35, 0.7), rng.uniform(0.35, 0.85))
+        style = rng.choice(["wood", "planks", "laminate", "dark", "white", "marble"],
+                           p=[0.35, 0.15, 0.2, 0.12, 0.1, 0.08])
+        if style in ("wood", "planks"):
+            c1 = _hsv(rng.uniform(0.04, 0.11), rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.85))
             c2 = c1 * rng.uniform(0.55, 0.85)
-            return render.Material(np.stack([_lin(c1), _lin(c2)]), int(rng.choice(by_kind["wood"])),
-                                   float(rng.uniform(0.25, 0.7)), float(rng.uniform(0.05, 0.4)), 30.0)
+            return render.Material(np.stack([_lin(c1), _lin(c2)]), _tex(rng, style),
+                                   float(rng.uniform(0.3, 1.0)), float(rng.uniform(0.05, 0.4)), 30.0)
         c1 = {"laminate": _hsv(rng.uniform(0.05, 0.15), rng.uniform(0.1, 0.4), rng.uniform(0.6, 0.9)),
               "dark": _hsv(rng.random(), rng.uniform(0, 0.3), rng.uniform(0.1, 0.3)),
               "white": _hsv(rng.random(), rng.uniform(0, 0.08), rng.uniform(0.8, 0.95)),
               "marble": _hsv(rng.random(), rng.uniform(0, 0.1), rng.uniform(0.6, 0.9))}[style]
-        tex = int(rng.choice(by_kind["marble" if style == "marble" else "noise"]))
+        tex = _tex(rng, "marble" if style == "marble" else rng.choice(["noise", "speckle"]))
         return render.Material(np.stack([_lin(c1), _lin(c1 * rng.uniform(0.8, 0.95))]), tex,
                                float(rng.uniform(0.2, 1.0)), float(rng.uniform(0.05, 0.5)), 40.0)
     if kind == "bin":
@@ -111,21 +149,35 @@ def _surface_material(rng, kind: str, printed: np.ndarray) -> render.Material:
                _hsv(rng.random(), rng.uniform(0, 0.15), rng.uniform(0.1, 0.8)),
                _hsv(rng.random(), rng.uniform(0.5, 1.0), rng.uniform(0.4, 0.9)),
                _hsv(rng.random(), rng.uniform(0, 0.1), rng.uniform(0.75, 0.95))][c1]
-        return render.Material(np.stack([_lin(col), _lin(col * 0.9)]), int(rng.choice(by_kind["noise"])),
+        return render.Material(np.stack([_lin(col), _lin(col * 0.9)]), _tex(rng, "noise"),
                                float(rng.uniform(0.2, 0.6)), float(rng.uniform(0.1, 0.5)), 25.0)
-    if kind == "floor":
-        tex = int(rng.choice(np.concatenate([by_kind["speckle"], by_kind["fabric"], by_kind["checker"],
-                                             by_kind["noise"]])))
-        c1 = _hsv(rng.random(), rng.uniform(0, 0.4), rng.uniform(0.15, 0.6))
-        c2 = c1 * rng.uniform(0.5, 0.9)
-        return render.Material(np.stack([_lin(c1), _lin(c2)]), tex, float(rng.uniform(0.3, 1.5)), 0.03, 10.0)
+    if kind == "floor":  # carpet, concrete, wooden floor, tiles
+        style = rng.choice(["carpet", "concrete", "planks", "tiles", "fabric"], p=[0.35, 0.25, 0.2, 0.1, 0.1])
+        tex = _tex(rng, {"carpet": "carpet", "concrete": "noise", "planks": "planks", "tiles": "checker",
+                         "fabric": rng.choice(["fabric", "speckle"])}[style])
+        if style == "planks":
+            c1 = _hsv(rng.uniform(0.04, 0.11), rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.8))
+        elif style == "concrete":
+            c1 = _hsv(rng.uniform(0.05, 0.6), rng.uniform(0, 0.15), rng.uniform(0.35, 0.7))
+        else:
+            c1 = _hsv(rng.random(), rng.uniform(0, 0.6), rng.uniform(0.15, 0.6))
+        c2 = (c1 * rng.uniform(0.4, 0.85) if rng.random() < 0.6
+              else _hsv(rng.random(), rng.uniform(0, 0.6), rng.uniform(0.1, 0.5)))
+        scale = {"carpet": (0.15, 0.5), "concrete": (0.5, 2.0), "planks": (0.6, 1.5), "tiles": (0.6, 1.5),
+                 "fabric": (0.3, 1.0)}[style]
+        return render.Material(np.stack([_lin(c1), _lin(c2)]), tex, float(rng.uniform(*scale)),
+                               0.03 if style != "planks" else 0.2, 10.0)
     if kind == "decal":  # paper sheets, mats: low-contrast flat patches
         c1 = _hsv(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.5, 0.95))
         return render.Material(np.stack([_lin(c1), _lin(c1 * rng.uniform(0.85, 0.97))]),
-                               int(rng.choice(grey)), float(rng.uniform(0.1, 0.5)), 0.05, 10.0)
-    # wall / furniture
-    c1 = _hsv(rng.random(), rng.uniform(0, 0.5), rng.uniform(0.2, 0.95))
-    return render.Material(np.stack([_lin(c1), _lin(c1 * rng.uniform(0.6, 0.95))]), int(rng.choice(grey)),
+                               _tex(rng, *_GREY_KINDS), float(rng.uniform(0.1, 0.5)), 0.05, 10.0)
+    if kind == "poster":  # posters, doors, windows on walls
+        return render.Material(np.stack([np.zeros(3), np.ones(3)]), _tex(rng, "photo", "package"),
+                               float(rng.uniform(0.5, 2.0)), 0.05, 10.0, printed=True)
+    # wall / furniture: mostly paint (low-contrast noise), sometimes wood or patterns
+    c1 = _hsv(rng.random(), rng.uniform(0, 0.5) ** 1.5, rng.uniform(0.2, 0.95))
+    tex = _tex(rng, "noise") if rng.random() < 0.6 else _tex(rng, *_GREY_KINDS, "planks")
+    return render.Material(np.stack([_lin(c1), _lin(c1 * rng.uniform(0.75, 0.95))]), tex,
                            float(rng.uniform(0.2, 2.0)), 0.05, 10.0)
 
 
@@ -141,6 +193,9 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
     """Sample background + objects, drop them with pybullet, return the settled scene."""
     _, printed = render.texture_bank()
     kind = kind or ("bin" if rng.random() < cfg.bin_prob else "table")
+    arranged = kind == "table" and rng.random() < cfg.arranged_prob
+    if n_objects is None and arranged:
+        n_objects = int(rng.integers(max(cfg.min_objects, 2), min(cfg.arranged_max_objects, cfg.max_objects) + 1))
     if n_objects is None:  # mostly cluttered (uniform count), sometimes sparse (log-uniform)
         if rng.random() < 0.7:
             n_objects = int(rng.integers(max(cfg.min_objects, 3), cfg.max_objects + 1))
@@ -168,7 +223,7 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
         table_c = np.array([rng.uniform(-0.2, 0.2), rng.uniform(-0.1, 0.1)])
     else:
         table_top = 0.0
-        r = rng.uniform(0.12, 0.35)
+        r = rng.uniform(0.12, 0.35) if not arranged else rng.uniform(0.2, 0.45)
         region = np.array([[-r, -r * rng.uniform(0.6, 1.0)], [r, r * rng.uniform(0.6, 1.0)]])
         table_c = np.array([rng.uniform(-0.2, 0.2), rng.uniform(-0.1, 0.1)])
         tx, ty = max(tx, r + 0.1), max(ty, r + 0.1)
@@ -185,21 +240,42 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
         for sy in (-1, 1):
             c = [table_c[0] + sx * (tx - 0.06), table_c[1] + sy * (ty - 0.06), floor_z + (table_h - tthick) / 2]
             bg.append(_box_rm(c, [lw, lw, (table_h - tthick) / 2], legm))
-    # a wall behind, sometimes two
-    for _ in range(int(rng.integers(0, 3))):
-        ang = rng.uniform(0, 2 * np.pi)
-        dist = rng.uniform(1.2, 3.0)
-        c = np.array([dist * np.cos(ang), dist * np.sin(ang), floor_z + 1.5])
-        R = np.array([[np.cos(ang), -np.sin(ang), 0], [np.sin(ang), np.cos(ang), 0], [0, 0, 1]])
-        v, f, nn = box_mesh(np.array([0.02, 3.0, 1.5]))
-        bg.append(render.RenderMesh(v @ R.T + c, f, nn @ R.T, 0, _surface_material(rng, "wall", printed), R, c))
-    # furniture-like distractors on the floor (background)
+    # a room: four walls at random distances (so oblique views see walls, not the void), posters / doors on
+    # them, furniture-like boxes and cylinders standing on the floor; all background
+    room = rng.uniform([1.4, 1.4], [3.8, 3.8])
+    wall_h = rng.uniform(2.2, 3.0)
+    wall_mat = _surface_material(rng, "wall", printed)
+    for axis in (0, 1):
+        for sgn in (-1, 1):
+            half = np.array([0.02, room[1 - axis], wall_h / 2]) if axis == 0 else np.array([room[0], 0.02, wall_h / 2])
+            c = np.array([0.0, 0.0, floor_z + wall_h / 2])
+            c[axis] = sgn * room[axis]
+            mat = wall_mat if rng.random() < 0.7 else _surface_material(rng, "wall", printed)
+            bg.append(_box_rm(c, half, mat))
+            for _ in range(int(rng.integers(0, 3))):  # posters, doors, windows, shelves flush with the wall
+                ph = rng.uniform([0.2, 0.2], [0.9, 1.6])
+                pc = c.copy()
+                pc[axis] -= sgn * 0.025
+                pc[1 - axis] = rng.uniform(-room[1 - axis] + ph[0], room[1 - axis] - ph[0])
+                pc[2] = floor_z + rng.uniform(ph[1], wall_h - ph[1] * 0.5)
+                phalf = np.array([0.005, ph[0], ph[1] / 2]) if axis == 0 else np.array([ph[0], 0.005, ph[1] / 2])
+                bg.append(_box_rm(pc, phalf, _surface_material(rng, "poster" if rng.random() < 0.6 else "wall",
+                                                               printed)))
     for _ in range(int(rng.integers(0, cfg.furniture_max + 1))):
         ang = rng.uniform(0, 2 * np.pi)
-        dist = rng.uniform(max(tx, ty) + 0.4, 2.2)
-        half = rng.uniform([0.15, 0.15, 0.2], [0.5, 0.5, 0.6])
-        c = np.array([dist * np.cos(ang), dist * np.sin(ang), floor_z + half[2]])
-        bg.append(_box_rm(c, half, _surface_material(rng, "wall", printed)))
+        dist = rng.uniform(max(tx, ty) + 0.4, min(room.min(), 2.5))
+        c = np.array([dist * np.cos(ang), dist * np.sin(ang), 0.0])
+        if rng.random() < 0.7:
+            half = rng.uniform([0.15, 0.15, 0.1], [0.6, 0.6, 0.8])
+            c[2] = floor_z + half[2]
+            bg.append(_box_rm(c, half, _surface_material(rng, "wall", printed)))
+        else:  # bins, stools, pipes
+            from instseg_ros.data.shapes import lathe_mesh
+
+            rr, hh = rng.uniform(0.1, 0.3), rng.uniform(0.2, 0.9)
+            v, f, nn = lathe_mesh(np.array([rr, rr]), np.array([0.0, hh]), 24, False, True)
+            c[2] = floor_z
+            bg.append(render.RenderMesh(v + c, f, nn, 0, _surface_material(rng, "wall", printed), np.eye(3), c))
     # flat decals on the support surface (paper, mats): background texture edges
     for _ in range(int(rng.integers(0, cfg.decal_max + 1)) if rng.random() < 0.4 else 0):
         half = np.array([rng.uniform(0.04, 0.15), rng.uniform(0.04, 0.2), 0.0005])
@@ -213,7 +289,8 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
     # objects
     shapes = [sample_shape(rng, split) for _ in range(n)]
     # scale the drop region with the pile size so big piles spread and small ones touch
-    poses, info = drop(shapes, Support(boxes), region, rng, cfg.physics)
+    spawn = _arrange(rng, shapes, region, table_top, cfg) if arranged else None
+    poses, info = drop(shapes, Support(boxes), region, rng, cfg.physics, spawn=spawn)
     bank_n = len(printed)
     keep_s, keep_p = [], []
     lim = region * 1.0 + np.array([[-0.02, -0.02], [0.02, 0.02]])
@@ -224,7 +301,7 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
             continue
         keep_s.append(s)
         keep_p.append(T)
-    meshes = [render.posed_mesh(s, T, i + 1, object_material(rng, bank_n, printed))
+    meshes = [render.posed_mesh(s, T, i + 1, object_material(rng, bank_n, printed, s))
               for i, (s, T) in enumerate(zip(keep_s, keep_p))]
     meshes += bg
     if kind == "bin":
@@ -232,8 +309,50 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
     else:
         xy = np.abs(region).max(0) + 0.05
     bounds = np.array([[-xy[0] - 0.05, -xy[1] - 0.05, table_top - 0.02], [xy[0] + 0.05, xy[1] + 0.05, 0.5]])
-    info.update({"kind": kind, "n_dropped": n, "n_objects": len(keep_s)})
+    info.update({"kind": kind, "n_dropped": n, "n_objects": len(keep_s), "arranged": bool(arranged)})
     return SceneState(meshes, keep_s, keep_p, kind, region, bounds, info)
+
+
+def upright_rotation(shape: Shape, rng: np.random.Generator) -> np.ndarray:
+    """(3, 3) rotation that stands ``shape`` on its base (body ``up_axis`` -> world z), random yaw; a random
+    rotation when the shape has no upright pose. Cups and bowls are sometimes put down upside down."""
+    from instseg_ros.data.shapes import _axis_rot, _rand_rot
+
+    if shape.up_axis < 0:
+        return _rand_rot(rng)
+    base = {0: _axis_rot(1, -np.pi / 2), 1: _axis_rot(0, np.pi / 2), 2: np.eye(3)}[shape.up_axis]
+    if shape.params.get("kind") in ("cup", "mug") and rng.random() < 0.1:
+        base = _axis_rot(0, np.pi) @ base
+    return _axis_rot(2, rng.uniform(0, 2 * np.pi)) @ base
+
+
+def _arrange(rng, shapes: list[Shape], region: np.ndarray, top: float, cfg: SceneConfig) -> list:
+    """Start poses (4, 4) for objects put down side by side in ``region`` (2, 2), just above z = ``top``:
+    upright with probability ``cfg.upright_prob``; footprints may touch but rarely overlap. Shapes that find
+    no free spot get None (they are dropped onto the others, as in a pile)."""
+    placed: list[tuple[np.ndarray, float]] = []
+    out = []
+    for s in shapes:
+        R = upright_rotation(s, rng) if rng.random() < cfg.upright_prob else _rand_rot_np(rng)
+        v = s.vertices @ R.T
+        rad = float(np.linalg.norm(v[:, :2] - v[:, :2].mean(0), axis=1).max())
+        T = None
+        for _ in range(40):
+            xy = rng.uniform(region[0] + rad * 0.5, region[1] - rad * 0.5)
+            if all(np.linalg.norm(xy - q) > (rad + rq) * 0.85 for q, rq in placed):
+                T = np.eye(4)
+                T[:3, :3] = R
+                T[:3, 3] = [xy[0], xy[1], top - v[:, 2].min() + 0.004]
+                placed.append((xy, rad))
+                break
+        out.append(T)
+    return out
+
+
+def _rand_rot_np(rng):
+    from instseg_ros.data.shapes import _rand_rot
+
+    return _rand_rot(rng)
 
 
 # ------------------------------------------------------------------------------------------ cameras
@@ -277,8 +396,12 @@ def sample_camera(rng: np.random.Generator, st: SceneState, cfg: SceneConfig) ->
         c = np.zeros(3)
     target = c + np.array([*rng.normal(0, 0.05, 2), 0.0])
     target[2] = max(target[2] * 0.5, 0.0)
-    el_lo = cfg.cam_elevation[0] if st.kind == "table" else 55.0  # low views into a bin see only its wall
-    el = np.deg2rad(rng.uniform(el_lo, cfg.cam_elevation[1]))
+    if st.kind == "table" and rng.random() < 0.7:
+        # a person's or robot head's view over a table: oblique, 25-60 deg, room in the background
+        el = np.deg2rad(rng.uniform(max(cfg.cam_elevation[0] - 5, 10.0), 60.0))
+    else:
+        el_lo = cfg.cam_elevation[0] if st.kind == "table" else 55.0  # low views into a bin see only its wall
+        el = np.deg2rad(rng.uniform(el_lo, cfg.cam_elevation[1]))
     az = rng.uniform(0, 2 * np.pi)
     d = rng.uniform(cfg.cam_distance[0], cfg.cam_distance[1] if st.kind == "table" else min(cfg.cam_distance[1], 1.0))
     eye = target + d * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
@@ -287,17 +410,25 @@ def sample_camera(rng: np.random.Generator, st: SceneState, cfg: SceneConfig) ->
 
 
 def sample_lighting(rng: np.random.Generator) -> render.Lighting:
-    el = np.deg2rad(rng.uniform(25, 85))
+    """Indoor ceiling light (70 %: high key, strong ambient, soft weak shadows) or a lamp / window (30 %:
+    lower key, harder shadows); colour temperature shared by all terms."""
+    indoor = rng.random() < 0.7
+    el = np.deg2rad(rng.uniform(55, 90) if indoor else rng.uniform(20, 70))
     az = rng.uniform(0, 2 * np.pi)
     key = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
     fill = rng.normal(size=3)
     fill[2] = abs(fill[2]) + 0.3
     fill /= np.linalg.norm(fill)
-    temp = rng.uniform(-0.12, 0.12)
+    temp = rng.uniform(-0.15, 0.15)
     tint = np.array([1 + temp, 1.0, 1 - temp])
-    ki = rng.uniform(0.5, 1.4)
-    return render.Lighting(key, ki * tint, fill, rng.uniform(0.05, 0.4) * tint, rng.uniform(0.15, 0.5) * tint,
-                           shadows=bool(rng.random() < 0.85), shadow_strength=float(rng.uniform(0.3, 0.8)))
+    if indoor:
+        ki, amb, fi = rng.uniform(0.4, 1.0), rng.uniform(0.3, 0.7), rng.uniform(0.05, 0.3)
+        strength, blur = float(rng.uniform(0.2, 0.6)), float(rng.uniform(1.0, 5.0))
+    else:
+        ki, amb, fi = rng.uniform(0.6, 1.4), rng.uniform(0.12, 0.4), rng.uniform(0.05, 0.4)
+        strength, blur = float(rng.uniform(0.4, 0.85)), float(rng.uniform(0.0, 2.0))
+    return render.Lighting(key, ki * tint, fill, fi * tint, amb * tint, shadows=bool(rng.random() < 0.9),
+                           shadow_strength=strength, shadow_blur=blur)
 
 
 # ------------------------------------------------------------------------------------------ render a view
@@ -358,7 +489,7 @@ def generate_scene_frames(split: str, seed: int, index: int, cfg: SceneConfig) -
         if v > 0:
             for m in st.meshes:
                 if m.instance > 0:
-                    m.material = object_material(vr, len(printed), printed)
+                    m.material = object_material(vr, len(printed), printed, st.shapes[m.instance - 1])
         K = sample_intrinsics(vr, cfg.width, cfg.height)
         T = sample_camera(vr, st, cfg)
         fr = render_view(scene, st, K, T, vr, cfg)

@@ -45,6 +45,8 @@ class Shape:
     vertices float64 (n, 3); triangles int32 (m, 3), counter-clockwise seen from outside;
     normals float64 (n, 3) unit; family: name in :data:`FAMILIES`; params: the drawn parameters;
     round: True when it rolls (spheres, cylinders ...), gets rolling friction + damping.
+    up_axis: body axis (0, 1, 2) that points up when the object stands the way people put it on a table
+    (cans, bottles, mugs, cereal boxes), -1 when it has no such pose.
     """
     family: str
     vertices: np.ndarray
@@ -53,6 +55,7 @@ class Shape:
     parts: list[Part]
     params: dict
     round: bool = False
+    up_axis: int = -1
 
     @property
     def family_id(self) -> int:
@@ -173,6 +176,26 @@ def torus_mesh(R: float, r: float, n_u: int = 24, n_v: int = 10):
             b = ((i + 1) % n_u) * n_v + j
             c = i * n_v + (j + 1) % n_v
             d = ((i + 1) % n_u) * n_v + (j + 1) % n_v
+            F += [(a, b, d), (a, d, c)]
+    return V, np.array(F, dtype=np.int32), nrm.reshape(-1, 3)
+
+
+def torus_arc_mesh(R: float, r: float, a0: float, a1: float, n_u: int = 12, n_v: int = 8):
+    """Open tube along the arc a0..a1 (radians) of a circle of radius R in the xz plane (a mug handle)."""
+    u = np.linspace(a0, a1, n_u)
+    v = np.linspace(0, 2 * np.pi, n_v, endpoint=False)
+    U, Vv = np.meshgrid(u, v, indexing="ij")
+    ctr = np.stack([R * np.cos(U), np.zeros_like(U), R * np.sin(U)], -1)
+    radial = np.stack([np.cos(U), np.zeros_like(U), np.sin(U)], -1)
+    nrm = np.cos(Vv)[..., None] * radial + np.sin(Vv)[..., None] * np.array([0.0, 1.0, 0.0])
+    V = (ctr + r * nrm).reshape(-1, 3)
+    F = []
+    for i in range(n_u - 1):
+        for j in range(n_v):
+            a = i * n_v + j
+            b = (i + 1) * n_v + j
+            c = i * n_v + (j + 1) % n_v
+            d = (i + 1) * n_v + (j + 1) % n_v
             F += [(a, b, d), (a, d, c)]
     return V, np.array(F, dtype=np.int32), nrm.reshape(-1, 3)
 
@@ -379,6 +402,17 @@ def _make_irregular(rng, s):
     v, f, n = lathe_mesh(prof_r, prof_z, 28, True, True)
     # ensure the rim/inner faces shade correctly: normals from geometry already (inner faces face inward)
     parts = [Part("cylinder", np.array([rb, wall]), pos=np.array([0, 0, -h / 2 + wall / 2]))]
+    handle = h > r * 0.8 and rng.random() < 0.6  # mugs have handles, bowls do not
+    if handle:
+        hr = min(h * rng.uniform(0.25, 0.42), 0.05)
+        tube = max(min(hr * rng.uniform(0.15, 0.3), 0.012), 0.003)
+        zc = h * rng.uniform(-0.1, 0.1)
+        wall_r = (r + rb) / 2 - wall / 2  # wall radius at mid height
+        hv, hf, hn = torus_arc_mesh(hr, tube, -np.pi / 2, np.pi / 2)
+        hv = hv + np.array([wall_r, 0.0, zc])
+        v, f, n = _merge([(v, f, n), (hv, hf, hn)])
+        parts.append(Part("box", np.array([hr / 2 + tube, tube, hr + tube]),
+                          pos=np.array([wall_r + hr / 2, 0.0, zc])))
     k = 10
     for i in range(k):
         a = 2 * np.pi * i / k
@@ -387,7 +421,7 @@ def _make_irregular(rng, s):
         Rm = _axis_rot(2, a) @ _axis_rot(1, tilt)
         half = np.array([wall / 2, np.pi * (r + rb) / k / 2, h / 2 / np.cos(tilt)])
         parts.append(Part("box", half, pos=np.array([rm * np.cos(a), rm * np.sin(a), 0.0]), quat=_rot_to_quat(Rm)))
-    return v, f, n, parts, {"kind": "cup", "r": r, "h": h}, False
+    return v, f, n, parts, {"kind": "mug" if handle else "cup", "r": r, "h": h}, False
 
 
 _MAKERS = {
@@ -396,8 +430,8 @@ _MAKERS = {
     "irregular": _make_irregular,
 }
 #: relative frequency of the families (boxes and cylinders dominate real bins: packaging, cans)
-FAMILY_WEIGHTS = {"box": 3.0, "cylinder": 2.5, "sphere": 0.6, "capsule": 0.8, "cone": 0.8, "torus": 0.5,
-                  "ellipsoid": 1.0, "convex_hull": 1.5, "irregular": 2.5}
+FAMILY_WEIGHTS = {"box": 3.5, "cylinder": 3.0, "sphere": 0.5, "capsule": 0.6, "cone": 0.6, "torus": 0.4,
+                  "ellipsoid": 0.7, "convex_hull": 1.2, "irregular": 3.0}
 
 
 def _split_bucket(family: str, params: dict) -> int:
@@ -436,7 +470,17 @@ def sample_shape(rng: np.random.Generator, split: str = "train", family: str | N
             break
     else:  # pragma: no cover - 200 misses at 10 % acceptance has probability 1e-9
         raise RuntimeError("could not draw a shape for the split")
-    return Shape(family, np.asarray(v, float), np.asarray(f, np.int32), np.asarray(n, float), parts, params, rnd)
+    return Shape(family, np.asarray(v, float), np.asarray(f, np.int32), np.asarray(n, float), parts, params, rnd,
+                 _up_axis(family, params))
+
+
+def _up_axis(family: str, params: dict) -> int:
+    """Body axis that stands up in a "put down by a person" pose (see :attr:`Shape.up_axis`)."""
+    if family in ("cylinder", "cone") or params.get("kind") in ("bottle", "cup", "mug"):
+        return 2  # bodies of revolution about z, base at -z
+    if family == "box":
+        return int(np.argmax(params["dims"]))  # cereal boxes stand on their smallest-area face
+    return -1
 
 
 def make_box_shape(dims) -> Shape:

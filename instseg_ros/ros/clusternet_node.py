@@ -32,9 +32,7 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleState, Node as LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -43,11 +41,11 @@ from visualization_msgs.msg import MarkerArray
 from instseg_ros.core.geometry import backproject
 from instseg_ros.core.instances import Instances
 from instseg_ros.msg import ObjectInstanceArray
-from instseg_ros.ros.conversions import (array_to_image, camera_info_to_intrinsics, image_to_depth, image_to_rgb,
-                                         instances_to_markers, instances_to_msg, labeled_cloud_to_msg)
+from instseg_ros.ros.conversions import (array_to_image, instances_to_markers, instances_to_msg,
+                                         labeled_cloud_to_msg)
 from instseg_ros.ros.graph import image_qos
-from instseg_ros.ros.node_common import (LatencyStats, LatestFrameWorker, RateMeter, SyncWatch,
-                                         diagnostic_status, resolve_model_path)
+from instseg_ros.ros.node_common import (LatencyStats, LatestFrameWorker, RateMeter, SyncWatch, diagnostic_status,
+                                         frame_to_arrays, resolve_model_path, run)
 from instseg_ros.ros.node_params import ClusterNetNodeConfig, declare_config, read_config
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
 
@@ -59,38 +57,6 @@ INFO_TOPIC = "color/camera_info"
 DEFAULT_MODEL = "clusternet_lite.pt"
 #: Output QoS: reliable, KEEP_LAST of this depth.
 OUTPUT_HISTORY = 5
-
-
-class FrameError(ValueError):
-    """A frame that cannot be processed (logged and skipped, never fatal)."""
-
-
-def frame_to_arrays(color: Image, depth: Image, info: CameraInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Check and convert one synchronized frame.
-
-    Returns rgb uint8 (H, W, 3), depth float32 (H, W) metres (0 = invalid; NaN -> 0), K (3, 3).
-    Raises FrameError naming the problem: unsupported encodings, colour / depth / camera_info sizes
-    that disagree, invalid camera_info, or no valid depth pixel at all.
-    """
-    try:
-        rgb = image_to_rgb(color)
-    except ValueError as e:
-        raise FrameError(f"colour image rejected: {e}") from None
-    try:
-        d = image_to_depth(depth)
-    except ValueError as e:
-        raise FrameError(f"depth image rejected: {e}") from None
-    try:
-        intr = camera_info_to_intrinsics(info)
-    except ValueError as e:
-        raise FrameError(f"camera_info rejected: {e}") from None
-    if rgb.shape[:2] != d.shape or d.shape != (intr.height, intr.width):
-        raise FrameError(f"size mismatch: colour {rgb.shape[1]}x{rgb.shape[0]}, depth {d.shape[1]}x{d.shape[0]}, "
-                         f"camera_info {intr.width}x{intr.height} (depth must be aligned to colour)")
-    d = np.where(np.isfinite(d) & (d > 0), d, np.float32(0.0)).astype(np.float32, copy=False)
-    if not (d > 0).any():
-        raise FrameError("depth image has no valid pixel (all zero or NaN)")
-    return rgb, d, intr.K
 
 
 class ClusterNetNode(LifecycleNode):
@@ -298,40 +264,6 @@ class ClusterNetNode(LifecycleNode):
         arr.status = [diagnostic_status(f"{self.get_name()}: clusternet", self.get_fully_qualified_name(),
                                         st, level, msg)]
         self._diag_pub.publish(arr)
-
-
-def autostart(node: LifecycleNode) -> bool:
-    """configure + activate when the ``autostart`` parameter is true; False if a transition failed."""
-    if not node.get_parameter("autostart").value:
-        return True
-    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-        node.get_logger().error("autostart: configure failed; the node stays unconfigured")
-        return False
-    if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-        node.get_logger().error("autostart: activate failed; the node stays inactive")
-        return False
-    return True
-
-
-def run(node_cls, args=None) -> int:
-    """Create ``node_cls``, autostart it and spin until shutdown (Ctrl-C / SIGTERM)."""
-    # rclpy 7.1 (Jazzy) has no context-manager form of init: shut down explicitly.
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = node_cls()
-        autostart(node)
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node._stop_processing()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
 
 
 def main(args=None) -> int:

@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from instseg_ros.msg import ObjectInstanceArray
     from instseg_ros.ros.conversions import image_to_array, image_to_rgb, msg_to_labeled_cloud, ns_to_stamp
-    from instseg_ros.ros.graph import wait_for_subscribers, wait_until
+    from instseg_ros.ros.graph import wait_until
     from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command
 
     cfg_dir = package_root() / "config"

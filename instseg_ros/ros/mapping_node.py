@@ -51,13 +51,12 @@ from visualization_msgs.msg import MarkerArray
 from instseg_ros.core.geometry import quaternion_to_rotation, validate_pose
 from instseg_ros.core.instances import Instances
 from instseg_ros.msg import ObjectInstanceArray
-from instseg_ros.ros.clusternet_node import (COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY, FrameError,
-                                             frame_to_arrays, run)
+from instseg_ros.ros.clusternet_node import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY
 from instseg_ros.ros.conversions import (instances_to_markers, instances_to_msg, labeled_cloud_to_msg,
                                          ns_to_stamp, oriented_extents)
 from instseg_ros.ros.graph import image_qos
-from instseg_ros.ros.node_common import (LatencyStats, LatestFrameWorker, RateMeter, SyncWatch,
-                                         diagnostic_status, resolve_model_path)
+from instseg_ros.ros.node_common import (FrameError, LatencyStats, LatestFrameWorker, RateMeter, SyncWatch,
+                                         diagnostic_status, frame_to_arrays, resolve_model_path, run)
 from instseg_ros.ros.node_params import MappingNodeConfig, declare_config, read_config
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
 

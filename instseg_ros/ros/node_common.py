@@ -6,6 +6,9 @@
 * :class:`RateMeter` / :class:`LatencyStats`: sliding-window counters for diagnostics.
 * :func:`diagnostic_status`: a ``diagnostic_msgs/DiagnosticStatus`` from a flat dict.
 * :func:`resolve_model_path`: "" / relative model paths -> the shipped ``models/`` file.
+* :class:`SyncWatch`: names the input that is missing when frames never synchronize.
+* :func:`frame_to_arrays` / :class:`FrameError`: one synchronized frame checked and converted.
+* :func:`run` / :func:`autostart`: a lifecycle node's ``main``.
 """
 from __future__ import annotations
 
@@ -229,3 +232,79 @@ class SyncWatch:
                     f"nothing arrived on {', '.join(silent)}")
         return (f"frames skipped: no synchronized set since the last check (received {counts}); "
                 f"stamps differ by more than slop")
+
+
+class FrameError(ValueError):
+    """A frame that cannot be processed (logged and skipped, never fatal)."""
+
+
+def frame_to_arrays(color, depth, info) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check and convert one synchronized frame.
+
+    Args: sensor_msgs/Image colour, sensor_msgs/Image depth (16UC1 mm / 32FC1 m), sensor_msgs/CameraInfo.
+    Returns rgb uint8 (H, W, 3), depth float32 (H, W) metres (0 = invalid; NaN -> 0), K (3, 3).
+    Raises FrameError naming the problem: unsupported encodings, colour / depth / camera_info sizes
+    that disagree, invalid camera_info, or no valid depth pixel at all.
+    """
+    from instseg_ros.ros.conversions import camera_info_to_intrinsics, image_to_depth, image_to_rgb
+
+    try:
+        rgb = image_to_rgb(color)
+    except ValueError as e:
+        raise FrameError(f"colour image rejected: {e}") from None
+    try:
+        d = image_to_depth(depth)
+    except ValueError as e:
+        raise FrameError(f"depth image rejected: {e}") from None
+    try:
+        intr = camera_info_to_intrinsics(info)
+    except ValueError as e:
+        raise FrameError(f"camera_info rejected: {e}") from None
+    if rgb.shape[:2] != d.shape or d.shape != (intr.height, intr.width):
+        raise FrameError(f"size mismatch: colour {rgb.shape[1]}x{rgb.shape[0]}, depth {d.shape[1]}x{d.shape[0]}, "
+                         f"camera_info {intr.width}x{intr.height} (depth must be aligned to colour)")
+    d = np.where(np.isfinite(d) & (d > 0), d, np.float32(0.0)).astype(np.float32, copy=False)
+    if not (d > 0).any():
+        raise FrameError("depth image has no valid pixel (all zero or NaN)")
+    return rgb, d, intr.K
+
+
+def autostart(node) -> bool:
+    """configure + activate when the ``autostart`` parameter is true; False if a transition failed."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    if not node.get_parameter("autostart").value:
+        return True
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error("autostart: configure failed; the node stays unconfigured")
+        return False
+    if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error("autostart: activate failed; the node stays inactive")
+        return False
+    return True
+
+
+def run(node_cls, args=None) -> int:
+    """Create ``node_cls``, autostart it and spin until shutdown (Ctrl-C / SIGTERM).
+
+    ``node_cls`` must provide ``_stop_processing()`` (workers and model released before exit)."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    # rclpy 7.1 (Jazzy) has no context-manager form of init: shut down explicitly.
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = node_cls()
+        autostart(node)
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node._stop_processing()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -142,13 +142,13 @@ class FramePublisher:
 
     def publish_frame(self, rgb: np.ndarray, depth_m: np.ndarray, K: np.ndarray, stamp_ns: int,
                       frame_id: str = "camera_color_optical_frame", T_map_camera: np.ndarray | None = None,
-                      map_frame: str = "map") -> None:
-        """One frame: rgb uint8 (H, W, 3), depth float32 metres (sent as 16UC1 mm), K (3, 3)."""
+                      map_frame: str = "map", depth_encoding: str = "16UC1") -> None:
+        """One frame: rgb uint8 (H, W, 3), depth float32 metres (sent as 16UC1 mm or 32FC1 m), K (3, 3)."""
         from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info
 
         h = make_header(stamp_ns, frame_id)
         h_, w_ = depth_m.shape
-        self.publish_msgs(array_to_image(rgb, "rgb8", h), array_to_image(depth_m, "16UC1", h),
+        self.publish_msgs(array_to_image(rgb, "rgb8", h), array_to_image(depth_m, depth_encoding, h),
                           intrinsics_to_camera_info(K, w_, h_, h),
                           pose_msg(T_map_camera, make_header(stamp_ns, map_frame)) if T_map_camera is not None
                           else None)

@@ -131,9 +131,9 @@ class CameraRig:
                     out[key] = m
         return out
 
-    def send(self, rgb, depth, K, stamp_ns=None, wait=True) -> tuple[int, dict]:
+    def send(self, rgb, depth, K, stamp_ns=None, wait=True, depth_encoding="16UC1") -> tuple[int, dict]:
         s = stamp_ns if stamp_ns is not None else time.time_ns()
-        self.pub.publish_frame(rgb, depth, K, s)
+        self.pub.publish_frame(rgb, depth, K, s, depth_encoding=depth_encoding)
         got = {}
         if wait:
             spin_until(self.ex, lambda: len(self.outputs_for(s)) == 4)
@@ -165,9 +165,10 @@ def test_every_output_per_frame_consistent_with_labels(rig):
 
     from instseg_ros.ros.conversions import image_to_array, msg_to_labeled_cloud
 
-    for k in range(2):
-        rgb, depth, K = scene_frame(shift=0.02 * k)
-        stamp, out = rig.send(rgb, depth, K)
+    previous = None
+    for k, encoding in enumerate(["16UC1", "32FC1", "16UC1"]):  # depth in mm, then in metres
+        rgb, depth, K = scene_frame(shift=0.02 * (k // 2))
+        stamp, out = rig.send(rgb, depth, K, depth_encoding=encoding)
         assert set(out) == {"instances", "labels", "cloud", "markers"}, rig.proc.output()[-2000:]
         for key in ("instances", "labels", "cloud"):
             assert out[key].header.frame_id == "camera_color_optical_frame"
@@ -193,6 +194,10 @@ def test_every_output_per_frame_consistent_with_labels(rig):
         v = np.rint(K[1, 1] * p[:, 1] / p[:, 2] + K[1, 2]).astype(int)
         np.testing.assert_array_equal(cloud.labels, labels[v, u])
         np.testing.assert_array_equal(cloud.colors, rgb[v, u])
+        # the same scene in metres (32FC1) gives the same result as in millimetres (16UC1)
+        if k == 1:
+            np.testing.assert_array_equal(labels, previous)
+        previous = labels
         # markers: DELETEALL first, then one ellipsoid and one id text per instance
         ms = out["markers"].markers
         assert ms[0].action == Marker.DELETEALL

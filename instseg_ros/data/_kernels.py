@@ -180,7 +180,7 @@ def shade(geom, normal, point, vis, cam_pos, Rs, ts, c0, c1, tid, inv_scale, pri
         ndf = max(nx * fill_dir[0] + ny * fill_dir[1] + nz * fill_dir[2], 0.0)
         v = vis[i]
         spec = 0.0
-        if ndk > 0 and sw > 0:
+        if ndk > 0 and sw > 0.05:  # matte surfaces (walls, floors) skip the highlight
             vx, vy, vz = cam_pos[0] - point[i, 0], cam_pos[1] - point[i, 1], cam_pos[2] - point[i, 2]
             lv = max(np.sqrt(vx * vx + vy * vy + vz * vz), 1e-9)
             hx, hy, hz = vx / lv + key_dir[0], vy / lv + key_dir[1], vz / lv + key_dir[2]
@@ -316,3 +316,126 @@ def label_bboxes(labels, n):
             out[k, 0], out[k, 1] = lo[k, 0], lo[k, 1]
             out[k, 2], out[k, 3] = hi[k, 0] - lo[k, 0] + 1, hi[k, 1] - lo[k, 1] + 1
     return out
+
+
+@njit(cache=True)
+def raster_cast(vc, tris, tri_geom, tri_offset, fx, fy, cx, cy, W, H, near, Rwc):
+    """Primary visibility by rasterisation, with the outputs of Open3D ``RaycastingScene.cast_rays``.
+
+    Each triangle (camera-frame vertices ``vc`` float64 (V, 3), optical frame) is clipped to z >= ``near``,
+    projected, and every pixel centre (integer u, v) inside its projection is intersected exactly with the
+    triangle along the pixel's ray ((u - cx) / fx, (v - cy) / fy, 1) (so t = z-depth, as in
+    :func:`render.cast`); the nearest hit per pixel wins. tris int64 (T, 3) global vertex ids, tri_geom int64
+    (T,) geometry index, tri_offset int64 (G + 1,) first triangle of each geometry.
+    Returns t_hit float32 (N,) (inf = miss), geometry_ids uint32, primitive_ids uint32, uvs float32 (N, 2),
+    face normals float32 (N, 3) (world frame via ``Rwc`` (3, 3); a fallback when vertex normals degenerate).
+    """
+    n = H * W
+    zbuf = np.full(n, np.inf)
+    tri_of = np.full(n, -1, np.int64)
+    b1s = np.zeros(n, np.float32)
+    b2s = np.zeros(n, np.float32)
+    poly = np.empty((4, 3))
+    pu = np.empty(4)
+    pv = np.empty(4)
+    for k in range(tris.shape[0]):
+        v0, v1, v2 = vc[tris[k, 0]], vc[tris[k, 1]], vc[tris[k, 2]]
+        if v0[2] < near and v1[2] < near and v2[2] < near:
+            continue
+        # Sutherland-Hodgman against z >= near: at most 4 vertices
+        m = 0
+        for e in range(3):
+            a = vc[tris[k, e]]
+            b = vc[tris[k, (e + 1) % 3]]
+            ain, bin_ = a[2] >= near, b[2] >= near
+            if ain:
+                poly[m] = a
+                m += 1
+            if ain != bin_:
+                s = (near - a[2]) / (b[2] - a[2])
+                for c in range(3):
+                    poly[m, c] = a[c] + s * (b[c] - a[c])
+                m += 1
+        # project the clipped (convex) polygon; per row, the x interval inside all its edges (padded by a
+        # pixel: the exact ray/triangle test below decides, the interval only skips pixels far outside)
+        vmin, vmax, area = np.inf, -np.inf, 0.0
+        for i in range(m):
+            pu[i] = fx * poly[i, 0] / poly[i, 2] + cx
+            pv[i] = fy * poly[i, 1] / poly[i, 2] + cy
+            vmin, vmax = min(vmin, pv[i]), max(vmax, pv[i])
+        for i in range(m):
+            j = (i + 1) % m
+            area += pu[i] * pv[j] - pu[j] * pv[i]
+        if abs(area) < 1e-12:
+            continue
+        sgn = 1.0 if area > 0 else -1.0
+        # ray through the camera centre hits the triangle iff d . (v1 x v2), d . (v2 x v0), d . (v0 x v1) share
+        # a sign; they are the unnormalised barycentrics, their sum is d . n with n = (v1 - v0) x (v2 - v0),
+        # and the hit's ray parameter (= z-depth, d_z = 1) is t = (n . v0) / (d . n)
+        c0x, c0y, c0z = v1[1] * v2[2] - v1[2] * v2[1], v1[2] * v2[0] - v1[0] * v2[2], v1[0] * v2[1] - v1[1] * v2[0]
+        c1x, c1y, c1z = v2[1] * v0[2] - v2[2] * v0[1], v2[2] * v0[0] - v2[0] * v0[2], v2[0] * v0[1] - v2[1] * v0[0]
+        c2x, c2y, c2z = v0[1] * v1[2] - v0[2] * v1[1], v0[2] * v1[0] - v0[0] * v1[2], v0[0] * v1[1] - v0[1] * v1[0]
+        nv0 = (c0x + c1x + c2x) * v0[0] + (c0y + c1y + c2y) * v0[1] + (c0z + c1z + c2z) * v0[2]
+        y0 = max(int(np.ceil(vmin - 1.0)), 0)
+        y1 = min(int(np.floor(vmax + 1.0)), H - 1)
+        for y in range(y0, y1 + 1):
+            xl, xr = -1.0, W + 0.0
+            for i in range(m):
+                j = (i + 1) % m
+                a = -sgn * (pv[j] - pv[i])
+                c = sgn * ((pu[j] - pu[i]) * (y - pv[i]) + (pv[j] - pv[i]) * pu[i])
+                if a > 1e-12:
+                    xl = max(xl, -c / a)
+                elif a < -1e-12:
+                    xr = min(xr, -c / a)
+            if not (xl - 1.0 <= xr + 1.0):
+                continue
+            u0 = max(int(np.floor(xl - 1.0)), 0)
+            u1 = min(int(np.ceil(xr + 1.0)), W - 1)
+            dy = (y - cy) / fy
+            # e_i = d . c_i for d = (dx, dy, 1): linear in dx along the row
+            r0, r1, r2 = c0y * dy + c0z, c1y * dy + c1z, c2y * dy + c2z
+            for x in range(u0, u1 + 1):
+                dx = (x - cx) / fx
+                e0, e1, e2 = c0x * dx + r0, c1x * dx + r1, c2x * dx + r2
+                den = e0 + e1 + e2
+                tol = -1e-9 * abs(den)
+                if den > 0:
+                    if e0 < tol or e1 < tol or e2 < tol:
+                        continue
+                elif den < 0:
+                    if -e0 < tol or -e1 < tol or -e2 < tol:
+                        continue
+                else:
+                    continue
+                t = nv0 / den
+                if t >= near:
+                    p = y * W + x
+                    if t < zbuf[p]:
+                        zbuf[p] = t
+                        tri_of[p] = k
+                        b1s[p] = e1 / den
+                        b2s[p] = e2 / den
+    t_hit = np.full(n, np.inf, np.float32)
+    gid = np.full(n, 4294967295, np.uint32)
+    pid = np.full(n, 4294967295, np.uint32)
+    uv = np.zeros((n, 2), np.float32)
+    fn = np.zeros((n, 3), np.float32)
+    for p in range(n):
+        k = tri_of[p]
+        if k < 0:
+            continue
+        g = tri_geom[k]
+        t_hit[p] = zbuf[p]
+        gid[p] = g
+        pid[p] = k - tri_offset[g]
+        uv[p, 0], uv[p, 1] = b1s[p], b2s[p]
+        v0, v1, v2 = vc[tris[k, 0]], vc[tris[k, 1]], vc[tris[k, 2]]
+        ax, ay, az = v1[0] - v0[0], v1[1] - v0[1], v1[2] - v0[2]
+        bx, by, bz = v2[0] - v0[0], v2[1] - v0[1], v2[2] - v0[2]
+        nx, ny, nz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+        ln = max(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-30)
+        nx, ny, nz = nx / ln, ny / ln, nz / ln
+        for c in range(3):
+            fn[p, c] = Rwc[c, 0] * nx + Rwc[c, 1] * ny + Rwc[c, 2] * nz
+    return t_hit, gid, pid, uv, fn

@@ -38,7 +38,7 @@ def _stage_profile(cfg, seed: int, n: int) -> dict:
         add("bvh", t)
         K, T = sample_intrinsics(rng, cfg.width, cfg.height), sample_camera(rng, st, cfg)
         t = time.perf_counter()
-        buf = render.cast(scene, K, T, cfg.width, cfg.height)
+        buf = render.cast(scene, K, T, cfg.width, cfg.height, cfg.primary)
         add("cast", t)
         t = time.perf_counter()
         frame_instances(scene, st, buf["instance"], K, T, cfg.width, cfg.height)

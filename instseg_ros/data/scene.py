@@ -36,6 +36,7 @@ class SceneConfig:
     arranged_prob: float = 0.5  #: table scenes whose objects are put down side by side (mostly upright)
     arranged_max_objects: int = 14
     upright_prob: float = 0.75  #: objects of an arranged scene that stand upright (if their shape can)
+    primary: str = "raster"  #: primary visibility: "raster" (fast, exact ray/triangle hits) or "embree"
     physics: PhysicsConfig = field(default_factory=PhysicsConfig)
 
 
@@ -437,7 +438,7 @@ def render_view(scene: render.Scene, st: SceneState, K: np.ndarray, T_wc: np.nda
                 cfg: SceneConfig, light: render.Lighting | None = None) -> dict:
     """Render one frame: rgb uint8, depth (noisy) / depth_gt float32 m, labels int32, instances list."""
     W, H = cfg.width, cfg.height
-    buf = render.cast(scene, K, T_wc, W, H)
+    buf = render.cast(scene, K, T_wc, W, H, cfg.primary)
     depth_gt = buf["depth"]
     depth_gt = np.where(depth_gt * 10000.0 > 65535, 0.0, depth_gt).astype(np.float32)
     labels = buf["instance"].astype(np.int32)

@@ -28,11 +28,13 @@ def make_rays(fx, fy, cx, cy, R, t, W, H):
 
 
 @njit(cache=True)
-def finish_cast(t_hit, gid, prim, uv, prim_normal, o, d, tri_offset, all_tris, all_normals, inst_of_geom):
-    """Turn Open3D ``cast_rays`` outputs into render buffers.
+def finish_cast(t_hit, gid, prim, uv, prim_normal, fx, fy, cx, cy, R, o, W, tri_offset, all_tris, all_normals,
+                inst_of_geom):
+    """Turn ray-cast outputs (Open3D ``cast_rays`` or :func:`raster_cast`) into render buffers.
 
     Args: t_hit float32 (N,) (inf = miss); gid, prim uint32 (N,); uv float32 (N, 2) barycentrics of vertices 1
-    and 2; prim_normal float32 (N, 3) face normals; o (3,) ray origin; d float32 (N, 3) ray directions;
+    and 2; prim_normal float32 (N, 3) world face normals; fx, fy, cx, cy intrinsics; R (3, 3) camera-to-world
+    rotation and o (3,) camera centre: pixel i = v * W + u has the ray o + t R ((u - cx) / fx, (v - cy) / fy, 1);
     tri_offset int64 (G + 1,); all_tris int64 (T, 3) global vertex ids; all_normals float32 (V, 3);
     inst_of_geom int32 (G + 1,) (last = no hit).
     Returns depth float32 (N,), geom int32 (N,) (-1 = none), instance int32 (N,), normal float32 (N, 3)
@@ -52,6 +54,11 @@ def finish_cast(t_hit, gid, prim, uv, prim_normal, o, d, tri_offset, all_tris, a
         if not np.isfinite(t):
             inst[i] = inst_of_geom[G]
             continue
+        x = (i % W - cx) / fx
+        y = (i // W - cy) / fy
+        d0 = R[0, 0] * x + R[0, 1] * y + R[0, 2]
+        d1 = R[1, 0] * x + R[1, 1] * y + R[1, 2]
+        d2 = R[2, 0] * x + R[2, 1] * y + R[2, 2]
         g = np.int64(gid[i])
         depth[i] = t
         geom[i] = g
@@ -69,13 +76,14 @@ def finish_cast(t_hit, gid, prim, uv, prim_normal, o, d, tri_offset, all_tris, a
             nx, ny, nz = prim_normal[i, 0], prim_normal[i, 1], prim_normal[i, 2]
             ln = max(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-9)
         nx, ny, nz = nx / ln, ny / ln, nz / ln
-        nd = nx * d[i, 0] + ny * d[i, 1] + nz * d[i, 2]
+        nd = nx * d0 + ny * d1 + nz * d2
         if nd > 0:
             nx, ny, nz = -nx, -ny, -nz
-        cosang[i] = abs(nd) / max(np.sqrt(d[i, 0] ** 2 + d[i, 1] ** 2 + d[i, 2] ** 2), 1e-9)
+        cosang[i] = abs(nd) / np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
         normal[i, 0], normal[i, 1], normal[i, 2] = nx, ny, nz
-        for k in range(3):
-            point[i, k] = o[k] + d[i, k] * t
+        point[i, 0] = o[0] + d0 * t
+        point[i, 1] = o[1] + d1 * t
+        point[i, 2] = o[2] + d2 * t
     return depth, geom, inst, normal, point, cosang
 
 
@@ -117,14 +125,14 @@ def shadow_ray_plan(geom, lit, H, W):
 
 @njit(cache=True, fastmath=True)
 def shade(geom, normal, point, vis, cam_pos, Rs, ts, c0, c1, tid, inv_scale, printed, spec_w, shininess,
-          mapping, band, band_spec, tex, key_dir, key_col, fill_dir, fill_col, ambient):
+          mapping, band, band_spec, spec_cut, tex, key_dir, key_col, fill_dir, fill_col, ambient):
     """Linear RGB float32 (N, 3): textured albedo x (hemispheric ambient + shadowed key + fill) + Blinn-Phong.
 
     Per-geometry tables are indexed by geom (last row = no hit): Rs (G+1, 3, 3) body rotation, ts (G+1, 3)
     body origin (texture coordinates are body-frame positions so textures stick to objects), c0 / c1
     (G+1, 3) material colours, tid texture index (-1 plain), inv_scale texels per metre, printed flags,
     spec_w / shininess. tex float32 (n, S, S, 3). vis float32 (N,) key-light visibility (shadows).
-    mapping / band / band_spec per geometry: see :class:`render.Material`. Triplanar-like projection drops the
+    mapping / band / band_spec per geometry: see :class:`render.Material`; spec_cut: 1e-3^(1 / shininess). Triplanar-like projection drops the
     body axis most aligned with the normal; cylindrical wraps (arc length, -z) around the body z axis.
     """
     n = geom.shape[0]
@@ -186,7 +194,8 @@ def shade(geom, normal, point, vis, cam_pos, Rs, ts, c0, c1, tid, inv_scale, pri
             hx, hy, hz = vx / lv + key_dir[0], vy / lv + key_dir[1], vz / lv + key_dir[2]
             lh = max(np.sqrt(hx * hx + hy * hy + hz * hz), 1e-9)
             ndh = min(max((nx * hx + ny * hy + nz * hz) / lh, 0.0), 1.0)
-            spec = sw * ndh ** shininess[g] * v
+            if ndh > spec_cut[g]:  # below it ndh^shininess < 1e-3: skip the pow
+                spec = sw * ndh ** shininess[g] * v
         sky = 0.6 + 0.4 * (0.5 + 0.5 * nz)  # hemispheric ambient: surfaces facing up get more light
         out[i, 0] = al0 * (ambient[0] * sky + key_col[0] * ndk * v + fill_col[0] * ndf) + spec * key_col[0]
         out[i, 1] = al1 * (ambient[1] * sky + key_col[1] * ndk * v + fill_col[1] * ndf) + spec * key_col[1]
@@ -243,20 +252,6 @@ def amodal_raster(uv, tris, tri_obj, n_obj, vis_order, vis_start, H, W):
     return counts
 
 
-@njit(cache=True, fastmath=True)
-def expose(lin, gain, vignette, H, W):
-    """lin float32 (H, W, 3) * gain (3,) * (1 - vignette * r^2), r = distance to the centre / half diagonal."""
-    out = np.empty((H, W, 3), np.float32)
-    cx, cy = W / 2.0, H / 2.0
-    inv = 1.0 / (cx * cx + cy * cy)
-    for y in range(H):
-        for x in range(W):
-            f = 1.0 - vignette * ((x - cx) ** 2 + (y - cy) ** 2) * inv
-            for k in range(3):
-                out[y, x, k] = lin[y, x, k] * gain[k] * f
-    return out
-
-
 GAMMA_LUT_N = 4096
 GAMMA_LUT_MAX_SQRT = 1.5  #: the table covers linear values up to 1.5^2 (brighter clips after gamma anyway)
 
@@ -273,26 +268,6 @@ def _gamma(v, lut):
     i = min(int(s), GAMMA_LUT_N - 1)
     f = min(s - i, 1.0)
     return lut[i] * (1.0 - f) + lut[i + 1] * f
-
-
-@njit(cache=True, fastmath=True)
-def tonemap(img, lut, sat, noise, offset):
-    """Gamma (``lut`` from :func:`gamma_lut`), saturation around the grey value, additive noise (float32
-    (H, W, 3)), offset (3,) -> uint8 (H, W, 3)."""
-    H, W = img.shape[0], img.shape[1]
-    out = np.empty((H, W, 3), np.uint8)
-    for y in range(H):
-        for x in range(W):
-            r = _gamma(img[y, x, 0], lut)
-            g = _gamma(img[y, x, 1], lut)
-            b = _gamma(img[y, x, 2], lut)
-            m = (r + g + b) / 3.0
-            vals = (m + (r - m) * sat, m + (g - m) * sat, m + (b - m) * sat)
-            for k in range(3):
-                v = vals[k] + noise[y, x, k] + offset[k]
-                v = min(max(v, 0.0), 1.0)
-                out[y, x, k] = np.uint8(v * 255.0 + 0.5)
-    return out
 
 
 @njit(cache=True)
@@ -439,3 +414,49 @@ def raster_cast(vc, tris, tri_geom, tri_offset, fx, fy, cx, cy, W, H, near, Rwc)
         for c in range(3):
             fn[p, c] = Rwc[c, 0] * nx + Rwc[c, 1] * ny + Rwc[c, 2] * nz
     return t_hit, gid, pid, uv, fn
+
+
+@njit(cache=True, fastmath=True)
+def develop(lin, taps, gain, vignette, lut, sat, lum_noise, chroma_noise, offset):
+    """Camera development in two passes: separable blur (``taps`` (2r+1,) normalised, edges clamped) of the
+    linear image float32 (H, W, 3), then gain (3,) (exposure x white balance), vignetting
+    (1 - vignette * r^2, applied after the blur, which it commutes with up to its own smooth slope),
+    gamma (``lut``), saturation around the grey value, noise (luminance (H, W) + chroma on 2x2 blocks
+    ((H+1)//2, (W+1)//2, 3)) and black-level offset (3,). Returns uint8 (H, W, 3)."""
+    H, W = lin.shape[0], lin.shape[1]
+    r = (taps.shape[0] - 1) // 2
+    tmp = np.empty((H, W, 3), np.float32)
+    for y in range(H):
+        for x in range(W):
+            a0 = a1 = a2 = 0.0
+            for j in range(-r, r + 1):
+                xx = min(max(x + j, 0), W - 1)
+                w = taps[j + r]
+                a0 += w * lin[y, xx, 0]
+                a1 += w * lin[y, xx, 1]
+                a2 += w * lin[y, xx, 2]
+            tmp[y, x, 0], tmp[y, x, 1], tmp[y, x, 2] = a0, a1, a2
+    out = np.empty((H, W, 3), np.uint8)
+    cx, cy = W / 2.0, H / 2.0
+    inv = 1.0 / (cx * cx + cy * cy)
+    for y in range(H):
+        for x in range(W):
+            a0 = a1 = a2 = 0.0
+            for j in range(-r, r + 1):
+                yy = min(max(y + j, 0), H - 1)
+                w = taps[j + r]
+                a0 += w * tmp[yy, x, 0]
+                a1 += w * tmp[yy, x, 1]
+                a2 += w * tmp[yy, x, 2]
+            f = 1.0 - vignette * ((x - cx) ** 2 + (y - cy) ** 2) * inv
+            rr = _gamma(a0 * gain[0] * f, lut)
+            gg = _gamma(a1 * gain[1] * f, lut)
+            bb = _gamma(a2 * gain[2] * f, lut)
+            m = (rr + gg + bb) / 3.0
+            ln = lum_noise[y, x]
+            vals = (m + (rr - m) * sat, m + (gg - m) * sat, m + (bb - m) * sat)
+            for k in range(3):
+                v = vals[k] + ln + chroma_noise[y // 2, x // 2, k] + offset[k]
+                v = min(max(v, 0.0), 1.0)
+                out[y, x, k] = np.uint8(v * 255.0 + 0.5)
+    return out

@@ -126,7 +126,7 @@ def cast(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: int, height: int,
     Returns dict: "depth" float32 (H, W) z-depth metres (0 = no hit); "geom" int32 (H, W) geometry index
     (-1 = none); "instance" int32 (H, W) (0 = background / none); "normal" float32 (H, W, 3) world-frame
     smooth normal facing the camera; "point" float32 (H, W, 3) world hit point; "cos" float32 (H, W) |cos| of
-    the normal-ray angle (0 = no hit); "dir" float32 (H*W, 3) ray directions (camera z = 1).
+    the normal-ray angle (0 = no hit).
 
     method: "embree" casts every pixel's ray with Open3D's RaycastingScene; "raster" finds the same nearest
     hits by rasterising the triangles and intersecting each covered pixel's ray exactly with the triangle
@@ -138,9 +138,9 @@ def cast(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: int, height: int,
 
     from instseg_ros.data import _kernels
 
-    rays = _kernels.make_rays(float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]),
-                              np.asarray(T_wc[:3, :3], np.float64), np.asarray(T_wc[:3, 3], np.float64), width, height)
-    d = rays[:, 3:]
+    fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+    R = np.ascontiguousarray(T_wc[:3, :3], np.float64)
+    o = np.ascontiguousarray(T_wc[:3, 3], np.float64)
     if method == "raster":
         T_cw = np.linalg.inv(T_wc)
         vc = scene.all_vertices @ T_cw[:3, :3].T + T_cw[:3, 3]
@@ -149,14 +149,15 @@ def cast(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: int, height: int,
             float(K[1, 2]), width, height, RASTER_NEAR, np.ascontiguousarray(T_wc[:3, :3], np.float64))
         r = {"t_hit": t_hit, "geometry_ids": gid, "primitive_ids": pid, "primitive_uvs": uv, "primitive_normals": fn}
     else:
+        rays = _kernels.make_rays(fx, fy, cx, cy, R, o, width, height)
         r = {k: v.numpy() for k, v in scene.rc.cast_rays(o3c.Tensor(rays), nthreads=1).items()}
     depth, geom, inst, normal, point, cosang = _kernels.finish_cast(
         r["t_hit"], r["geometry_ids"], r["primitive_ids"], r["primitive_uvs"], r["primitive_normals"],
-        rays[0, :3].copy(), d, scene.tri_offset, scene.all_tris,
+        fx, fy, cx, cy, R, o, width, scene.tri_offset, scene.all_tris,
         scene.all_normals, scene.instance_of_geom)
     return {"depth": depth.reshape(height, width), "geom": geom.reshape(height, width),
             "instance": inst.reshape(height, width), "normal": normal.reshape(height, width, 3),
-            "point": point.reshape(height, width, 3), "cos": cosang.reshape(height, width), "dir": d}
+            "point": point.reshape(height, width, 3), "cos": cosang.reshape(height, width)}
 
 
 def amodal_counts(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: int, height: int,
@@ -488,6 +489,7 @@ def shade(scene: Scene, buf: dict, light: Lighting, cam_pos: np.ndarray, rng: np
     mapping = np.array([m.material.mapping for m in ms] + [0], np.int64)
     band = np.array([m.material.band for m in ms] + [0.0], np.float32)
     band_spec = np.array([m.material.band_specular for m in ms] + [0.0], np.float32)
+    spec_cut = (1e-3 ** (1.0 / np.maximum(shn, 1.0))).astype(np.float32)
     key = np.asarray(light.key_dir, np.float32)
     vis = np.ones(H * W, np.float32)
     if light.shadows:
@@ -507,7 +509,7 @@ def shade(scene: Scene, buf: dict, light: Lighting, cam_pos: np.ndarray, rng: np
                 vis = gaussian_filter(vis.reshape(H, W), light.shadow_blur, mode="nearest").reshape(-1)
     f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
     rgb = _kernels.shade(geom, n, p, vis, f32(cam_pos), Rs, ts, c0, c1, tid, inv_scale, prn, spw, shn, mapping,
-                         band, band_spec, tex, key,
+                         band, band_spec, spec_cut, tex, key,
                          f32(light.key_color), f32(light.fill_dir), f32(light.fill_color), f32(light.ambient))
     return rgb.reshape(H, W, 3)
 
@@ -516,9 +518,8 @@ _GAMMA_LUT = None
 
 
 def camera_effects(lin: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Linear RGB -> uint8 sRGB-ish camera image: auto-exposure, white balance, vignetting, blur, noise."""
-    from scipy.ndimage import gaussian_filter
-
+    """Linear RGB float32 (H, W, 3) -> uint8 sRGB-ish camera image: auto-exposure, white balance, optics blur,
+    vignetting, gamma, saturation, sensor noise, black level (one fused pass, :func:`_kernels.develop`)."""
     from instseg_ros.data import _kernels
 
     global _GAMMA_LUT
@@ -531,15 +532,21 @@ def camera_effects(lin: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     tilt, gm = rng.normal(0, 0.07), rng.normal(0, 0.03)
     wb = np.array([1 + tilt, 1 + gm, 1 - tilt]) * rng.uniform(0.95, 1.05, 3)
     gain = (expo * wb).astype(np.float32)
-    img = _kernels.expose(np.ascontiguousarray(lin, np.float32), gain, np.float32(rng.uniform(0.0, 0.35)), H, W)
+    vignette = np.float32(rng.uniform(0.0, 0.35))
     sigma = rng.uniform(0.3, 1.1)
-    img = gaussian_filter(img, sigma=(sigma, sigma, 0), mode="nearest", truncate=3.0)
     sat = np.float32(rng.uniform(0.75, 1.15))
     # sensor noise: per-pixel luminance noise + chroma noise on 2x2 blocks (as after demosaicing)
     amp = np.float32(rng.uniform(0.004, 0.02))
-    noise = np.empty((H, W, 3), np.float32)
-    noise[:] = (rng.standard_normal((H, W, 1), dtype=np.float32) * amp)
+    lum_noise = rng.standard_normal((H, W), dtype=np.float32) * amp
     chroma = rng.standard_normal(((H + 1) // 2, (W + 1) // 2, 3), dtype=np.float32) * (amp * np.float32(0.6))
-    noise += np.repeat(np.repeat(chroma, 2, 0), 2, 1)[:H, :W]
     offset = (rng.normal(0, 0.01, 3) + rng.uniform(0.0, 0.04)).astype(np.float32)  # black level / haze
-    return _kernels.tonemap(img, _GAMMA_LUT, sat, noise, offset)
+    return _kernels.develop(np.ascontiguousarray(lin, np.float32), gaussian_taps(sigma), gain, vignette, _GAMMA_LUT,
+                            sat, lum_noise, chroma, offset)
+
+
+def gaussian_taps(sigma: float, truncate: float = 3.0) -> np.ndarray:
+    """float32 (2r+1,) normalised Gaussian weights, r = int(truncate * sigma + 0.5) (scipy.ndimage's rule)."""
+    r = int(truncate * sigma + 0.5)
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    return (w / w.sum()).astype(np.float32)

@@ -168,8 +168,9 @@ def test_kernels_match_numpy_references():
     rng = np.random.default_rng(0)
     img = np.concatenate([rng.random((8, 8, 3)), rng.random((8, 8, 3)) * 1e-3, rng.random((8, 8, 3)) * 3],
                          0).astype(np.float32)
-    out = _kernels.tonemap(img, _kernels.gamma_lut(1 / 2.2), np.float32(1.0), np.zeros_like(img),
-                           np.zeros(3, np.float32))
+    out = _kernels.develop(img, np.ones(1, np.float32), np.ones(3, np.float32), np.float32(0.0),
+                           _kernels.gamma_lut(1 / 2.2), np.float32(1.0), np.zeros(img.shape[:2], np.float32),
+                           np.zeros((12, 4, 3), np.float32), np.zeros(3, np.float32))
     ref = np.clip(img.astype(np.float64) ** (1 / 2.2), 0, 1) * 255 + 0.5
     assert np.abs(out.astype(np.int64) - np.floor(ref)).max() <= 1
     # bounding boxes per label id
@@ -202,3 +203,23 @@ def test_raster_primary_visibility_equals_embree_on_generated_scenes():
         assert (b["depth"][b["geom"] < 0] == 0).all()
     with pytest.raises(ValueError, match="method"):
         render.cast(scene, Kc, T, cfg.width, cfg.height, "opengl")
+
+
+def test_fused_camera_development_matches_scipy_reference():
+    from scipy.ndimage import gaussian_filter
+
+    from instseg_ros.data import _kernels
+
+    rng = np.random.default_rng(2)
+    lin = (rng.random((30, 41, 3)) ** 2).astype(np.float32)
+    lut = _kernels.gamma_lut(1 / 2.2)
+    gain = np.array([1.1, 0.9, 1.3], np.float32)
+    sigma = 0.8
+    zeros = np.zeros((30, 41), np.float32)
+    out = _kernels.develop(lin, render.gaussian_taps(sigma), gain, np.float32(0.0), lut, np.float32(0.8), zeros,
+                           np.zeros((15, 21, 3), np.float32), np.zeros(3, np.float32))
+    ref = gaussian_filter(lin.astype(np.float64), sigma=(sigma, sigma, 0), mode="nearest", truncate=3.0) * gain
+    ref = np.clip(ref, 0, None) ** (1 / 2.2)
+    g = ref.mean(2, keepdims=True)
+    ref = np.clip(g + (ref - g) * 0.8, 0, 1) * 255 + 0.5
+    assert np.abs(out.astype(np.int64) - np.floor(ref)).max() <= 1

@@ -40,6 +40,7 @@ class DepthNoiseConfig:
     min_z: float = 0.17
     max_z: float = 6.0
     shadow: bool = True
+    fatten_px: int = 0  #: foreground fattening: depth of a nearer surface spills up to this many px over edges
 
 
 def sample_noise_config(rng: np.random.Generator) -> DepthNoiseConfig:
@@ -53,12 +54,13 @@ def sample_noise_config(rng: np.random.Generator) -> DepthNoiseConfig:
         flying_prob=float(rng.uniform(0.2, 0.8)),
         edge_hole_prob=float(rng.uniform(0.1, 0.6)),
         speckle_prob=float(rng.uniform(0.0, 0.002)),
-        blob_frac=float(rng.uniform(0.0, 0.02)) if rng.random() < 0.5 else 0.0,
+        blob_frac=float(rng.uniform(0.0, 0.04)) if rng.random() < 0.5 else 0.0,
         grazing_cos=float(rng.uniform(0.05, 0.25)),
         hard_object_prob=float(rng.uniform(0.0, 0.15)),
         min_z=float(rng.uniform(0.12, 0.25)),
         max_z=float(rng.uniform(3.0, 8.0)),
         shadow=bool(rng.random() < 0.9),
+        fatten_px=int(rng.choice([0, 1, 2, 3], p=[0.2, 0.3, 0.3, 0.2])),
     )
 
 
@@ -86,24 +88,56 @@ def _stereo_shadow(depth, fb):
     return out
 
 
-def _bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """float32 (n_out, n_in): linear interpolation of n_in samples spanning [0, n_out - 1] (end points aligned)."""
-    x = np.arange(n_out) * (n_in - 1) / max(n_out - 1, 1)
-    i0 = np.minimum(np.floor(x).astype(int), n_in - 2)
-    f = (x - i0).astype(np.float32)
+@njit(cache=True)
+def _fatten(dg, out, invalid, radius, thr):
+    """In place: pixels within ``radius[y, x]`` px (square window) of a pixel (y, x) that is the near side of a
+    depth edge (a 4-neighbour farther by > thr * z, or without surface) take that pixel's noisy depth and
+    become valid. dg float32 (H, W) ground truth, out float32 (H, W), invalid bool (H, W), radius int (H, W)."""
+    H, W = dg.shape
+    for y in range(H):
+        for x in range(W):
+            z = dg[y, x]
+            r = radius[y, x]
+            if z <= 0 or r <= 0 or invalid[y, x]:
+                continue
+            lim = z * (1 + thr)
+            near_edge = False
+            for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+                yy, xx = y + dy, x + dx
+                if 0 <= yy < H and 0 <= xx < W and (dg[yy, xx] > lim or dg[yy, xx] <= 0):
+                    near_edge = True
+            if not near_edge:
+                continue
+            for yy in range(max(y - r, 0), min(y + r + 1, H)):
+                for xx in range(max(x - r, 0), min(x + r + 1, W)):
+                    if dg[yy, xx] > lim or dg[yy, xx] <= 0:
+                        out[yy, xx] = out[y, x]
+                        invalid[yy, xx] = False
+
+
+def _bspline_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """float32 (n_out, n_in): cubic B-spline interpolation of n_in control values spread over n_out samples
+    (C2-smooth, so thresholded noise gives round blobs rather than the diamonds of bilinear interpolation)."""
+    x = np.arange(n_out) * (n_in - 3) / max(n_out - 1, 1) + 1.0  # stay inside [1, n_in - 2]
+    i = np.floor(x).astype(int)
+    f = x - i
+    w = np.stack([(1 - f) ** 3 / 6, (3 * f ** 3 - 6 * f ** 2 + 4) / 6, (-3 * f ** 3 + 3 * f ** 2 + 3 * f + 1) / 6,
+                  f ** 3 / 6], 1)
     m = np.zeros((n_out, n_in), np.float32)
-    m[np.arange(n_out), i0] = 1 - f
-    m[np.arange(n_out), i0 + 1] += f
+    rows = np.arange(n_out)
+    for k in range(4):
+        np.add.at(m, (rows, np.clip(i - 1 + k, 0, n_in - 1)), w[:, k])
     return m
 
 
 def _smooth_noise(rng, shape, scale):
-    """float32 (H, W) spatially correlated unit-variance noise: a Gaussian grid every ``scale`` px, bilinearly
-    interpolated (two small matrix products instead of an image-sized zoom)."""
+    """float32 (H, W) spatially correlated unit-variance noise: a Gaussian grid every ``scale`` px, interpolated
+    by cubic B-splines (two small matrix products instead of an image-sized zoom)."""
     H, W = shape
-    gh, gw = max(2, int(H / scale) + 2), max(2, int(W / scale) + 2)
+    gh, gw = max(4, int(H / scale) + 4), max(4, int(W / scale) + 4)
     g = rng.standard_normal((gh, gw), dtype=np.float32)
-    z = _bilinear_matrix(H, gh) @ g @ _bilinear_matrix(W, gw).T
+    z = _bspline_matrix(H, gh) @ g @ _bspline_matrix(W, gw).T
+    z -= z.mean()
     return z / max(float(z.std()), 1e-6)
 
 
@@ -164,11 +198,17 @@ def apply_depth_noise(depth_gt: np.ndarray, K: np.ndarray, rng: np.random.Genera
         out[ey[fly], ex[fly]] = near[fly] + mix[fly] * (far[fly] - near[fly])
         hole = ~fly & (r < cfg.flying_prob + cfg.edge_hole_prob)
         invalid[ey[hole], ex[hole]] = True
+    # 4b. foreground fattening (block matching assigns the nearer disparity to pixels next to an edge); the
+    # spill width varies smoothly along the edge, so silhouettes in depth are wobbly and a little too large
+    if cfg.fatten_px > 0:
+        u = _smooth_noise(rng, (H, W), 8.0)
+        radius = np.clip(np.floor((0.5 + 0.25 * u) * (cfg.fatten_px + 1)), 0, cfg.fatten_px).astype(np.int64)
+        _fatten(dg, out, invalid, radius, np.float32(cfg.edge_threshold))
     # 5. dropout: speckle, blobs, grazing angles, hard objects
     u = rng.random((H, W), dtype=np.float32)
     invalid |= u < cfg.speckle_prob
     if cfg.blob_frac > 0:
-        b = _smooth_noise(rng, (H, W), rng.uniform(15, 40))
+        b = _smooth_noise(rng, (H, W), rng.uniform(30, 90))  # few large holes (glare, dark or shiny patches)
         thr = np.quantile(b[::3, ::3], 1 - cfg.blob_frac)
         invalid |= b > thr
     if normal_cos is not None:

@@ -393,7 +393,7 @@ def make_texture_bank(seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
                 rows = (r0 + np.roll(r0, 1) + np.roll(r0, -1)) / 3
                 fib = rows[(np.arange(S)[:, None] + (nz * S * rng.uniform(0.04, 0.12)).astype(int)) % S]
                 f = rng.integers(3, 10)
-                rings = 0.5 + 0.5 * np.sin(2 * np.pi * (f * y + 1.5 * nz))
+                rings = 0.5 + 0.5 * np.sin(2 * np.pi * (f * y + rng.uniform(0.2, 0.6) * nz))
                 t = 0.45 * fib + 0.35 * rings ** 3 + 0.2 * _value_noise(rng, S, 2, 3)
                 if kind == "planks":  # boards of random shade separated by dark seams
                     n_b = int(rng.choice([2, 4]))
@@ -527,7 +527,7 @@ def camera_effects(lin: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         _GAMMA_LUT = _kernels.gamma_lut(1 / 2.2)
     H, W, _ = lin.shape
     lum = lin[::4, ::4].mean(2)  # exposure statistic on a subsampled image
-    expo = rng.uniform(0.25, 0.65) / max(float(np.percentile(lum, 60)), 1e-4)
+    expo = rng.uniform(0.2, 0.55) / max(float(np.percentile(lum, 60)), 1e-4)
     # white balance error: a colour-temperature tilt (blue <-> amber) and a small green / magenta one
     tilt, gm = rng.normal(0, 0.07), rng.normal(0, 0.03)
     wb = np.array([1 + tilt, 1 + gm, 1 - tilt]) * rng.uniform(0.95, 1.05, 3)

@@ -61,3 +61,22 @@ def test_splits_use_disjoint_shape_parameters():
     assert buckets["train"] <= set(range(8)) and buckets["val"] == {8} and buckets["test"] == {9}
     with pytest.raises(ValueError):
         sample_shape(rng, "holdout")
+
+
+def test_foreground_fattening_spills_near_depth_at_most_fatten_px():
+    gt = np.full((60, 120), 1.0, np.float32)
+    gt[20:40, 50:70] = 0.5
+    cfg = DepthNoiseConfig(sigma_disp=0.0, flying_prob=0.0, edge_hole_prob=0.0, speckle_prob=0.0, blob_frac=0.0,
+                           hard_object_prob=0.0, shadow=False, fatten_px=2)
+    d = apply_depth_noise(gt, K, np.random.default_rng(3), cfg)
+    near = np.abs(d - 0.5) < 0.01
+    spilled = near & (gt == 1.0)
+    assert spilled.sum() > 20  # the block looks bigger in depth ...
+    ys, xs = np.nonzero(spilled)
+    # ... by at most 2 px (square window: Chebyshev distance to the block)
+    dist = np.maximum(np.maximum(20 - ys, ys - 39).clip(0), np.maximum(50 - xs, xs - 69).clip(0))
+    assert dist.max() <= 2 and dist.min() >= 1
+    assert (np.abs(d[gt == 1.0][~spilled[gt == 1.0]] - 1.0) < 0.01).all()
+    cfg.fatten_px = 0
+    d0 = apply_depth_noise(gt, K, np.random.default_rng(3), cfg)
+    assert not (np.abs(d0 - 0.5) < 0.01)[gt == 1.0].any()

@@ -88,12 +88,13 @@ def finish_cast(t_hit, gid, prim, uv, prim_normal, fx, fy, cx, cy, R, o, W, tri_
 
 
 @njit(cache=True)
-def shadow_ray_plan(geom, lit, H, W):
-    """Which pixels cast a shadow ray: one per 2x2 block whose pixels all show the same geometry, every lit
-    pixel in mixed blocks (silhouettes stay sharp). geom int32 (H*W,), lit bool (H*W,).
-    Returns (ray_pixels int64 (R,), ray_of_pixel int64 (H*W,) with -1 for unlit pixels)."""
+def shadow_rays(geom, normal, point, key, H, W):
+    """Shadow rays toward the key light: one per 2x2 block whose pixels all show the same geometry, one per
+    lit pixel in mixed blocks (silhouettes stay sharp). A pixel is lit when it has a hit and n . key > 0.
+    geom int32 (H*W,), normal / point float32 (H*W, 3) world, key (3,) unit direction towards the light.
+    Returns (rays float32 (R, 6) [origin 2 mm off the surface, key], ray_of_pixel int64 (H*W,), -1 = unlit)."""
     ray_of = np.full(H * W, -1, np.int64)
-    rays = np.empty(H * W, np.int64)
+    rays = np.empty((H * W, 6), np.float32)
     r = 0
     for by in range(0, H, 2):
         for bx in range(0, W, 2):
@@ -111,16 +112,32 @@ def shadow_ray_plan(geom, lit, H, W):
                     if y >= H or x >= W:
                         continue
                     p = y * W + x
-                    if not lit[p]:
+                    if geom[p] < 0:
+                        continue
+                    if normal[p, 0] * key[0] + normal[p, 1] * key[1] + normal[p, 2] * key[2] <= 0:
                         continue
                     if uniform and rep >= 0:
                         ray_of[p] = rep
                     else:
-                        rays[r] = p
+                        for k in range(3):
+                            rays[r, k] = point[p, k] + normal[p, k] * 2e-3
+                            rays[r, 3 + k] = key[k]
                         ray_of[p] = r
                         rep = r
                         r += 1
     return rays[:r], ray_of
+
+
+@njit(cache=True)
+def scatter_visibility(ray_of, occluded, dark):
+    """float32 (N,): ``dark`` where the pixel's shadow ray is occluded, 1 elsewhere (unlit pixels too)."""
+    n = ray_of.shape[0]
+    vis = np.ones(n, np.float32)
+    for i in range(n):
+        r = ray_of[i]
+        if r >= 0 and occluded[r]:
+            vis[i] = dark
+    return vis
 
 
 @njit(cache=True, fastmath=True)

@@ -16,6 +16,7 @@ Effects, in the order applied (each parameter randomised per frame by :func:`sam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -115,6 +116,7 @@ def _fatten(dg, out, invalid, radius, thr):
                         invalid[yy, xx] = False
 
 
+@lru_cache(maxsize=64)
 def _bspline_matrix(n_out: int, n_in: int) -> np.ndarray:
     """float32 (n_out, n_in): cubic B-spline interpolation of n_in control values spread over n_out samples
     (C2-smooth, so thresholded noise gives round blobs rather than the diamonds of bilinear interpolation)."""
@@ -127,6 +129,7 @@ def _bspline_matrix(n_out: int, n_in: int) -> np.ndarray:
     rows = np.arange(n_out)
     for k in range(4):
         np.add.at(m, (rows, np.clip(i - 1 + k, 0, n_in - 1)), w[:, k])
+    m.flags.writeable = False  # cached and shared between calls
     return m
 
 

@@ -464,7 +464,7 @@ def shade(scene: Scene, buf: dict, light: Lighting, cam_pos: np.ndarray, rng: np
     """Linear-light RGB float32 (H, W, 3): textured albedo x (ambient + key (shadowed) + fill) + specular.
 
     Shadow rays toward the key light are cast once per 2x2 block of pixels that all show the same geometry
-    and per pixel elsewhere (see :func:`_kernels.shadow_ray_plan`): a quarter of the rays, sharp silhouettes.
+    and per pixel elsewhere (see :func:`_kernels.shadow_rays`): a quarter of the rays, sharp silhouettes.
     """
     import open3d.core as o3c
 
@@ -493,20 +493,15 @@ def shade(scene: Scene, buf: dict, light: Lighting, cam_pos: np.ndarray, rng: np
     key = np.asarray(light.key_dir, np.float32)
     vis = np.ones(H * W, np.float32)
     if light.shadows:
-        lit = (geom >= 0) & (n @ key > 0)
-        ray_pix, ray_of = _kernels.shadow_ray_plan(geom, lit, H, W)
-        if len(ray_pix):
-            rays = np.empty((len(ray_pix), 6), np.float32)
-            rays[:, :3] = p[ray_pix] + n[ray_pix] * 2e-3
-            rays[:, 3:] = key
+        rays, ray_of = _kernels.shadow_rays(geom, n, p, key, H, W)
+        if len(rays):
             occ = scene.rc.test_occlusions(o3c.Tensor(rays), tnear=1e-4, tfar=10.0, nthreads=1).numpy()
-            rv = np.where(occ, np.float32(1.0 - light.shadow_strength), np.float32(1.0)).astype(np.float32)
-            has = ray_of >= 0
-            vis[has] = rv[ray_of[has]]
+            vis = _kernels.scatter_visibility(ray_of, occ, np.float32(1.0 - light.shadow_strength))
             if light.shadow_blur > 0:
                 from scipy.ndimage import gaussian_filter
 
-                vis = gaussian_filter(vis.reshape(H, W), light.shadow_blur, mode="nearest").reshape(-1)
+                vis = gaussian_filter(vis.reshape(H, W), light.shadow_blur, mode="nearest",
+                                      truncate=3.0).reshape(-1)
     f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
     rgb = _kernels.shade(geom, n, p, vis, f32(cam_pos), Rs, ts, c0, c1, tid, inv_scale, prn, spw, shn, mapping,
                          band, band_spec, spec_cut, tex, key,

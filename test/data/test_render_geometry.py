@@ -223,3 +223,32 @@ def test_fused_camera_development_matches_scipy_reference():
     g = ref.mean(2, keepdims=True)
     ref = np.clip(g + (ref - g) * 0.8, 0, 1) * 255 + 0.5
     assert np.abs(out.astype(np.int64) - np.floor(ref)).max() <= 1
+
+
+def test_block_shadow_rays_agree_with_per_pixel_shadow_rays():
+    import open3d.core as o3c
+
+    from instseg_ros.data import _kernels
+
+    st, _ = _two_box_scene()
+    scene = render.Scene(st.meshes)
+    T = look_at(np.array([0.3, -0.25, 0.5]), np.array([0.0, 0.0, 0.03]))
+    Wb, Hb = 160, 120
+    Kb = np.array([[130.0, 0, 80], [0, 130.0, 60], [0, 0, 1]])
+    buf = render.cast(scene, Kb, T, Wb, Hb, "raster")
+    key = np.array([0.5, 0.3, 0.81], np.float32)
+    key /= np.linalg.norm(key)
+    geom, n, p = buf["geom"].reshape(-1), buf["normal"].reshape(-1, 3), buf["point"].reshape(-1, 3)
+    rays, ray_of = _kernels.shadow_rays(geom, n, p, key, Hb, Wb)
+    lit = (geom >= 0) & (n @ key > 0)
+    assert ((ray_of >= 0) == lit).all() and len(rays) < 0.5 * lit.sum()  # about a quarter of the rays
+    occ = scene.rc.test_occlusions(o3c.Tensor(rays), tnear=1e-4, tfar=10.0, nthreads=1).numpy()
+    vis = _kernels.scatter_visibility(ray_of, occ, np.float32(0.3))
+    # reference: one ray per lit pixel
+    idx = np.nonzero(lit)[0]
+    ref_rays = np.concatenate([p[idx] + n[idx] * 2e-3, np.broadcast_to(key, (len(idx), 3))], 1).astype(np.float32)
+    ref_occ = scene.rc.test_occlusions(o3c.Tensor(ref_rays), tnear=1e-4, tfar=10.0, nthreads=1).numpy()
+    ref = np.ones(len(geom), np.float32)
+    ref[idx[ref_occ]] = 0.3
+    assert ref_occ.sum() > 200  # the boxes cast shadows on the table in this view
+    assert (vis == ref).mean() > 0.99

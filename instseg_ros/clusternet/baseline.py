@@ -20,14 +20,16 @@ class BaselineParams:
     bin walls); a plane is removed only while it holds >= min_plane_fraction of the points.
     ransac_iterations: per plane. eps: DBSCAN neighbourhood, m. min_points: DBSCAN core size.
     min_size: clusters with fewer sampled points are dropped. max_depth: m, farther points ignored.
+    Defaults: the best of 10 settings tried on 12 frames of the synthetic *val* split (COCO AP 28.3 there;
+    min_plane_fraction 0.03-0.2, eps 0.007-0.015 m, plane_distance 0.004-0.01 m).
     """
 
     stride: int = 2
     plane_distance: float = 0.006
     max_planes: int = 4
-    min_plane_fraction: float = 0.1
+    min_plane_fraction: float = 0.15
     ransac_iterations: int = 300
-    eps: float = 0.01
+    eps: float = 0.008
     min_points: int = 10
     min_size: int = 30
     max_depth: float = 3.0

@@ -36,6 +36,7 @@ class SceneConfig:
     arranged_prob: float = 0.5  #: table scenes whose objects are put down side by side (mostly upright)
     arranged_max_objects: int = 14
     upright_prob: float = 0.75  #: objects of an arranged scene that stand upright (if their shape can)
+    arranged_sizes: tuple[float, float] = (0.05, 0.25)  #: largest dimension (m) of arranged objects
     primary: str = "raster"  #: primary visibility: "raster" (fast, exact ray/triangle hits) or "embree"
     physics: PhysicsConfig = field(default_factory=PhysicsConfig)
 
@@ -288,7 +289,8 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
         v, f, nn = box_mesh(half)
         bg.append(render.RenderMesh(v @ R.T + c, f, nn @ R.T, 0, _surface_material(rng, "decal", printed), R, c))
     # objects
-    shapes = [sample_shape(rng, split) for _ in range(n)]
+    # household objects put down on a table are bigger than the clutter of a bin (cereal boxes, bottles)
+    shapes = [sample_shape(rng, split, size_range=cfg.arranged_sizes if arranged else None) for _ in range(n)]
     # scale the drop region with the pile size so big piles spread and small ones touch
     spawn = _arrange(rng, shapes, region, table_top, cfg) if arranged else None
     poses, info = drop(shapes, Support(boxes), region, rng, cfg.physics, spawn=spawn)
@@ -404,7 +406,11 @@ def sample_camera(rng: np.random.Generator, st: SceneState, cfg: SceneConfig) ->
         el_lo = cfg.cam_elevation[0] if st.kind == "table" else 55.0  # low views into a bin see only its wall
         el = np.deg2rad(rng.uniform(el_lo, cfg.cam_elevation[1]))
     az = rng.uniform(0, 2 * np.pi)
-    d = rng.uniform(cfg.cam_distance[0], cfg.cam_distance[1] if st.kind == "table" else min(cfg.cam_distance[1], 1.0))
+    if st.info.get("arranged"):  # frame the arrangement: 0.5-1.1 m, as a person or robot head sees a table
+        d = rng.uniform(max(cfg.cam_distance[0], 0.5), min(cfg.cam_distance[1], 1.1))
+    else:
+        d = rng.uniform(cfg.cam_distance[0],
+                        cfg.cam_distance[1] if st.kind == "table" else min(cfg.cam_distance[1], 1.0))
     eye = target + d * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
     roll = rng.normal(0, cfg.roll_std) if rng.random() > cfg.wrist_roll_prob else rng.uniform(-90, 90)
     return look_at(eye, target, roll)

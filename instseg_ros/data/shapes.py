@@ -454,8 +454,14 @@ def shape_split(shape: Shape) -> str:
     return next(s for s, r in SPLIT_BUCKETS.items() if b in r)
 
 
-def sample_shape(rng: np.random.Generator, split: str = "train", family: str | None = None) -> Shape:
-    """Draw a random shape of ``family`` (or a weighted random family) whose parameters belong to ``split``."""
+def sample_shape(rng: np.random.Generator, split: str = "train", family: str | None = None,
+                 size_range: tuple[float, float] | None = None) -> Shape:
+    """Draw a random shape of ``family`` (or a weighted random family) whose parameters belong to ``split``.
+
+    size_range: (lo, hi) metres for the largest dimension, log-uniform (default: mostly 4-18 cm, sometimes
+    2-25 cm); household tabletop objects use larger sizes."""
+    if size_range is not None and not (0.01 <= size_range[0] <= size_range[1] <= 0.3):
+        raise ValueError(f"size_range must satisfy 0.01 <= lo <= hi <= 0.3 m, got {size_range}")
     if split not in SPLIT_BUCKETS:
         raise ValueError(f"split must be one of {list(SPLIT_BUCKETS)}, got {split!r}")
     if family is None:
@@ -465,7 +471,9 @@ def sample_shape(rng: np.random.Generator, split: str = "train", family: str | N
     if family not in _MAKERS:
         raise ValueError(f"unknown family {family!r}")
     for _ in range(200):
-        v, f, n, parts, params, rnd = _MAKERS[family](rng, _size(rng))
+        size = (_size(rng) if size_range is None
+                else float(np.exp(rng.uniform(np.log(size_range[0]), np.log(size_range[1])))))
+        v, f, n, parts, params, rnd = _MAKERS[family](rng, size)
         if _split_bucket(family, params) in SPLIT_BUCKETS[split]:
             break
     else:  # pragma: no cover - 200 misses at 10 % acceptance has probability 1e-9

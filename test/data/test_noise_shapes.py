@@ -80,3 +80,13 @@ def test_foreground_fattening_spills_near_depth_at_most_fatten_px():
     cfg.fatten_px = 0
     d0 = apply_depth_noise(gt, K, np.random.default_rng(3), cfg)
     assert not (np.abs(d0 - 0.5) < 0.01)[gt == 1.0].any()
+
+
+def test_size_range_sets_the_largest_dimension():
+    rng = np.random.default_rng(5)
+    for _ in range(5):  # boxes: the largest side is the drawn size; cylinders: height or diameter
+        assert 0.12 <= max(sample_shape(rng, "train", "box", size_range=(0.12, 0.2)).params["dims"]) <= 0.2
+        assert 0.12 - 1e-9 <= sample_shape(rng, "train", "cylinder", size_range=(0.12, 0.2)).extent <= 0.2 + 1e-9
+        assert sample_shape(rng, "train", "irregular", size_range=(0.12, 0.2)).extent <= 0.2 * 1.2
+    with pytest.raises(ValueError, match="size_range"):
+        sample_shape(rng, "train", size_range=(0.3, 0.1))

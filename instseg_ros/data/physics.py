@@ -21,9 +21,10 @@ class PhysicsConfig:
     check_every: int = 12
     solver_iterations: int = 10
     friction: tuple[float, float] = (0.4, 0.9)
-    rolling_friction: float = 0.001
+    rolling_friction: float = 0.01
     spinning_friction: float = 0.001
-    damping_round: tuple[float, float] = (0.1, 0.4)  # (linear, angular) damping of round shapes
+    damping_round: tuple[float, float] = (0.2, 0.8)  # (linear, angular) damping of round shapes
+    fallen_below: float = 0.1  #: metres below the lowest support top at which a body counts as fallen off
 
 
 @dataclass
@@ -77,7 +78,8 @@ def drop(shapes: list[Shape], support: Support, spawn_xy: np.ndarray, rng: np.ra
         spawn: optional per shape ``None`` (random orientation, stacked above ``spawn_xy``) or a float (4, 4)
             T_world_body start pose (objects placed upright next to each other on a table).
     Returns:
-        (poses, info): poses = list of float64 (4, 4) T_world_body; info = {"sim_time": s, "steps": n}.
+        (poses, info): poses = list of float64 (4, 4) T_world_body (a body that fell off the supports keeps
+        the pose where it was taken out, below them); info = {"sim_time": s, "steps": n}.
     """
     import pybullet as p
 
@@ -118,23 +120,34 @@ def drop(shapes: list[Shape], support: Support, spawn_xy: np.ndarray, rng: np.ra
             bodies.append(b)
         steps = 0
         max_steps = int(cfg.max_time / cfg.time_step)
-        while steps < max_steps:
+        # bodies that fell below every support surface (off the table) are frozen where they are and leave
+        # the simulation: they would fall forever and keep the pile from counting as settled
+        fall_z = min(float(c[2] + h[2]) for c, h in support.boxes) - cfg.fallen_below if support.boxes else -np.inf
+        final: dict[int, tuple] = {}
+        active = list(bodies)
+        while steps < max_steps and active:
             for _ in range(cfg.check_every):
                 p.stepSimulation(physicsClientId=client)
             steps += cfg.check_every
             if steps * cfg.time_step < 0.3:
                 continue
             moving = False
-            for b in bodies:
-                lin, ang = p.getBaseVelocity(b, physicsClientId=client)
-                if np.linalg.norm(lin) > cfg.settle_lin_vel or np.linalg.norm(ang) > cfg.settle_ang_vel:
-                    moving = True
-                    break
+            for b in list(active):
+                pos, q = p.getBasePositionAndOrientation(b, physicsClientId=client)
+                if pos[2] < fall_z:
+                    final[b] = (pos, q)
+                    p.removeBody(b, physicsClientId=client)
+                    active.remove(b)
+                    continue
+                if not moving:
+                    lin, ang = p.getBaseVelocity(b, physicsClientId=client)
+                    if np.linalg.norm(lin) > cfg.settle_lin_vel or np.linalg.norm(ang) > cfg.settle_ang_vel:
+                        moving = True
             if not moving:
                 break
         poses = []
         for b in bodies:
-            pos, q = p.getBasePositionAndOrientation(b, physicsClientId=client)
+            pos, q = final[b] if b in final else p.getBasePositionAndOrientation(b, physicsClientId=client)
             T = np.eye(4)
             T[:3, :3] = np.asarray(p.getMatrixFromQuaternion(q), float).reshape(3, 3)
             T[:3, 3] = pos

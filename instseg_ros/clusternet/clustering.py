@@ -37,6 +37,8 @@ class ClusterParams:
         seed_stride: seed on every n-th pixel in u and v only (the GMM step then labels all
             foreground pixels; needs gmm=True when > 1).
         block: seeds per host synchronisation.
+        radius_multiplier: B̂ is scaled by this before clamping (1 = the paper's sphere; tuned on
+            validation frames for short-trained models whose B̂ is still too small or large).
     """
 
     fg_threshold: float = 0.5
@@ -49,6 +51,7 @@ class ClusterParams:
     gmm_reg: float = 1e-6
     seed_stride: int = 1
     block: int = 8
+    radius_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
         if self.seed_stride < 1 or self.block < 1 or self.max_instances < 1:
@@ -183,7 +186,7 @@ def cluster_pixels(xi: torch.Tensor, eta: torch.Tensor, radius: torch.Tensor, fg
         return labels.view(h, w), torch.zeros(0, device=dev)
     x = xi.reshape(d, -1).t()[fg_idx].float()
     e = eta.reshape(-1)[fg_idx].float()
-    r = radius.reshape(-1)[fg_idx].float()
+    r = radius.reshape(-1)[fg_idx].float() * params.radius_multiplier
     fgp = fg_prob.reshape(-1)[fg_idx].float()
     if params.seed_stride > 1:
         s = params.seed_stride

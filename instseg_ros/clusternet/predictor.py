@@ -82,9 +82,15 @@ class ClusterNetPredictor:
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "auto", **kw) -> "ClusterNetPredictor":
-        """Load ``path`` (see :mod:`instseg_ros.clusternet.checkpoint`); RuntimeError names a missing/corrupt file."""
+        """Load ``path`` (see :mod:`instseg_ros.clusternet.checkpoint`); RuntimeError names a missing/corrupt file.
+
+        Without ``params``, the clustering parameters tuned for this checkpoint (meta "cluster_params",
+        chosen on validation frames by ``instseg evaluate clusternet --tune-split``) are used if present.
+        """
         dev = resolve_device(device)
         ck = load_checkpoint(path, map_location="cpu")
+        if kw.get("params") is None and isinstance(ck["meta"].get("cluster_params"), dict):
+            kw["params"] = ClusterParams(**ck["meta"]["cluster_params"])
         pred = cls(build_model(ck, "cpu"), dev, **kw)
         pred.meta = dict(ck.get("meta", {}))
         return pred

@@ -10,6 +10,7 @@ and prints the result as a final JSON line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,50 @@ from .coco import (COCO_KEYS, coco_dataset, coco_metrics, dt_results, gt_annotat
 
 _log = logging.getLogger("instseg_ros.eval.clusternet")
 N_EXAMPLES = 3
+#: Clustering parameters searched by ``--tune-split`` (network outputs are computed once per frame).
+TUNE_GRID = {"radius_multiplier": (1.0, 1.5, 2.0, 3.0, 4.0), "fg_threshold": (0.4, 0.5), "max_radius": (0.1, 0.2)}
+
+
+def tune_cluster_params(predictor, frames: list, grid: dict | None = None, progress: bool = True
+                        ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Grid-search clustering parameters for COCO AP on ``frames`` (a validation split, never the test split).
+
+    Returns:
+        (best parameter dict for :class:`ClusterParams`, table of {params..., "AP", "AP50", "AR100"}).
+    """
+    import dataclasses
+    import itertools
+
+    from tqdm import tqdm
+
+    from instseg_ros.clusternet.clustering import cluster_pixels
+    from instseg_ros.data.io import load_frame
+
+    grid = grid or TUNE_GRID
+    cache = []
+    for f in tqdm(frames, desc="tune: network", disable=not progress):
+        fr = f if isinstance(f, dict) else load_frame(f)
+        raw = predictor.raw(fr["rgb"], fr["depth"], fr["K"])
+        cache.append((fr, {k: raw[k][0].cpu() for k in ("xi", "centroid_prob", "radius", "fg_prob")}))
+    base = predictor.params
+    table = []
+    names = list(grid)
+    for values in tqdm(list(itertools.product(*(grid[n] for n in names))), desc="tune: clustering",
+                       disable=not progress):
+        params = dataclasses.replace(base, **dict(zip(names, values)))
+        images, anns, dts = [], [], []
+        for image_id, (fr, raw) in enumerate(cache, start=1):
+            lab, sc = cluster_pixels(raw["xi"], raw["centroid_prob"], raw["radius"][0], raw["fg_prob"], params)
+            inst = predictor._postprocess(lab.numpy(), sc.numpy(), fr["depth"], fr["K"])
+            gt = fr["labels"]
+            images.append({"id": image_id, "width": int(gt.shape[1]), "height": int(gt.shape[0])})
+            anns += gt_annotations(image_id, gt, start_id=len(anns) + 1)
+            dts += dt_results(image_id, inst.labels, inst.ids, inst.scores)
+        m = coco_metrics(coco_dataset(images, anns), dts)
+        table.append({**dict(zip(names, values)), "AP": m["AP"], "AP50": m["AP50"], "AR100": m["AR100"]})
+    best = max(table, key=lambda r: (np.nan_to_num(r["AP"]), np.nan_to_num(r["AR100"])))
+    chosen = dataclasses.asdict(dataclasses.replace(base, **{n: best[n] for n in names}))
+    return chosen, table
 
 
 class _Collector:
@@ -149,6 +194,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--resolution", type=int, nargs=2, metavar=("H", "W"), help="network resolution override")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--tune-split", help="first grid-search the clustering parameters on this split (e.g. val)")
+    p.add_argument("--tune-frames", type=int, default=20, help="frames of --tune-split used for tuning")
+    p.add_argument("--save-params", action="store_true",
+                   help="store the tuned clustering parameters in the checkpoint's meta (cluster_params)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from instseg_ros.data.io import list_frames
@@ -170,10 +219,28 @@ def main(argv: list[str]) -> int:
             torch.set_num_threads(a.threads)
         predictor = ClusterNetPredictor.from_checkpoint(a.checkpoint, device=a.device,
                                                         resolution=tuple(a.resolution) if a.resolution else None)
+    tuning = None
+    if a.tune_split and predictor is not None:
+        from instseg_ros.clusternet.clustering import ClusterParams
+
+        tune_frames = list_frames(a.data, a.tune_split)[:a.tune_frames]
+        chosen, table = tune_cluster_params(predictor, tune_frames)
+        predictor.params = ClusterParams(**chosen)
+        tuning = {"split": a.tune_split, "frames": len(tune_frames), "chosen": chosen, "table": table}
+        _log.info("tuned clustering parameters on %s: %s", a.tune_split, chosen)
+        if a.save_params:
+            from instseg_ros.clusternet.checkpoint import load_checkpoint, save_checkpoint
+
+            ck = load_checkpoint(a.checkpoint)
+            meta = dict(ck["meta"], cluster_params=chosen, cluster_params_tuning=tuning)
+            extra = {k: v for k, v in ck.items() if k not in ("config", "model", "meta", "model_config")}
+            save_checkpoint(a.checkpoint, ck["model_config"], ck["model"], meta, **extra)
     res = evaluate(frames, predictor, baseline=not a.no_baseline)
     os.makedirs(a.out, exist_ok=True)
     res_json = _clean({**res, "data": os.path.abspath(a.data), "split": a.split, "checkpoint": a.checkpoint,
-                       "steps": (predictor.meta.get("steps") if predictor else None)})
+                       "steps": (predictor.meta.get("steps") if predictor else None),
+                       "cluster_params": (dataclasses.asdict(predictor.params) if predictor else None),
+                       "tuning": tuning})
     jpath = os.path.join(a.out, "clusternet_eval.json")
     with open(jpath, "w") as f:
         json.dump(res_json, f, indent=2)

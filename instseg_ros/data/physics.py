@@ -15,9 +15,9 @@ from instseg_ros.data.shapes import Part, Shape
 class PhysicsConfig:
     """Simulation settings. Times in seconds, velocities in m/s and rad/s."""
     time_step: float = 1.0 / 120.0
-    max_time: float = 2.5
-    settle_lin_vel: float = 0.02
-    settle_ang_vel: float = 0.3
+    max_time: float = 2.0
+    settle_lin_vel: float = 0.03
+    settle_ang_vel: float = 0.5
     check_every: int = 12
     solver_iterations: int = 10
     friction: tuple[float, float] = (0.4, 0.9)
@@ -44,8 +44,32 @@ def _collision_shape(p, client: int, part: Part) -> int:
     if part.kind == "capsule":
         return p.createCollisionShape(p.GEOM_CAPSULE, radius=float(part.size[0]), height=float(part.size[1]), **kw)
     if part.kind == "hull":
-        return p.createCollisionShape(p.GEOM_MESH, vertices=part.vertices.tolist(), **kw)
+        return p.createCollisionShape(p.GEOM_MESH, vertices=hull_points(part.vertices).tolist(), **kw)
     raise ValueError(f"unknown collision part kind {part.kind!r}")
+
+
+MAX_HULL_POINTS = 48  #: collision hulls are cut down to this many vertices (Bullet's cost grows with them)
+
+
+def hull_points(vertices: np.ndarray, max_points: int = MAX_HULL_POINTS) -> np.ndarray:
+    """(k, 3) convex-hull vertices of ``vertices`` (n, 3), reduced to at most ``max_points`` by farthest-point
+    sampling (the kept hull lies inside the full one, within a few mm for objects of a few cm)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    v = np.asarray(vertices, float)
+    try:
+        v = v[ConvexHull(v).vertices]
+    except QhullError:  # degenerate (flat) point sets: keep them all, Bullet copes
+        return v
+    if len(v) <= max_points:
+        return v
+    keep = [int(np.argmax(np.linalg.norm(v - v.mean(0), axis=1)))]
+    d = np.linalg.norm(v - v[keep[0]], axis=1)
+    for _ in range(max_points - 1):
+        i = int(np.argmax(d))
+        keep.append(i)
+        d = np.minimum(d, np.linalg.norm(v - v[i], axis=1))
+    return v[keep]
 
 
 def _body_collision(p, client: int, shape: Shape) -> int:

@@ -90,3 +90,14 @@ def test_size_range_sets_the_largest_dimension():
         assert sample_shape(rng, "train", "irregular", size_range=(0.12, 0.2)).extent <= 0.2 * 1.2
     with pytest.raises(ValueError, match="size_range"):
         sample_shape(rng, "train", size_range=(0.3, 0.1))
+
+
+def test_collision_hull_is_a_small_subset_spanning_the_shape():
+    from instseg_ros.data.physics import hull_points
+
+    s = sample_shape(np.random.default_rng(1), "train", "ellipsoid")
+    h = hull_points(s.vertices, 48)
+    assert len(s.vertices) > 48 and 8 <= len(h) <= 48
+    # every kept point is a vertex of the shape, and the kept set spans the shape's extent
+    assert (np.abs(s.vertices[None] - h[:, None]).sum(2).min(1) < 1e-12).all()
+    np.testing.assert_allclose(h.max(0) - h.min(0), s.vertices.max(0) - s.vertices.min(0), rtol=0.1)

@@ -327,6 +327,7 @@ def raster_cast(vc, tris, tri_geom, tri_offset, fx, fy, cx, cy, W, H, near, Rwc)
     tri_of = np.full(n, -1, np.int64)
     b1s = np.zeros(n, np.float32)
     b2s = np.zeros(n, np.float32)
+    ifx, cxf = 1.0 / fx, cx / fx
     poly = np.empty((4, 3))
     pu = np.empty(4)
     pv = np.empty(4)
@@ -388,7 +389,7 @@ def raster_cast(vc, tris, tri_geom, tri_offset, fx, fy, cx, cy, W, H, near, Rwc)
             # e_i = d . c_i for d = (dx, dy, 1): linear in dx along the row
             r0, r1, r2 = c0y * dy + c0z, c1y * dy + c1z, c2y * dy + c2z
             for x in range(u0, u1 + 1):
-                dx = (x - cx) / fx
+                dx = x * ifx - cxf
                 e0, e1, e2 = c0x * dx + r0, c1x * dx + r1, c2x * dx + r2
                 den = e0 + e1 + e2
                 tol = -1e-9 * abs(den)
@@ -400,14 +401,15 @@ def raster_cast(vc, tris, tri_geom, tri_offset, fx, fy, cx, cy, W, H, near, Rwc)
                         continue
                 else:
                     continue
-                t = nv0 / den
+                inv = 1.0 / den
+                t = nv0 * inv
                 if t >= near:
                     p = y * W + x
                     if t < zbuf[p]:
                         zbuf[p] = t
                         tri_of[p] = k
-                        b1s[p] = e1 / den
-                        b2s[p] = e2 / den
+                        b1s[p] = e1 * inv
+                        b2s[p] = e2 * inv
     t_hit = np.full(n, np.inf, np.float32)
     gid = np.full(n, 4294967295, np.uint32)
     pid = np.full(n, 4294967295, np.uint32)

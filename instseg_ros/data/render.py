@@ -146,7 +146,7 @@ def cast(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: int, height: int,
         vc = scene.all_vertices @ T_cw[:3, :3].T + T_cw[:3, 3]
         t_hit, gid, pid, uv, fn = _kernels.raster_cast(
             vc, scene.all_tris, scene.tri_geom, scene.tri_offset, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]),
-            float(K[1, 2]), width, height, RASTER_NEAR, np.ascontiguousarray(T_wc[:3, :3], np.float64))
+            float(K[1, 2]), width, height, RASTER_NEAR, R, True)
         r = {"t_hit": t_hit, "geometry_ids": gid, "primitive_ids": pid, "primitive_uvs": uv, "primitive_normals": fn}
     else:
         rays = _kernels.make_rays(fx, fy, cx, cy, R, o, width, height)

@@ -196,7 +196,7 @@ def torus_arc_mesh(R: float, r: float, a0: float, a1: float, n_u: int = 12, n_v:
             b = (i + 1) * n_v + j
             c = i * n_v + (j + 1) % n_v
             d = (i + 1) * n_v + (j + 1) % n_v
-            F += [(a, b, d), (a, d, c)]
+            F += [(a, d, b), (a, c, d)]  # counter-clockwise seen from outside
     return V, np.array(F, dtype=np.int32), nrm.reshape(-1, 3)
 
 

@@ -140,8 +140,10 @@ def _smooth_noise(rng, shape, scale):
     gh, gw = max(4, int(H / scale) + 4), max(4, int(W / scale) + 4)
     g = rng.standard_normal((gh, gw), dtype=np.float32)
     z = _bspline_matrix(H, gh) @ g @ _bspline_matrix(W, gw).T
-    z -= z.mean()
-    return z / max(float(z.std()), 1e-6)
+    sub = z[::3, ::3]  # the field is smooth over >= 3 px: its statistics from every 9th pixel
+    z -= np.float32(sub.mean())
+    z *= np.float32(1.0 / max(float(sub.std()), 1e-6))
+    return z
 
 
 def apply_depth_noise(depth_gt: np.ndarray, K: np.ndarray, rng: np.random.Generator,
@@ -162,43 +164,25 @@ def apply_depth_noise(depth_gt: np.ndarray, K: np.ndarray, rng: np.random.Genera
     cfg = cfg or DepthNoiseConfig()
     H, W = depth_gt.shape
     fx = float(K[0, 0])
-    dg = np.asarray(depth_gt, np.float32)
-    valid = dg > 0
-    fb = np.float32(fx * cfg.baseline)
-    z = np.where(valid, dg, np.float32(1.0))
-    # 2. axial noise (disparity space) + 3. subpixel quantisation
+    dg = np.ascontiguousarray(depth_gt, np.float32)
+    # 2. axial noise (disparity space) + 3. subpixel quantisation; 4. depth edges (per pixel, one kernel)
     white = rng.standard_normal((H, W), dtype=np.float32)
     corr = _smooth_noise(rng, (H, W), cfg.corr_scale)
-    nd = np.float32(cfg.sigma_disp * np.sqrt(1 - cfg.corr_frac)) * white
-    nd += np.float32(cfg.sigma_disp * np.sqrt(cfg.corr_frac)) * corr
-    nd += fb / z
-    sub = np.float32(cfg.subpixel)
-    disp_n = np.maximum(np.round(nd * sub) / sub, np.float32(1.0) / sub)
-    out = np.where(valid, fb / disp_n, np.float32(0.0))
-    invalid = ~valid
+    out, edge, near, far = _disparity_and_edges(
+        dg, white, corr, np.float32(cfg.sigma_disp * np.sqrt(1 - cfg.corr_frac)),
+        np.float32(cfg.sigma_disp * np.sqrt(cfg.corr_frac)), np.float32(fx * cfg.baseline), np.float32(cfg.subpixel),
+        np.float32(cfg.edge_threshold))
+    invalid = dg <= 0
     # 1. stereo shadow
     if cfg.shadow:
         invalid |= stereo_shadow(dg, fx, cfg.baseline)
-    # 4. depth edges: 4-neighbours whose depth differs by more than a relative threshold
-    dpad = np.pad(dg, 1, mode="edge")
-    dinf = np.where(dpad > 0, dpad, np.float32(np.inf))
-    neighbour_max = np.zeros((H, W), np.float32)
-    neighbour_min = np.full((H, W), np.inf, np.float32)
-    for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-        np.maximum(neighbour_max, dpad[1 + dy:1 + dy + H, 1 + dx:1 + dx + W], out=neighbour_max)
-        np.minimum(neighbour_min, dinf[1 + dy:1 + dy + H, 1 + dx:1 + dx + W], out=neighbour_min)
-    has_min = np.isfinite(neighbour_min)
-    dz = np.maximum(neighbour_max - dg, dg - np.where(has_min, neighbour_min, dg))
-    edge = valid & (dz > np.float32(cfg.edge_threshold) * np.maximum(dg, np.float32(0.2)))
     ey, ex = np.nonzero(edge)  # edge pixels are few: draw their random numbers only
     if len(ey):
         r = rng.random(len(ey), dtype=np.float32)
         mix = rng.random(len(ey), dtype=np.float32)
-        d0 = dg[ey, ex]
-        far = np.maximum(neighbour_max[ey, ex], d0)
-        near = np.where(has_min[ey, ex], np.minimum(neighbour_min[ey, ex], d0), d0)
         fly = r < cfg.flying_prob
-        out[ey[fly], ex[fly]] = near[fly] + mix[fly] * (far[fly] - near[fly])
+        nr, fr = near[ey[fly], ex[fly]], far[ey[fly], ex[fly]]
+        out[ey[fly], ex[fly]] = nr + mix[fly] * (fr - nr)
         hole = ~fly & (r < cfg.flying_prob + cfg.edge_hole_prob)
         invalid[ey[hole], ex[hole]] = True
     # 4b. foreground fattening (block matching assigns the nearer disparity to pixels next to an edge); the
@@ -207,25 +191,83 @@ def apply_depth_noise(depth_gt: np.ndarray, K: np.ndarray, rng: np.random.Genera
         u = _smooth_noise(rng, (H, W), 8.0)
         radius = np.clip(np.floor((0.5 + 0.25 * u) * (cfg.fatten_px + 1)), 0, cfg.fatten_px).astype(np.int64)
         _fatten(dg, out, invalid, radius, np.float32(cfg.edge_threshold))
-    # 5. dropout: speckle, blobs, grazing angles, hard objects
+    # 5. dropout: speckle, blobs, grazing angles, hard objects; 6. range and mm quantisation (one kernel)
     u = rng.random((H, W), dtype=np.float32)
-    invalid |= u < cfg.speckle_prob
+    blob, blob_thr = _NO_MAP, np.float32(np.inf)
     if cfg.blob_frac > 0:
-        b = _smooth_noise(rng, (H, W), rng.uniform(30, 90))  # few large holes (glare, dark or shiny patches)
-        thr = np.quantile(b[::3, ::3], 1 - cfg.blob_frac)
-        invalid |= b > thr
-    if normal_cos is not None:
-        # reuse u: independent of the speckle test wherever u >= speckle_prob, i.e. almost everywhere
-        invalid |= (normal_cos < cfg.grazing_cos) & (u > 1 - 0.7)
+        blob = _smooth_noise(rng, (H, W), rng.uniform(30, 90))  # few large holes (glare, dark or shiny patches)
+        blob_thr = np.float32(np.quantile(blob[::3, ::3], 1 - cfg.blob_frac))
+    cos = _NO_MAP if normal_cos is None else np.ascontiguousarray(normal_cos, np.float32)
+    hard_mask = _NO_MASK
     if instance is not None and cfg.hard_object_prob > 0:
         ids = np.nonzero(np.bincount(np.asarray(instance, np.int64).reshape(-1)))[0]
         ids = ids[ids > 0]
         hard = ids[rng.random(len(ids)) < cfg.hard_object_prob]
         if len(hard):
-            m = np.isin(instance, hard)
             holes = _smooth_noise(rng, (H, W), rng.uniform(3, 10)) > rng.uniform(-0.5, 1.0)
-            invalid |= m & holes
-    # 6. range and quantisation
-    invalid |= (out < cfg.min_z) | (out > cfg.max_z)
-    out = np.where(invalid, np.float32(0.0), np.round(out * np.float32(1000.0)) / np.float32(1000.0))
-    return out.astype(np.float32)
+            hard_mask = np.isin(instance, hard) & holes
+    # u is reused for grazing angles: independent of the speckle test wherever u >= speckle_prob
+    return _finalize(out, invalid, u, np.float32(cfg.speckle_prob), blob, blob_thr, cos, np.float32(cfg.grazing_cos),
+                     hard_mask, np.float32(cfg.min_z), np.float32(cfg.max_z))
+
+
+_NO_MAP = np.zeros((0, 0), np.float32)
+_NO_MASK = np.zeros((0, 0), bool)
+
+
+@njit(cache=True)
+def _disparity_and_edges(dg, white, corr, a_white, a_corr, fb, sub, edge_thr):
+    """Per pixel of dg float32 (H, W) (0 = no surface): noisy depth fb / d' with d' = fb / z + a_white * white +
+    a_corr * corr quantised to 1 / sub px (>= 1 / sub), 0 where no surface; depth-edge flag (a 4-neighbour,
+    edges clamped, differs by > edge_thr * max(z, 0.2)); near / far depth of the edge's two sides."""
+    H, W = dg.shape
+    out = np.zeros((H, W), np.float32)
+    edge = np.zeros((H, W), np.bool_)
+    near = np.zeros((H, W), np.float32)
+    far = np.zeros((H, W), np.float32)
+    for y in range(H):
+        for x in range(W):
+            z = dg[y, x]
+            if z <= 0:
+                continue
+            d = fb / z + a_white * white[y, x] + a_corr * corr[y, x]
+            d = max(np.rint(d * sub) / sub, 1.0 / sub)
+            out[y, x] = fb / d
+            nmax = 0.0
+            nmin = np.inf
+            for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+                q = dg[min(max(y + dy, 0), H - 1), min(max(x + dx, 0), W - 1)]
+                nmax = max(nmax, q)
+                if q > 0:
+                    nmin = min(nmin, q)
+            lo = nmin if np.isfinite(nmin) else z
+            dz = max(nmax - z, z - lo)
+            if dz > edge_thr * max(z, 0.2):
+                edge[y, x] = True
+                far[y, x] = max(nmax, z)
+                near[y, x] = min(lo, z)
+    return out, edge, near, far
+
+
+@njit(cache=True)
+def _finalize(out, invalid, u, speckle, blob, blob_thr, cos, grazing, hard, min_z, max_z):
+    """0 where invalid, speckled (u < speckle), in a blob (blob > blob_thr), at a grazing angle (cos < grazing
+    and u > 0.3), in a hard-material hole, or outside [min_z, max_z]; elsewhere depth rounded to 1 mm.
+    Empty blob / cos / hard arrays mean "not used"."""
+    H, W = out.shape
+    res = np.zeros((H, W), np.float32)
+    use_blob, use_cos, use_hard = blob.shape[0] > 0, cos.shape[0] > 0, hard.shape[0] > 0
+    for y in range(H):
+        for x in range(W):
+            v = out[y, x]
+            if invalid[y, x] or u[y, x] < speckle or v < min_z or v > max_z:
+                continue
+            if use_blob and blob[y, x] > blob_thr:
+                continue
+            if use_cos and cos[y, x] < grazing and u[y, x] > 0.3:
+                continue
+            if use_hard and hard[y, x]:
+                continue
+            res[y, x] = np.rint(v * np.float32(1000.0)) / np.float32(1000.0)
+    return res
+

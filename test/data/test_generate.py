@@ -155,7 +155,7 @@ def test_fast_png_writer_round_trips_through_pillow():
     rng = np.random.default_rng(4)
     for arr in (rng.integers(0, 256, (7, 5, 3), dtype=np.uint8), rng.integers(0, 65536, (6, 9), dtype=np.uint16),
                 np.full((3, 4), 65535, np.uint16), np.zeros((2, 1, 3), np.uint8)):
-        for strategy in (0, 3):  # zlib default / RLE
+        for strategy in (0, 2, 3):  # zlib default / Huffman only / RLE
             with Image.open(_io.BytesIO(io._png_bytes(arr, strategy))) as im:
                 back = np.asarray(im)
             np.testing.assert_array_equal(back.astype(np.int64), arr.astype(np.int64))

@@ -149,7 +149,8 @@ def shade(geom, normal, point, vis, cam_pos, Rs, ts, c0, c1, tid, inv_scale, pri
     body origin (texture coordinates are body-frame positions so textures stick to objects), c0 / c1
     (G+1, 3) material colours, tid texture index (-1 plain), inv_scale texels per metre, printed flags,
     spec_w / shininess. tex float32 (n, S, S, 3). vis float32 (N,) key-light visibility (shadows).
-    mapping / band / band_spec per geometry: see :class:`render.Material`; spec_cut: 1e-3^(1 / shininess). Triplanar-like projection drops the
+    mapping / band / band_spec per geometry: see :class:`render.Material`; shininess: int k, the highlight is
+    (n . h)^(2^k); spec_cut: 1e-3^(1 / 2^k). Triplanar-like projection drops the
     body axis most aligned with the normal; cylindrical wraps (arc length, -z) around the body z axis.
     """
     n = geom.shape[0]
@@ -211,8 +212,11 @@ def shade(geom, normal, point, vis, cam_pos, Rs, ts, c0, c1, tid, inv_scale, pri
             hx, hy, hz = vx / lv + key_dir[0], vy / lv + key_dir[1], vz / lv + key_dir[2]
             lh = max(np.sqrt(hx * hx + hy * hy + hz * hz), 1e-9)
             ndh = min(max((nx * hx + ny * hy + nz * hz) / lh, 0.0), 1.0)
-            if ndh > spec_cut[g]:  # below it ndh^shininess < 1e-3: skip the pow
-                spec = sw * ndh ** shininess[g] * v
+            if ndh > spec_cut[g]:  # below it ndh^shininess < 1e-3
+                # ndh^(2^k) by k squarings: the shininess exponent rounded to a power of two (no pow call)
+                for _ in range(shininess[g]):
+                    ndh *= ndh
+                spec = sw * ndh * v
         sky = 0.6 + 0.4 * (0.5 + 0.5 * nz)  # hemispheric ambient: surfaces facing up get more light
         out[i, 0] = al0 * (ambient[0] * sky + key_col[0] * ndk * v + fill_col[0] * ndf) + spec * key_col[0]
         out[i, 1] = al1 * (ambient[1] * sky + key_col[1] * ndk * v + fill_col[1] * ndf) + spec * key_col[1]

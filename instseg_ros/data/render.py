@@ -485,11 +485,12 @@ def shade(scene: Scene, buf: dict, light: Lighting, cam_pos: np.ndarray, rng: np
     inv_scale = np.array([TEX_SIZE / m.material.scale for m in ms] + [1.0], np.float32)
     prn = np.array([m.material.printed for m in ms] + [False])
     spw = np.array([m.material.specular for m in ms] + [0.0], np.float32)
-    shn = np.array([m.material.shininess for m in ms] + [1.0], np.float32)
+    # Blinn-Phong exponent rounded to a power of two 2^k (evaluated by k squarings in the kernel)
+    shn = np.array([max(int(round(np.log2(max(m.material.shininess, 1.0)))), 0) for m in ms] + [0], np.int64)
     mapping = np.array([m.material.mapping for m in ms] + [0], np.int64)
     band = np.array([m.material.band for m in ms] + [0.0], np.float32)
     band_spec = np.array([m.material.band_specular for m in ms] + [0.0], np.float32)
-    spec_cut = (1e-3 ** (1.0 / np.maximum(shn, 1.0))).astype(np.float32)
+    spec_cut = (1e-3 ** (1.0 / 2.0 ** shn)).astype(np.float32)
     key = np.asarray(light.key_dir, np.float32)
     vis = np.ones(H * W, np.float32)
     if light.shadows:
@@ -497,11 +498,12 @@ def shade(scene: Scene, buf: dict, light: Lighting, cam_pos: np.ndarray, rng: np
         if len(rays):
             occ = scene.rc.test_occlusions(o3c.Tensor(rays), tnear=1e-4, tfar=10.0, nthreads=1).numpy()
             vis = _kernels.scatter_visibility(ray_of, occ, np.float32(1.0 - light.shadow_strength))
-            if light.shadow_blur > 0:
-                from scipy.ndimage import gaussian_filter
+            if light.shadow_blur > 0:  # penumbra: two box filters ~ a Gaussian of sigma shadow_blur px
+                from scipy.ndimage import uniform_filter
 
-                vis = gaussian_filter(vis.reshape(H, W), light.shadow_blur, mode="nearest",
-                                      truncate=3.0).reshape(-1)
+                w = max(int(round(np.sqrt(6 * light.shadow_blur ** 2 + 1))) | 1, 1)
+                v2 = vis.reshape(H, W)
+                vis = uniform_filter(uniform_filter(v2, w, mode="nearest"), w, mode="nearest").reshape(-1)
     f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
     rgb = _kernels.shade(geom, n, p, vis, f32(cam_pos), Rs, ts, c0, c1, tid, inv_scale, prn, spw, shn, mapping,
                          band, band_spec, spec_cut, tex, key,

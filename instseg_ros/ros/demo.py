@@ -180,20 +180,21 @@ def render_map(path: Path, points: np.ndarray, labels: np.ndarray, gt_points: np
         return p, l
 
     fig = plt.figure(figsize=(14, 10), dpi=90)
-    for row, (p, l, name) in enumerate([(points, labels, "OccuSeg map (occuseg_mapping_node)"),
-                                        (gt_points, gt_labels, "ground truth voxels")]):
+    # the ground-truth voxels are coarser (10 mm) than the map (5 mm): bigger dots
+    for row, (p, l, name, size) in enumerate([(points, labels, "OccuSeg map (occuseg_mapping_node)", 1.0),
+                                              (gt_points, gt_labels, "ground truth voxels", 4.0)]):
         p, l = sub(np.asarray(p), np.asarray(l))
         c = colorize(l).astype(np.float32) / 255.0
         c[l == 0] = (0.75, 0.75, 0.75)
         ax = fig.add_subplot(2, 2, 2 * row + 1)
         order = np.argsort(p[:, 2]) if len(p) else np.zeros(0, int)
-        ax.scatter(p[order, 0], p[order, 1], c=c[order], s=1.0, linewidths=0)
+        ax.scatter(p[order, 0], p[order, 1], c=c[order], s=size, linewidths=0)
         ax.set_aspect("equal")
         ax.set_title(f"{name}: top view ({len(np.unique(l[l > 0]))} instances)")
         ax.set_xlabel("x [m]")
         ax.set_ylabel("y [m]")
         ax3 = fig.add_subplot(2, 2, 2 * row + 2, projection="3d", proj_type="ortho")
-        ax3.scatter(p[:, 0], p[:, 1], p[:, 2], c=c, s=0.6, linewidths=0)
+        ax3.scatter(p[:, 0], p[:, 1], p[:, 2], c=c, s=0.6 * size, linewidths=0)
         ax3.view_init(elev=35, azim=-60)
         ax3.set_title(f"{name}: oblique")
         if len(p):

@@ -259,13 +259,14 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
                 pc = c.copy()
                 pc[axis] -= sgn * 0.025
                 pc[1 - axis] = rng.uniform(-room[1 - axis] + ph[0], room[1 - axis] - ph[0])
-                pc[2] = floor_z + rng.uniform(ph[1], wall_h - ph[1] * 0.5)
+                pc[2] = floor_z + rng.uniform(ph[1] / 2, wall_h - ph[1] / 2)  # whole poster between floor and ceiling
                 phalf = np.array([0.005, ph[0], ph[1] / 2]) if axis == 0 else np.array([ph[0], 0.005, ph[1] / 2])
                 bg.append(_box_rm(pc, phalf, _surface_material(rng, "poster" if rng.random() < 0.6 else "wall",
                                                                printed)))
     for _ in range(int(rng.integers(0, cfg.furniture_max + 1))):
         ang = rng.uniform(0, 2 * np.pi)
-        dist = rng.uniform(max(tx, ty) + 0.4, min(room.min(), 2.5))
+        near = max(tx, ty) + 0.4
+        dist = rng.uniform(near, max(near, min(room.min(), 2.5)))
         c = np.array([dist * np.cos(ang), dist * np.sin(ang), 0.0])
         if rng.random() < 0.7:
             half = rng.uniform([0.15, 0.15, 0.1], [0.6, 0.6, 0.8])

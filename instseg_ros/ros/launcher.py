@@ -211,7 +211,7 @@ def lifecycle_call(node, executor, node_fqn: str, transition: int | None, timeou
         attempts = 1 if transition is not None else 4
         for _ in range(attempts):
             fut = cli.call_async(req)
-            if spin_until(executor, fut.done, timeout if attempts == 1 else min(timeout, 5.0)):
+            if spin_until(executor, fut.done, timeout if attempts == 1 else min(timeout, 10.0)):
                 return fut.result()
             cli.remove_pending_request(fut)
         raise RuntimeError(f"{cli.srv_name} did not answer within {timeout} s")

@@ -257,7 +257,11 @@ def test_pose_source_tf_without_tf2_refuses_to_configure(graph, ros_env):
     r = MapRig(graph, ros_env, f"/tf{os.getpid()}", pose_source="tf", model_path="unused.pt")
     try:
         assert spin_until(r.ex, lambda: "needs tf2_ros" in r.proc.output(), 60.0), r.proc.output()
-        assert _lifecycle_call(graph[0], graph[1], r.fqn, None).current_state.id == State.PRIMARY_STATE_UNCONFIGURED
+        try:
+            state = _lifecycle_call(graph[0], graph[1], r.fqn, None).current_state.id
+        except RuntimeError as e:
+            raise AssertionError(f"{e}\n{r.proc.output()}") from None
+        assert state == State.PRIMARY_STATE_UNCONFIGURED
     finally:
         code = r.proc.stop()
     assert code == 0, r.proc.output()

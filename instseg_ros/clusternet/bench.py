@@ -59,6 +59,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="instseg bench clusternet", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="weights (random lite model if missing)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="network autocast dtype")
+    p.add_argument("--channels-last", action="store_true", help="NHWC convolutions")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--objects", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -81,9 +83,11 @@ def main(argv: list[str]) -> int:
     result = {"device": str(dev), "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda" else
                                                   f"cpu x{torch.get_num_threads()} threads"),
               "model": f"{cfg.backbone} w{cfg.base_width} {cfg.inputs} {cfg.feature}", "weights": source,
-              "objects": a.objects, "repeats": a.repeats}
+              "objects": a.objects, "repeats": a.repeats, "precision": a.precision,
+              "channels_last": a.channels_last}
     for h, w in RESOLUTIONS:
-        pred = ClusterNetPredictor(model, dev, params=ClusterParams(), resolution=(h, w))
+        pred = ClusterNetPredictor(model, dev, params=ClusterParams(), resolution=(h, w),
+                                   precision=a.precision, channels_last=a.channels_last)
         rgb, depth, K, _ = synthetic_frame(h, w, a.objects)
         pred.predict(rgb, depth, K)                     # warm-up
         runs = []

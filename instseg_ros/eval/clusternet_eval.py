@@ -192,6 +192,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-frames", type=int, default=0, help="first N frames only (0 = all)")
     p.add_argument("--out", default="out/eval_clusternet", help="output directory")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="network arithmetic (autocast); compare runs to measure its accuracy cost")
+    p.add_argument("--channels-last", action="store_true", help="NHWC convolutions")
     p.add_argument("--resolution", type=int, nargs=2, metavar=("H", "W"), help="network resolution override")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--tune-split", help="first grid-search the clustering parameters on this split (e.g. val)")
@@ -218,7 +221,8 @@ def main(argv: list[str]) -> int:
         if a.threads:
             torch.set_num_threads(a.threads)
         predictor = ClusterNetPredictor.from_checkpoint(a.checkpoint, device=a.device,
-                                                        resolution=tuple(a.resolution) if a.resolution else None)
+                                                        resolution=tuple(a.resolution) if a.resolution else None,
+                                                        precision=a.precision, channels_last=a.channels_last)
     tuning = None
     if a.tune_split and predictor is not None:
         from instseg_ros.clusternet.clustering import ClusterParams
@@ -240,7 +244,7 @@ def main(argv: list[str]) -> int:
     res_json = _clean({**res, "data": os.path.abspath(a.data), "split": a.split, "checkpoint": a.checkpoint,
                        "steps": (predictor.meta.get("steps") if predictor else None),
                        "cluster_params": (dataclasses.asdict(predictor.params) if predictor else None),
-                       "tuning": tuning})
+                       "tuning": tuning, "precision": a.precision, "channels_last": a.channels_last})
     jpath = os.path.join(a.out, "clusternet_eval.json")
     with open(jpath, "w") as f:
         json.dump(res_json, f, indent=2)

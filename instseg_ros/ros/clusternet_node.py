@@ -108,7 +108,9 @@ class ClusterNetNode(LifecycleNode):
         try:
             path = resolve_model_path(cfg.model_path, DEFAULT_MODEL)
             self._predictor = ClusterNetPredictor.from_checkpoint(path, device=cfg.device,
-                                                                  min_valid_points=cfg.min_valid_points)
+                                                                  min_valid_points=cfg.min_valid_points,
+                                                                  precision=cfg.precision,
+                                                                  channels_last=cfg.channels_last)
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             self.get_logger().error(f"activate failed: cannot load the model: {e}")
             return TransitionCallbackReturn.FAILURE

@@ -39,6 +39,8 @@ class ClusterNetNodeConfig:
 
     model_path: str = ""
     device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
     queue_size: int = 10
     slop: float = 0.02
     input_reliability: str = "reliable"
@@ -51,6 +53,8 @@ class ClusterNetNodeConfig:
         _check_sync(self.queue_size, self.slop, self.input_reliability, self.input_history)
         if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if int(self.cloud_stride) < 1:
             raise ValueError(f"cloud_stride must be >= 1, got {self.cloud_stride}")
         if int(self.min_valid_points) < 1:
@@ -127,7 +131,7 @@ class MappingNodeConfig:
                           depth_max=float(self.depth_max), max_blocks=int(self.max_blocks),
                           workspace_min=tuple(self.workspace_min) if self.workspace_min else None,
                           workspace_max=tuple(self.workspace_max) if self.workspace_max else None,
-                          weight_threshold=float(self.weight_threshold), device="cpu")
+                          weight_threshold=float(self.weight_threshold), device=self.device)
 
     def static_transform(self) -> np.ndarray:
         """T_map_camera (4, 4) from ``static_pose``."""
@@ -142,6 +146,8 @@ class MappingNodeConfig:
 DESCRIPTIONS: dict[str, str] = {
     "model_path": "weights file; '' = the shipped models/ file; relative paths also resolve against the package",
     "device": "auto (GPU when torch sees one, else CPU) | cpu | cuda[:N]",
+    "precision": "network arithmetic: fp32 | fp16 (autocast, CUDA) | bf16 (autocast)",
+    "channels_last": "NHWC layout for the convolutions (faster on GPUs)",
     "queue_size": "messages kept per input by the approximate-time synchronizer",
     "slop": "largest stamp spread (s) of one synchronized colour/depth/camera_info(/pose) set",
     "input_reliability": "QoS reliability of the input subscriptions: reliable | best_effort",

@@ -269,7 +269,10 @@ def test_bad_inputs_are_logged_skipped_and_the_next_frame_is_published(rig):
     _bad_then_good(rig, invalid_info, "camera_info rejected")
 
     def missing_info():
-        for _ in range(3):
+        # 1.4 s of colour + depth without camera_info: at least two whole diagnostics periods (0.5 s),
+        # so one period holds only unmatched inputs even when the previous good frame's match falls
+        # into the first
+        for _ in range(7):
             h = make_header(time.time_ns(), frame)
             rig.pub.color.publish(array_to_image(rgb, "rgb8", h))
             rig.pub.depth.publish(array_to_image(depth, "16UC1", h))

@@ -44,7 +44,8 @@ from instseg_ros.msg import ObjectInstanceArray
 from instseg_ros.ros.conversions import (array_to_image, instances_to_markers, instances_to_msg,
                                          labeled_cloud_to_msg)
 from instseg_ros.ros.graph import image_qos
-from instseg_ros.ros.node_common import (LatencyStats, LatestFrameWorker, RateMeter, SyncWatch, diagnostic_status,
+from instseg_ros.ros.node_common import (LatencyStats, LatestFrameWorker, LifecycleTeardown, RateMeter, SyncWatch,
+                                         diagnostic_status,
                                          frame_to_arrays, resolve_model_path, run)
 from instseg_ros.ros.node_params import ClusterNetNodeConfig, declare_config, read_config
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
@@ -59,7 +60,7 @@ DEFAULT_MODEL = "clusternet_lite.pt"
 OUTPUT_HISTORY = 5
 
 
-class ClusterNetNode(LifecycleNode):
+class ClusterNetNode(LifecycleTeardown, LifecycleNode):
     """See the module docstring."""
 
     def __init__(self, node_name: str = "clusternet_node", **kwargs) -> None:
@@ -132,19 +133,6 @@ class ClusterNetNode(LifecycleNode):
             self.create_subscription(CameraInfo, INFO_TOPIC, self._sync.input_callback(2), qos),
         ]
         return super().on_activate(state)
-
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_processing()
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._destroy_outputs()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_processing()
-        self._destroy_outputs()
-        return TransitionCallbackReturn.SUCCESS
 
     def _stop_processing(self) -> None:
         for s in self._subs:

@@ -55,7 +55,8 @@ from instseg_ros.ros.clusternet_node import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC
 from instseg_ros.ros.conversions import (instances_to_markers, instances_to_msg, labeled_cloud_to_msg,
                                          ns_to_stamp, oriented_extents)
 from instseg_ros.ros.graph import image_qos
-from instseg_ros.ros.node_common import (FrameError, LatencyStats, LatestFrameWorker, RateMeter, SyncWatch,
+from instseg_ros.ros.node_common import (FrameError, LatencyStats, LatestFrameWorker, LifecycleTeardown, RateMeter,
+                                         SyncWatch,
                                          diagnostic_status, frame_to_arrays, resolve_model_path, run)
 from instseg_ros.ros.node_params import MappingNodeConfig, declare_config, read_config
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
@@ -109,7 +110,7 @@ def instances_to_json(inst: Instances, frame: str, stamp_ns: int) -> dict:
         for i in range(len(inst))]}
 
 
-class MappingNode(LifecycleNode):
+class MappingNode(LifecycleTeardown, LifecycleNode):
     """See the module docstring."""
 
     def __init__(self, node_name: str = "occuseg_mapping_node", **kwargs) -> None:
@@ -222,19 +223,6 @@ class MappingNode(LifecycleNode):
             self._seg_timer = self.create_timer(cfg.segment_period_s, self._periodic_segment)
             self._tmrs.append(self._seg_timer)
         return super().on_activate(state)
-
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_processing()
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._destroy_outputs()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_processing()
-        self._destroy_outputs()
-        return TransitionCallbackReturn.SUCCESS
 
     def _stop_processing(self) -> None:
         for s in self._subs:

@@ -157,6 +157,29 @@ class LatestFrameWorker:
                     self._cond.notify_all()
 
 
+class LifecycleTeardown:
+    """The deactivate / cleanup / shutdown transitions both nodes share, as a mixin placed before
+    ``rclpy.lifecycle.Node``. The node provides ``_stop_processing()`` (unsubscribe, stop workers, free
+    the model) and ``_destroy_outputs()`` (publishers, services, timers)."""
+
+    def on_deactivate(self, state):
+        self._stop_processing()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state):
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        self._destroy_outputs()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state):
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        self._stop_processing()
+        self._destroy_outputs()
+        return TransitionCallbackReturn.SUCCESS
+
+
 def diagnostic_status(name: str, hardware_id: str, values: dict[str, Any], level: int, message: str):
     """``diagnostic_msgs/DiagnosticStatus`` with one KeyValue per entry of ``values`` (floats to 3 decimals)."""
     from diagnostic_msgs.msg import DiagnosticStatus, KeyValue

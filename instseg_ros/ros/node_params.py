@@ -22,6 +22,11 @@ RELIABILITIES = ("reliable", "best_effort")
 POSE_SOURCES = ("tf", "topic", "static")
 
 
+def _check_device(device: str) -> None:
+    if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+
+
 def _check_sync(queue_size: int, slop: float, reliability: str, history: int) -> None:
     if int(queue_size) < 1:
         raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -51,8 +56,7 @@ class ClusterNetNodeConfig:
 
     def __post_init__(self) -> None:
         _check_sync(self.queue_size, self.slop, self.input_reliability, self.input_history)
-        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        _check_device(self.device)
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if int(self.cloud_stride) < 1:
@@ -93,8 +97,7 @@ class MappingNodeConfig:
 
     def __post_init__(self) -> None:
         _check_sync(self.queue_size, self.slop, self.input_reliability, self.input_history)
-        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        _check_device(self.device)
         if self.pose_source not in POSE_SOURCES:
             raise ValueError(f"pose_source must be one of {POSE_SOURCES}, got {self.pose_source!r}")
         if not self.map_frame:

@@ -44,7 +44,25 @@ def _coco_anns(labels: np.ndarray, instances: list[dict]) -> list[dict]:
     return anns
 
 
+_BLAS_LIMITED = False
+
+
+def single_thread_blas() -> None:
+    """Limit BLAS (OpenBLAS / MKL) to one thread in this process, once.
+
+    The generator runs one process per core; a multi-threaded BLAS in each of them (the small matrix products of
+    the noise fields) spins threads against the other workers and cost 5-10x CPU time on a loaded machine.
+    """
+    global _BLAS_LIMITED
+    if not _BLAS_LIMITED:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+        _BLAS_LIMITED = True
+
+
 def _run_shard(job: tuple) -> tuple[int, int]:
+    single_thread_blas()
     out, split, seed, shard, scenes, cfg = job[:6]
     level = job[6] if len(job) > 6 else 1
     frames_dir = io.frames_dir(out, split)
@@ -67,6 +85,7 @@ def _run_shard(job: tuple) -> tuple[int, int]:
 
 
 def _run_sequence(job: tuple) -> tuple[int, int]:
+    single_thread_blas()
     out, split, seed, index, cfg, n_views, voxel_sizes = job[:7]
     level = job[7] if len(job) > 7 else 1
     d = io.sequences_dir(out, split) / f"{index:05d}"

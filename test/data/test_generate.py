@@ -155,9 +155,11 @@ def test_fast_png_writer_round_trips_through_pillow():
     rng = np.random.default_rng(4)
     for arr in (rng.integers(0, 256, (7, 5, 3), dtype=np.uint8), rng.integers(0, 65536, (6, 9), dtype=np.uint16),
                 np.full((3, 4), 65535, np.uint16), np.zeros((2, 1, 3), np.uint8)):
-        for strategy in (0, 2, 3):  # zlib default / Huffman only / RLE
-            with Image.open(_io.BytesIO(io._png_bytes(arr, strategy))) as im:
+        for strategy, engine in ((0, "zlib"), (2, "zlib"), (3, "zlib"), (0, "isal")):  # zlib default / Huffman
+            with Image.open(_io.BytesIO(io._png_bytes(arr, strategy, engine))) as im:  # only / RLE; ISA-L
                 back = np.asarray(im)
             np.testing.assert_array_equal(back.astype(np.int64), arr.astype(np.int64))
     with pytest.raises(ValueError, match="PNG writer"):
         io._png_bytes(np.zeros((2, 2), np.int32), 0)
+    with pytest.raises(ValueError, match="engine"):
+        io._png_bytes(np.zeros((2, 2), np.uint16), 0, "lz4")

@@ -273,6 +273,43 @@ def amodal_raster(uv, tris, tri_obj, n_obj, vis_order, vis_start, H, W):
     return counts
 
 
+# ------------------------------------------------------------------------------------ counter-based noise
+# Per-pixel noise drawn inside the kernels that use it (no image-sized random arrays): sample i of a stream is
+# splitmix64(seed + (i + 1) * golden), and a standard-normal-like value is the sum of the hash's four 16-bit
+# fields (Irwin-Hall with n = 4: mean 0, variance 1, tails cut at +-3.46, excess kurtosis -0.3), rescaled.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_LOW16 = np.uint64(0xFFFF)
+_IH_MEAN = 4 * 65535 / 2.0
+_IH_SCALE = 1.0 / np.sqrt(4 * (65536.0 ** 2 - 1) / 12.0)
+
+
+@njit(cache=True, inline="always")
+def _hash64(seed, i):
+    z = seed + np.uint64(i + 1) * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, inline="always")
+def hash_normal(seed, i):
+    """Sample ``i`` (int >= 0) of the unit-variance noise stream ``seed`` (uint64); see the comment above."""
+    z = _hash64(seed, i)
+    s = (z & _LOW16) + ((z >> np.uint64(16)) & _LOW16) + ((z >> np.uint64(32)) & _LOW16) + (z >> np.uint64(48))
+    return np.float32((np.float64(s) - _IH_MEAN) * _IH_SCALE)
+
+
+@njit(cache=True)
+def hash_normals(seed, n):
+    """float32 (n,): samples 0..n-1 of the noise stream ``seed`` (uint64), for tests and statistics."""
+    out = np.empty(n, np.float32)
+    for i in range(n):
+        out[i] = hash_normal(seed, i)
+    return out
+
+
 GAMMA_LUT_N = 4096
 GAMMA_LUT_MAX_SQRT = 1.5  #: the table covers linear values up to 1.5^2 (brighter clips after gamma anyway)
 
@@ -444,46 +481,79 @@ def raster_cast(vc, tris, tri_geom, tri_offset, fx, fy, cx, cy, W, H, near, Rwc,
 
 
 @njit(cache=True, fastmath=True)
-def develop(lin, taps, gain, vignette, lut, sat, lum_noise, chroma_noise, offset):
+def develop(lin, taps, gain, vignette, lut, sat, lum_amp, chroma_amp, seed, offset):
     """Camera development in two passes: separable blur (``taps`` (2r+1,) normalised, edges clamped) of the
     linear image float32 (H, W, 3), then gain (3,) (exposure x white balance), vignetting
     (1 - vignette * r^2, applied after the blur, which it commutes with up to its own smooth slope),
-    gamma (``lut``), saturation around the grey value, noise (luminance (H, W) + chroma on 2x2 blocks
-    ((H+1)//2, (W+1)//2, 3)) and black-level offset (3,). Returns uint8 (H, W, 3)."""
+    gamma (``lut``), saturation around the grey value, noise and black-level offset (3,). Noise (after
+    gamma, in [0, 1] units): luminance ``lum_amp`` * n per pixel (n of stream ``seed``, index y * W + x) plus
+    chroma ``chroma_amp`` * n per channel on 2x2 blocks (as after demosaicing; stream ``seed`` + 1, index
+    ((y // 2) * ((W + 1) // 2) + x // 2) * 3 + channel). Returns uint8 (H, W, 3)."""
     H, W = lin.shape[0], lin.shape[1]
     r = (taps.shape[0] - 1) // 2
-    tmp = np.empty((H, W, 3), np.float32)
+    W3 = 3 * W
+    # horizontal pass on rows seen as flat (3 W,) arrays: clamped borders apart, the inner loop has no
+    # index clamping, so it vectorises
+    flat = lin.reshape(H, W3)
+    tmp = np.empty((H, W3), np.float32)
     for y in range(H):
+        row = flat[y]
+        trow = tmp[y]
         for x in range(W):
-            a0 = a1 = a2 = 0.0
-            for j in range(-r, r + 1):
-                xx = min(max(x + j, 0), W - 1)
-                w = taps[j + r]
-                a0 += w * lin[y, xx, 0]
-                a1 += w * lin[y, xx, 1]
-                a2 += w * lin[y, xx, 2]
-            tmp[y, x, 0], tmp[y, x, 1], tmp[y, x, 2] = a0, a1, a2
+            if r <= x < W - r:
+                continue
+            for k in range(3):
+                acc = np.float32(0.0)
+                for j in range(-r, r + 1):
+                    acc += taps[j + r] * row[3 * min(max(x + j, 0), W - 1) + k]
+                trow[3 * x + k] = acc
+        lo, hi = 3 * r, 3 * (W - r)
+        for i in range(lo, hi):
+            trow[i] = taps[r] * row[i]
+        for j in range(-r, r + 1):
+            if j == 0:
+                continue
+            w = taps[j + r]
+            d = 3 * j
+            for i in range(lo, hi):
+                trow[i] += w * row[i + d]
     out = np.empty((H, W, 3), np.uint8)
     cx, cy = W / 2.0, H / 2.0
     inv = 1.0 / (cx * cx + cy * cy)
+    W2 = (W + 1) // 2
+    chroma = np.zeros((W2, 3), np.float32)
+    seed_c = seed + np.uint64(1)
+    use_noise = lum_amp != 0 or chroma_amp != 0
+    acc = np.empty(W3, np.float32)
     for y in range(H):
+        # vertical pass for this row: weighted sum of (clamped) rows of tmp
+        src = tmp[min(max(y - r, 0), H - 1)]
+        w = taps[0]
+        for i in range(W3):
+            acc[i] = w * src[i]
+        for j in range(-r + 1, r + 1):
+            src = tmp[min(max(y + j, 0), H - 1)]
+            w = taps[j + r]
+            for i in range(W3):
+                acc[i] += w * src[i]
+        if use_noise and y % 2 == 0:  # chroma of this row of 2x2 blocks
+            for b in range(W2):
+                for k in range(3):
+                    chroma[b, k] = chroma_amp * hash_normal(seed_c, ((y // 2) * W2 + b) * 3 + k)
+        dy2 = (y - cy) ** 2
         for x in range(W):
-            a0 = a1 = a2 = 0.0
-            for j in range(-r, r + 1):
-                yy = min(max(y + j, 0), H - 1)
-                w = taps[j + r]
-                a0 += w * tmp[yy, x, 0]
-                a1 += w * tmp[yy, x, 1]
-                a2 += w * tmp[yy, x, 2]
-            f = 1.0 - vignette * ((x - cx) ** 2 + (y - cy) ** 2) * inv
+            a0, a1, a2 = acc[3 * x], acc[3 * x + 1], acc[3 * x + 2]
+            f = 1.0 - vignette * ((x - cx) ** 2 + dy2) * inv
             rr = _gamma(a0 * gain[0] * f, lut)
             gg = _gamma(a1 * gain[1] * f, lut)
             bb = _gamma(a2 * gain[2] * f, lut)
             m = (rr + gg + bb) / 3.0
-            ln = lum_noise[y, x]
-            vals = (m + (rr - m) * sat, m + (gg - m) * sat, m + (bb - m) * sat)
-            for k in range(3):
-                v = vals[k] + ln + chroma_noise[y // 2, x // 2, k] + offset[k]
-                v = min(max(v, 0.0), 1.0)
-                out[y, x, k] = np.uint8(v * 255.0 + 0.5)
+            ln = lum_amp * hash_normal(seed, y * W + x) if use_noise else 0.0
+            base = m * (1.0 - sat) + ln
+            v0 = min(max(base + rr * sat + chroma[x // 2, 0] + offset[0], 0.0), 1.0)
+            v1 = min(max(base + gg * sat + chroma[x // 2, 1] + offset[1], 0.0), 1.0)
+            v2 = min(max(base + bb * sat + chroma[x // 2, 2] + offset[2], 0.0), 1.0)
+            out[y, x, 0] = np.uint8(v0 * 255.0 + 0.5)
+            out[y, x, 1] = np.uint8(v1 * 255.0 + 0.5)
+            out[y, x, 2] = np.uint8(v2 * 255.0 + 0.5)
     return out

@@ -21,6 +21,8 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
+from instseg_ros.data._kernels import hash_normal
+
 
 @dataclass
 class DepthNoiseConfig:
@@ -116,7 +118,7 @@ def _fatten(dg, out, invalid, radius, thr):
                         invalid[yy, xx] = False
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)  # ~300 distinct sizes at 640x480, ~0.2 MB each
 def _bspline_matrix(n_out: int, n_in: int) -> np.ndarray:
     """float32 (n_out, n_in): cubic B-spline interpolation of n_in control values spread over n_out samples
     (C2-smooth, so thresholded noise gives round blobs rather than the diamonds of bilinear interpolation)."""
@@ -166,10 +168,10 @@ def apply_depth_noise(depth_gt: np.ndarray, K: np.ndarray, rng: np.random.Genera
     fx = float(K[0, 0])
     dg = np.ascontiguousarray(depth_gt, np.float32)
     # 2. axial noise (disparity space) + 3. subpixel quantisation; 4. depth edges (per pixel, one kernel)
-    white = rng.standard_normal((H, W), dtype=np.float32)
+    white_seed = np.uint64(rng.integers(0, 2 ** 63))  # per-pixel noise is drawn in the kernel
     corr = _smooth_noise(rng, (H, W), cfg.corr_scale)
     out, edge, near, far = _disparity_and_edges(
-        dg, white, corr, np.float32(cfg.sigma_disp * np.sqrt(1 - cfg.corr_frac)),
+        dg, white_seed, corr, np.float32(cfg.sigma_disp * np.sqrt(1 - cfg.corr_frac)),
         np.float32(cfg.sigma_disp * np.sqrt(cfg.corr_frac)), np.float32(fx * cfg.baseline), np.float32(cfg.subpixel),
         np.float32(cfg.edge_threshold))
     invalid = dg <= 0
@@ -216,10 +218,11 @@ _NO_MASK = np.zeros((0, 0), bool)
 
 
 @njit(cache=True)
-def _disparity_and_edges(dg, white, corr, a_white, a_corr, fb, sub, edge_thr):
-    """Per pixel of dg float32 (H, W) (0 = no surface): noisy depth fb / d' with d' = fb / z + a_white * white +
-    a_corr * corr quantised to 1 / sub px (>= 1 / sub), 0 where no surface; depth-edge flag (a 4-neighbour,
-    edges clamped, differs by > edge_thr * max(z, 0.2)); near / far depth of the edge's two sides."""
+def _disparity_and_edges(dg, white_seed, corr, a_white, a_corr, fb, sub, edge_thr):
+    """Per pixel of dg float32 (H, W) (0 = no surface): noisy depth fb / d' with d' = fb / z + a_white * n +
+    a_corr * corr quantised to 1 / sub px (>= 1 / sub), 0 where no surface (n: unit white noise, sample
+    y * W + x of :func:`_kernels.hash_normal` stream ``white_seed``); depth-edge flag (a 4-neighbour, edges
+    clamped, differs by > edge_thr * max(z, 0.2)); near / far depth of the edge's two sides."""
     H, W = dg.shape
     out = np.zeros((H, W), np.float32)
     edge = np.zeros((H, W), np.bool_)
@@ -230,7 +233,7 @@ def _disparity_and_edges(dg, white, corr, a_white, a_corr, fb, sub, edge_thr):
             z = dg[y, x]
             if z <= 0:
                 continue
-            d = fb / z + a_white * white[y, x] + a_corr * corr[y, x]
+            d = fb / z + a_white * hash_normal(white_seed, y * W + x) + a_corr * corr[y, x]
             d = max(np.rint(d * sub) / sub, 1.0 / sub)
             out[y, x] = fb / d
             nmax = 0.0

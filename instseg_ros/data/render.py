@@ -522,7 +522,6 @@ def camera_effects(lin: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     global _GAMMA_LUT
     if _GAMMA_LUT is None:
         _GAMMA_LUT = _kernels.gamma_lut(1 / 2.2)
-    H, W, _ = lin.shape
     lum = lin[::4, ::4].mean(2)  # exposure statistic on a subsampled image
     expo = rng.uniform(0.2, 0.55) / max(float(np.percentile(lum, 60)), 1e-4)
     # white balance error: a colour-temperature tilt (blue <-> amber) and a small green / magenta one
@@ -532,13 +531,13 @@ def camera_effects(lin: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     vignette = np.float32(rng.uniform(0.0, 0.35))
     sigma = rng.uniform(0.3, 1.1)
     sat = np.float32(rng.uniform(0.75, 1.15))
-    # sensor noise: per-pixel luminance noise + chroma noise on 2x2 blocks (as after demosaicing)
+    # sensor noise: per-pixel luminance noise + chroma noise on 2x2 blocks (as after demosaicing), drawn in the
+    # kernel from a counter-based stream (no image-sized random arrays)
     amp = np.float32(rng.uniform(0.004, 0.02))
-    lum_noise = rng.standard_normal((H, W), dtype=np.float32) * amp
-    chroma = rng.standard_normal(((H + 1) // 2, (W + 1) // 2, 3), dtype=np.float32) * (amp * np.float32(0.6))
+    seed = np.uint64(rng.integers(0, 2 ** 63))
     offset = (rng.normal(0, 0.01, 3) + rng.uniform(0.0, 0.04)).astype(np.float32)  # black level / haze
     return _kernels.develop(np.ascontiguousarray(lin, np.float32), gaussian_taps(sigma), gain, vignette, _GAMMA_LUT,
-                            sat, lum_noise, chroma, offset)
+                            sat, amp, amp * np.float32(0.6), seed, offset)
 
 
 def gaussian_taps(sigma: float, truncate: float = 3.0) -> np.ndarray:

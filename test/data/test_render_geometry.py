@@ -169,8 +169,8 @@ def test_kernels_match_numpy_references():
     img = np.concatenate([rng.random((8, 8, 3)), rng.random((8, 8, 3)) * 1e-3, rng.random((8, 8, 3)) * 3],
                          0).astype(np.float32)
     out = _kernels.develop(img, np.ones(1, np.float32), np.ones(3, np.float32), np.float32(0.0),
-                           _kernels.gamma_lut(1 / 2.2), np.float32(1.0), np.zeros(img.shape[:2], np.float32),
-                           np.zeros((12, 4, 3), np.float32), np.zeros(3, np.float32))
+                           _kernels.gamma_lut(1 / 2.2), np.float32(1.0), np.float32(0.0), np.float32(0.0),
+                           np.uint64(0), np.zeros(3, np.float32))
     ref = np.clip(img.astype(np.float64) ** (1 / 2.2), 0, 1) * 255 + 0.5
     assert np.abs(out.astype(np.int64) - np.floor(ref)).max() <= 1
     # bounding boxes per label id
@@ -215,9 +215,8 @@ def test_fused_camera_development_matches_scipy_reference():
     lut = _kernels.gamma_lut(1 / 2.2)
     gain = np.array([1.1, 0.9, 1.3], np.float32)
     sigma = 0.8
-    zeros = np.zeros((30, 41), np.float32)
-    out = _kernels.develop(lin, render.gaussian_taps(sigma), gain, np.float32(0.0), lut, np.float32(0.8), zeros,
-                           np.zeros((15, 21, 3), np.float32), np.zeros(3, np.float32))
+    out = _kernels.develop(lin, render.gaussian_taps(sigma), gain, np.float32(0.0), lut, np.float32(0.8),
+                           np.float32(0.0), np.float32(0.0), np.uint64(5), np.zeros(3, np.float32))
     ref = gaussian_filter(lin.astype(np.float64), sigma=(sigma, sigma, 0), mode="nearest", truncate=3.0) * gain
     ref = np.clip(ref, 0, None) ** (1 / 2.2)
     g = ref.mean(2, keepdims=True)
@@ -252,3 +251,43 @@ def test_block_shadow_rays_agree_with_per_pixel_shadow_rays():
     ref[idx[ref_occ]] = 0.3
     assert ref_occ.sum() > 200  # the boxes cast shadows on the table in this view
     assert (vis == ref).mean() > 0.99
+
+
+def test_counter_based_noise_is_unit_white_noise():
+    from instseg_ros.data import _kernels
+
+    a = _kernels.hash_normals(np.uint64(12345), 200_000).astype(np.float64)
+    assert np.array_equal(a, _kernels.hash_normals(np.uint64(12345), 200_000))  # a function of (seed, index)
+    b = _kernels.hash_normals(np.uint64(12346), 200_000).astype(np.float64)
+    assert abs(a.mean()) < 0.01 and abs(a.std() - 1.0) < 0.01
+    # sum of four uniforms (Irwin-Hall, n = 4): excess kurtosis -6 / (5 n) = -0.3, support +-sqrt(12)
+    kurt = ((a - a.mean()) ** 4).mean() / a.var() ** 2 - 3.0
+    assert abs(kurt + 0.3) < 0.05 and np.abs(a).max() <= np.sqrt(12.0) + 1e-6
+    assert abs(np.corrcoef(a[1:], a[:-1])[0, 1]) < 0.01 and abs(np.corrcoef(a, b)[0, 1]) < 0.01
+    # Irwin-Hall CDF at 0 and at one standard deviation: F(2 + 1 / sqrt(3)) = 1 - (t^4 - 4 (t - 1)^4) / 24 with
+    # t = 2 - 1 / sqrt(3) (symmetry, the piece of F on [1, 2]) = 0.8346 (a Gaussian's would be 0.8413)
+    t = 2 - 1 / np.sqrt(3)
+    assert abs((a < 0).mean() - 0.5) < 0.005 and abs((a < 1).mean() - (1 - (t ** 4 - 4 * (t - 1) ** 4) / 24)) < 0.003
+
+
+def test_sensor_noise_of_the_development_has_its_amplitudes_and_block_structure():
+    from instseg_ros.data import _kernels
+
+    H, W = 120, 160
+    lin = np.full((H, W, 3), 0.5 ** 2.2, np.float32)  # mid grey after gamma: no clipping
+    lut = _kernels.gamma_lut(1 / 2.2)
+    args = (np.ones(1, np.float32), np.ones(3, np.float32), np.float32(0.0), lut, np.float32(1.0))
+    lum, chroma = 0.02, 0.012
+    clean = _kernels.develop(lin, *args, np.float32(0), np.float32(0), np.uint64(3), np.zeros(3, np.float32))
+    noisy = _kernels.develop(lin, *args, np.float32(lum), np.float32(chroma), np.uint64(3), np.zeros(3, np.float32))
+    other = _kernels.develop(lin, *args, np.float32(lum), np.float32(chroma), np.uint64(4), np.zeros(3, np.float32))
+    assert not np.array_equal(noisy, other)
+    n = (noisy.astype(np.float64) - clean) / 255.0
+    total = np.sqrt(lum ** 2 + chroma ** 2)
+    assert abs(n.mean()) < 0.002 and n.std() == pytest.approx(total, rel=0.05)
+    # luminance noise is shared by the channels of a pixel, chroma noise by the 2x2 pixels of a block
+    r = lambda p, q: np.corrcoef(p.ravel(), q.ravel())[0, 1]  # noqa: E731
+    assert r(n[..., 0], n[..., 1]) == pytest.approx(lum ** 2 / total ** 2, abs=0.04)
+    same_block = r(n[:, 0::2, 0], n[:, 1::2, 0])
+    other_block = r(n[:, 1:-1:2, 0], n[:, 2::2, 0])
+    assert same_block == pytest.approx(chroma ** 2 / total ** 2, abs=0.04) and abs(other_block) < 0.04

@@ -30,7 +30,7 @@ def make_rays(fx, fy, cx, cy, R, t, W, H):
 @njit(cache=True)
 def finish_cast(t_hit, gid, prim, uv, prim_normal, fx, fy, cx, cy, R, o, W, tri_offset, all_tris, all_normals,
                 inst_of_geom):
-    """Turn ray-cast outputs (Open3D ``cast_rays`` or :func:`raster_cast`) into render buffers.
+    """Turn Open3D ``cast_rays`` outputs into render buffers (:func:`raster_buffers` makes the same directly).
 
     Args: t_hit float32 (N,) (inf = miss); gid, prim uint32 (N,); uv float32 (N, 2) barycentrics of vertices 1
     and 2; prim_normal float32 (N, 3) world face normals; fx, fy, cx, cy intrinsics; R (3, 3) camera-to-world
@@ -138,6 +138,50 @@ def scatter_visibility(ray_of, occluded, dark):
         if r >= 0 and occluded[r]:
             vis[i] = dark
     return vis
+
+
+@njit(cache=True)
+def _box_rows(src, dst, h):
+    """dst[y, x] = mean of src[y, clamp(x - h .. x + h)] (running sum in float64), float32 (H, W)."""
+    H, W = src.shape
+    w = 2 * h + 1
+    for y in range(H):
+        s = 0.0
+        for j in range(-h, h + 1):
+            s += src[y, min(max(j, 0), W - 1)]
+        for x in range(W):
+            dst[y, x] = s / w
+            s += src[y, min(x + h + 1, W - 1)] - src[y, max(x - h, 0)]
+
+
+@njit(cache=True)
+def _box_cols(src, dst, h):
+    """dst[y, x] = mean of src[clamp(y - h .. y + h), x], a whole row at a time (vectorises over x)."""
+    H, W = src.shape
+    w = 2 * h + 1
+    s = np.zeros(W)
+    for j in range(-h, h + 1):
+        s += src[min(max(j, 0), H - 1)]
+    for y in range(H):
+        for x in range(W):
+            dst[y, x] = s[x] / w
+        a, b = src[min(y + h + 1, H - 1)], src[max(y - h, 0)]
+        for x in range(W):
+            s[x] += a[x] - b[x]
+
+
+@njit(cache=True)
+def box_blur_twice(img, size):
+    """Two passes of a ``size`` x ``size`` mean filter (odd size, edges clamped: scipy.ndimage
+    ``uniform_filter(uniform_filter(img, size, mode="nearest"), size, mode="nearest")``), float32 (H, W)."""
+    h = size // 2
+    a = np.empty_like(img)
+    b = np.empty_like(img)
+    _box_rows(img, a, h)
+    _box_rows(a, b, h)
+    _box_cols(b, a, h)
+    _box_cols(a, b, h)
+    return b
 
 
 @njit(cache=True, fastmath=True)
@@ -352,19 +396,9 @@ def label_bboxes(labels, n):
 
 
 @njit(cache=True)
-def raster_cast(vc, tris, tri_geom, tri_offset, fx, fy, cx, cy, W, H, near, Rwc, cull_back):
-    """Primary visibility by rasterisation, with the outputs of Open3D ``RaycastingScene.cast_rays``.
-
-    Each triangle (camera-frame vertices ``vc`` float64 (V, 3), optical frame) is clipped to z >= ``near``,
-    projected, and every pixel centre (integer u, v) inside its projection is intersected exactly with the
-    triangle along the pixel's ray ((u - cx) / fx, (v - cy) / fy, 1) (so t = z-depth, as in
-    :func:`render.cast`); the nearest hit per pixel wins. ``cull_back`` skips triangles facing away from the
-    camera (exact for closed meshes wound counter-clockwise seen from outside with the camera outside them,
-    which the shape and background builders guarantee; about halves the work). tris int64 (T, 3) global vertex ids, tri_geom int64
-    (T,) geometry index, tri_offset int64 (G + 1,) first triangle of each geometry.
-    Returns t_hit float32 (N,) (inf = miss), geometry_ids uint32, primitive_ids uint32, uvs float32 (N, 2),
-    face normals float32 (N, 3) (world frame via ``Rwc`` (3, 3); a fallback when vertex normals degenerate).
-    """
+def _raster_zbuffer(vc, tris, fx, fy, cx, cy, W, H, near, cull_back):
+    """Nearest triangle per pixel (see :func:`raster_buffers`): z-depth float64 (H*W,) (inf = none), triangle
+    index int64 (-1 = none), barycentrics of the triangle's vertices 1 and 2, float32."""
     n = H * W
     zbuf = np.full(n, np.inf)
     tri_of = np.full(n, -1, np.int64)
@@ -455,29 +489,81 @@ def raster_cast(vc, tris, tri_geom, tri_offset, fx, fy, cx, cy, W, H, near, Rwc,
                         tri_of[p] = k
                         b1s[p] = e1 * inv
                         b2s[p] = e2 * inv
-    t_hit = np.full(n, np.inf, np.float32)
-    gid = np.full(n, 4294967295, np.uint32)
-    pid = np.full(n, 4294967295, np.uint32)
-    uv = np.zeros((n, 2), np.float32)
-    fn = np.zeros((n, 3), np.float32)
-    for p in range(n):
-        k = tri_of[p]
+    return zbuf, tri_of, b1s, b2s
+
+
+def raster_buffers(vc, tris, tri_geom, fx, fy, cx, cy, W, H, near, R, o, all_normals, inst_of_geom, cull_back):
+    """Primary visibility by rasterisation, straight into the render buffers of :func:`finish_cast`.
+
+    Each triangle (camera-frame vertices ``vc`` float64 (V, 3), optical frame) is clipped to z >= ``near``,
+    projected, and every pixel centre (integer u, v) inside its projection is intersected exactly with the
+    triangle along the pixel's ray ((u - cx) / fx, (v - cy) / fy, 1) (so t = z-depth, as in
+    :func:`render.cast`); the nearest hit per pixel wins: the hits Open3D ``RaycastingScene.cast_rays``
+    finds. ``cull_back`` skips triangles facing away from the camera (exact for closed meshes wound
+    counter-clockwise seen from outside with the camera outside them, which the shape and background
+    builders guarantee; about halves the work). tris int64 (T, 3) global vertex ids (scene order),
+    tri_geom int64 (T,) geometry index; R (3, 3), o (3,) camera-to-world rotation and centre; all_normals,
+    inst_of_geom as in :func:`finish_cast`. Returns its six buffers; the face normal (from ``vc``, rotated
+    by R) stands in where the interpolated vertex normal degenerates.
+    """
+    # two kernels called from Python: numba compiled the z-buffer loop called inside the finishing kernel
+    # 3x slower than on its own
+    zbuf, tri_of, b1s, b2s = _raster_zbuffer(vc, tris, fx, fy, cx, cy, W, H, near, cull_back)
+    return _raster_finish(zbuf, tri_of, b1s, b2s, vc, tris, tri_geom, fx, fy, cx, cy, W, R, o, all_normals,
+                          inst_of_geom)
+
+
+@njit(cache=True)
+def _raster_finish(zbuf, tri_of, b1s, b2s, vc, tris, tri_geom, fx, fy, cx, cy, W, R, o, all_normals, inst_of_geom):
+    """The per-pixel part of :func:`raster_buffers`."""
+    n = zbuf.shape[0]
+    G = inst_of_geom.shape[0] - 1
+    depth = np.zeros(n, np.float32)
+    geom = np.full(n, -1, np.int32)
+    inst = np.zeros(n, np.int32)
+    normal = np.zeros((n, 3), np.float32)
+    point = np.zeros((n, 3), np.float32)
+    cosang = np.zeros(n, np.float32)
+    for i in range(n):
+        k = tri_of[i]
         if k < 0:
+            inst[i] = inst_of_geom[G]
             continue
         g = tri_geom[k]
-        t_hit[p] = zbuf[p]
-        gid[p] = g
-        pid[p] = k - tri_offset[g]
-        uv[p, 0], uv[p, 1] = b1s[p], b2s[p]
-        v0, v1, v2 = vc[tris[k, 0]], vc[tris[k, 1]], vc[tris[k, 2]]
-        ax, ay, az = v1[0] - v0[0], v1[1] - v0[1], v1[2] - v0[2]
-        bx, by, bz = v2[0] - v0[0], v2[1] - v0[1], v2[2] - v0[2]
-        nx, ny, nz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
-        ln = max(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-30)
+        t = np.float32(zbuf[i])
+        x = (i % W - cx) / fx
+        y = (i // W - cy) / fy
+        d0 = R[0, 0] * x + R[0, 1] * y + R[0, 2]
+        d1 = R[1, 0] * x + R[1, 1] * y + R[1, 2]
+        d2 = R[2, 0] * x + R[2, 1] * y + R[2, 2]
+        depth[i] = t
+        geom[i] = g
+        inst[i] = inst_of_geom[g]
+        a, b, c = tris[k, 0], tris[k, 1], tris[k, 2]
+        w1, w2 = b1s[i], b2s[i]
+        w0 = 1.0 - w1 - w2
+        nx = w0 * all_normals[a, 0] + w1 * all_normals[b, 0] + w2 * all_normals[c, 0]
+        ny = w0 * all_normals[a, 1] + w1 * all_normals[b, 1] + w2 * all_normals[c, 1]
+        nz = w0 * all_normals[a, 2] + w1 * all_normals[b, 2] + w2 * all_normals[c, 2]
+        ln = np.sqrt(nx * nx + ny * ny + nz * nz)
+        if not np.isfinite(ln) or ln < 1e-6:  # the face normal, camera frame -> world
+            ax, ay, az = vc[b, 0] - vc[a, 0], vc[b, 1] - vc[a, 1], vc[b, 2] - vc[a, 2]
+            bx, by, bz = vc[c, 0] - vc[a, 0], vc[c, 1] - vc[a, 1], vc[c, 2] - vc[a, 2]
+            qx, qy, qz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+            nx = R[0, 0] * qx + R[0, 1] * qy + R[0, 2] * qz
+            ny = R[1, 0] * qx + R[1, 1] * qy + R[1, 2] * qz
+            nz = R[2, 0] * qx + R[2, 1] * qy + R[2, 2] * qz
+            ln = max(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-30)
         nx, ny, nz = nx / ln, ny / ln, nz / ln
-        for c in range(3):
-            fn[p, c] = Rwc[c, 0] * nx + Rwc[c, 1] * ny + Rwc[c, 2] * nz
-    return t_hit, gid, pid, uv, fn
+        nd = nx * d0 + ny * d1 + nz * d2
+        if nd > 0:
+            nx, ny, nz = -nx, -ny, -nz
+        cosang[i] = abs(nd) / np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+        normal[i, 0], normal[i, 1], normal[i, 2] = nx, ny, nz
+        point[i, 0] = o[0] + d0 * t
+        point[i, 1] = o[1] + d1 * t
+        point[i, 2] = o[2] + d2 * t
+    return depth, geom, inst, normal, point, cosang
 
 
 @njit(cache=True, fastmath=True)

@@ -291,3 +291,15 @@ def test_sensor_noise_of_the_development_has_its_amplitudes_and_block_structure(
     same_block = r(n[:, 0::2, 0], n[:, 1::2, 0])
     other_block = r(n[:, 1:-1:2, 0], n[:, 2::2, 0])
     assert same_block == pytest.approx(chroma ** 2 / total ** 2, abs=0.04) and abs(other_block) < 0.04
+
+
+def test_shadow_penumbra_box_filter_matches_scipy():
+    from scipy.ndimage import uniform_filter
+
+    from instseg_ros.data import _kernels
+
+    rng = np.random.default_rng(6)
+    img = (rng.random((37, 53)) < 0.3).astype(np.float32) * 0.7 + 0.3
+    for size in (1, 3, 5, 11, 61):  # 61: wider than the image is tall (clamped reads on both sides)
+        ref = uniform_filter(uniform_filter(img.astype(np.float64), size, mode="nearest"), size, mode="nearest")
+        np.testing.assert_allclose(_kernels.box_blur_twice(img, size), ref, atol=1e-5)

@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     limit_scenes: int = 0
     rescan_every: int = 0                     # steps; > 0 picks up sequences generated while training
+    init_from: str = ""                       # fine-tune: start from this checkpoint's weights (new optimiser)
     net: NetConfig = field(default_factory=NetConfig)
     loss: LossWeights = field(default_factory=LossWeights)
 
@@ -118,6 +119,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> str:
     scenes = load_all(paths)
     _log.info("%d training scenes, %.0f voxels on average", len(scenes), np.mean([len(s.sv) for s in scenes]))
     model = OccuSegNet(cfg.net)
+    if cfg.init_from and not (resume and (out / "last.pt").exists()):
+        from .segmenter import load_checkpoint
+
+        ck = load_checkpoint(cfg.init_from)
+        if net_config_from_dict(ck["net_config"]) != cfg.net:
+            raise ValueError(f"init_from {cfg.init_from}: its net config {ck['net_config']} differs from the "
+                             f"training config's net {asdict(cfg.net)}; make them equal")
+        model.load_state_dict(ck["model"])
+        _log.info("initialised from %s", cfg.init_from)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step0, history = 0, []
     last = out / "last.pt"
@@ -196,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="override the number of steps")
     ap.add_argument("--out-dir", help="override out_dir")
     ap.add_argument("--data-root", help="override data_root")
+    ap.add_argument("--init-from", help="override init_from (fine-tune from these weights)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = TrainConfig.from_yaml(args.config)
@@ -205,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.out_dir = args.out_dir
     if args.data_root:
         cfg.data_root = args.data_root
+    if args.init_from:
+        cfg.init_from = args.init_from
     path = train(cfg, resume=args.resume)
     print(json.dumps({"checkpoint": path}))
     return 0

@@ -38,6 +38,7 @@ def _write_sequence(seq_dir, seed):
     P, L = np.concatenate(pts), np.concatenate(labs)
     cells, first = np.unique(np.floor(P / VOX).astype(int), axis=0, return_index=True)
     io.write_gt_voxels(seq_dir, (cells + 0.5) * VOX, L[first], np.where(L[first] > 0, 1, 0), VOX)
+    (seq_dir / "sequence.json").write_text("{}")   # the generator writes it last: the sequence is complete
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,49 @@ def test_train_resume_segment_evaluate(dataset, tmp_path):
     for r in summary["results"].values():
         assert 0 <= r["class_agnostic"]["AP25"] <= 100
     assert (out / "occuseg_eval.png").exists()
+
+
+def test_prepare_scenes_skips_sequences_still_being_written(dataset, tmp_path):
+    import shutil
+
+    from instseg_ros.occuseg.data import prepare_scenes
+
+    root = tmp_path / "root"
+    shutil.copytree(dataset / "sequences" / "train", root / "sequences" / "train")
+    (root / "sequences" / "train" / "00001" / "sequence.json").unlink()
+    paths = prepare_scenes(str(root), "train", TsdfConfig(voxel_size=VOX), str(tmp_path / "cache"))
+    assert [p.split("/")[-1].split("_")[0] for p in paths] == ["00000"]
+    assert sorted(p.name for p in (tmp_path / "cache" / "train").iterdir()) == [paths[0].split("/")[-1]]
+
+
+def test_init_from_starts_at_the_given_weights(dataset, tmp_path):
+    import torch
+
+    from instseg_ros.occuseg import train
+    from instseg_ros.occuseg.network import NetConfig, OccuSegNet
+    from instseg_ros.occuseg.segmenter import load_checkpoint, save_checkpoint
+
+    net = {"num_classes": 2, "channels": [8, 16], "embed_dim": 4, "spatial_scale": 0.05}
+    torch.manual_seed(123)
+    init = OccuSegNet(NetConfig(num_classes=2, channels=(8, 16), embed_dim=4))
+    save_checkpoint(str(tmp_path / "init.pt"), init, VOX)
+    # lr 0: Adam leaves the weights where they started, so the exported parameters must equal the init
+    # ones (batch-norm running statistics do move in the one training step)
+    cfg = {"data_root": str(dataset), "voxel_size": VOX, "out_dir": str(tmp_path / "run"), "steps": 1,
+           "lr": 0.0, "export": str(tmp_path / "out.pt"), "init_from": str(tmp_path / "init.pt"), "net": net}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert train.main(["--config", str(path)]) == 0
+    got = load_checkpoint(str(tmp_path / "out.pt"))["model"]
+    params = dict(init.named_parameters())
+    assert len(params) > 10
+    for k, v in params.items():
+        assert torch.equal(got[k], v.detach()), k
+    cfg["net"] = dict(net, embed_dim=6)
+    cfg["out_dir"] = str(tmp_path / "run2")
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="differs from the training config"):
+        train.main(["--config", str(path)])
 
 
 def test_checkpoint_rejects_foreign_files(tmp_path):

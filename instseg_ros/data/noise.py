@@ -4,7 +4,8 @@ Effects, in the order applied (each parameter randomised per frame by :func:`sam
 
 1. Stereo shadow: the second imager sits ``baseline`` metres to the +x side of the depth reference, so
    background just left of a nearer surface is not seen by both imagers -> 0 (the black bands on the left
-   of objects in real D435 frames).
+   of objects in real D435 frames), nor is a band along the left image border, fx * baseline / z px wide
+   (~40 px at 0.75 m: the black left margin of every real D435 depth frame).
 2. Axial noise in disparity space: sigma_z = z^2 * sigma_d / (f * baseline), part per pixel and part
    spatially correlated (the low-frequency "wavy" surface of real frames); sigma grows with distance.
 3. Disparity quantisation to 1/``subpixel`` px (terracing at long range).
@@ -71,7 +72,8 @@ def stereo_shadow(depth: np.ndarray, fx: float, baseline: float) -> np.ndarray:
     """bool (H, W): pixels hidden from an imager displaced by +baseline along camera x.
 
     In that imager a pixel u at depth z appears at u - fx * baseline / z. Pixel u is hidden when some
-    pixel to its right lands at or left of it there: min over u' > u of (u' - d(u')) < u - d(u).
+    pixel to its right lands at or left of it there: min over u' > u of (u' - d(u')) < u - d(u) - 0.5, or
+    when it falls off that imager's left border: u - d(u) < -0.5.
     """
     return _stereo_shadow(np.ascontiguousarray(depth, np.float32), float(fx * baseline))
 
@@ -85,7 +87,7 @@ def _stereo_shadow(depth, fb):
         for x in range(W - 1, -1, -1):
             z = depth[y, x]
             x2 = x - fb / z if z > 0 else np.inf
-            if z > 0 and right_min < x2 - 0.5:
+            if z > 0 and (right_min < x2 - 0.5 or x2 < -0.5):
                 out[y, x] = True
             right_min = min(right_min, x2)
     return out

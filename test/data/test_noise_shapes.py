@@ -12,7 +12,8 @@ K = np.array([[600.0, 0, 160], [0, 600.0, 120], [0, 0, 1]])
 
 def test_noise_std_grows_with_distance_and_is_mm_quantised():
     rng = np.random.default_rng(0)
-    cfg = DepthNoiseConfig(speckle_prob=0.0, blob_frac=0.0, hard_object_prob=0.0, corr_frac=0.3)
+    cfg = DepthNoiseConfig(speckle_prob=0.0, blob_frac=0.0, hard_object_prob=0.0, corr_frac=0.3,
+                           shadow=False)  # no left-border band either
     stds = []
     for z in (0.5, 1.0, 2.0):
         gt = np.full((240, 320), z, np.float32)
@@ -27,14 +28,18 @@ def test_noise_std_grows_with_distance_and_is_mm_quantised():
 
 
 def test_shadow_left_of_nearer_object_and_invalid_stays_zero():
-    gt = np.full((40, 100), 1.0, np.float32)
-    gt[:, 50:70] = 0.5  # a near block in front of a 1 m wall
-    gt[:, :5] = 0.0     # no surface
+    gt = np.full((40, 200), 1.0, np.float32)
+    gt[:, 150:170] = 0.5  # a near block in front of a 1 m wall
+    gt[:, :5] = 0.0       # no surface
     sh = stereo_shadow(gt, fx=600.0, baseline=0.05)
-    # background pixels left of the block within the disparity difference 600*0.05*(1/0.5-1/1) = 30 px
-    assert sh[:, 21:50].all() and not sh[:, 5:19].any() and not sh[:, 50:].any()
+    # the wall at 1 m lands 600*0.05/1 = 30 px further left in the second imager: columns 0-29 fall off its
+    # left border (29 - 30 < -0.5 <= 30 - 30); background pixels left of the block are hidden within the
+    # disparity difference 600*0.05*(1/0.5-1/1) = 30 px: the block's left edge lands at 150 - 60 = 90, wall
+    # pixel u at u - 30, hidden when 90 < u - 30 - 0.5, i.e. u >= 121
+    assert sh[:, 5:30].all() and not sh[:, 30:121].any() and sh[:, 121:150].all() and not sh[:, 150:].any()
+    assert not sh[:, :5].any()  # no surface there: invalid anyway, not a shadow
     d = apply_depth_noise(gt, K, np.random.default_rng(1), DepthNoiseConfig())
-    assert (d[:, :5] == 0).all() and (d[:, 25:48] == 0).all()
+    assert (d[:, :30] == 0).all() and (d[:, 125:148] == 0).all()
 
 
 def test_noise_rejects_bad_input():

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import njit
 
 from instseg_ros.core.device import resolve_device
-from instseg_ros.core.geometry import backproject, validate_intrinsics
+from instseg_ros.core.geometry import validate_intrinsics
 from instseg_ros.core.instances import Instances
 
 from .checkpoint import build_model, load_checkpoint
@@ -54,6 +55,62 @@ def instance_moments(labels: np.ndarray, points: np.ndarray, valid: np.ndarray, 
         cov = np.stack([np.bincount(idx, weights=d[:, a] * d[:, b], minlength=n)[:n]
                         for a in range(3) for b in range(3)], 1).reshape(n, 3, 3) / cnt[:, None, None]
     return cnt, c, cov
+
+
+@njit(cache=True)
+def _upsample_moments(lab, rows, cols, depth, fx, fy, cx, cy, n):
+    """Nearest-neighbour upsampling of network-resolution labels fused with :func:`instance_moments` of the
+    backprojected input depth, in two passes over the input pixels (no full-image point cloud).
+
+    Args:
+        lab: int64 (h, w) labels 0..n. rows (H,), cols (W,): source row / column of each input pixel.
+        depth: float32 (H, W) metres (0 / NaN / inf = invalid). fx, fy, cx, cy: float32 intrinsics.
+    Returns:
+        labels int32 (H, W), and counts, centroids, covariances as :func:`instance_moments` computes them
+        from :func:`instseg_ros.core.geometry.backproject` points (same float32 points, float64 sums in
+        pixel order).
+    """
+    h0, w0 = depth.shape
+    out = np.empty((h0, w0), np.int32)
+    cnt = np.zeros(n, np.int64)
+    s = np.zeros((n, 3))
+    for v in range(h0):
+        ry = (np.float32(v) - cy) / fy
+        for u in range(w0):
+            lv = lab[rows[v], cols[u]]
+            if lv < 0 or lv > n:
+                raise ValueError("labels must lie in 0..len(scores)")
+            out[v, u] = lv
+            z = depth[v, u]
+            if lv > 0 and np.isfinite(z) and z > 0:
+                cnt[lv - 1] += 1
+                s[lv - 1, 0] += np.float64((np.float32(u) - cx) / fx * z)
+                s[lv - 1, 1] += np.float64(ry * z)
+                s[lv - 1, 2] += np.float64(z)
+    cen = np.empty((n, 3))
+    for i in range(n):
+        for j in range(3):
+            cen[i, j] = s[i, j] / cnt[i] if cnt[i] > 0 else np.nan
+    cov = np.zeros((n, 3, 3))
+    p = np.empty(3)
+    for v in range(h0):
+        ry = (np.float32(v) - cy) / fy
+        for u in range(w0):
+            lv = out[v, u]
+            z = depth[v, u]
+            if lv > 0 and np.isfinite(z) and z > 0:
+                i = lv - 1
+                p[0] = np.float64((np.float32(u) - cx) / fx * z) - cen[i, 0]
+                p[1] = np.float64(ry * z) - cen[i, 1]
+                p[2] = np.float64(z) - cen[i, 2]
+                for a in range(3):
+                    for b in range(3):
+                        cov[i, a, b] += p[a] * p[b]
+    for i in range(n):
+        for a in range(3):
+            for b in range(3):
+                cov[i, a, b] = cov[i, a, b] / cnt[i] if cnt[i] > 0 else np.nan
+    return out, cnt, cen, cov
 
 
 #: precision option -> autocast dtype (None = plain float32, no autocast)
@@ -192,15 +249,17 @@ class ClusterNetPredictor:
         return inst
 
     def _postprocess(self, lab: np.ndarray, scores: np.ndarray, depth: np.ndarray, K: np.ndarray) -> Instances:
+        """Labels (h, w) 0..N at network resolution, scores (N,) -> Instances at the input resolution."""
         h0, w0 = depth.shape
         h, w = lab.shape
-        if (h, w) != (h0, w0):
-            lab = lab[nearest_index(h, h0)[:, None], nearest_index(w, w0)[None, :]]
         n = len(scores)
         if n == 0:
             return Instances.empty((h0, w0))
-        valid = np.isfinite(depth) & (depth > 0)
-        cnt, cen, cov = instance_moments(lab, backproject(depth, K), valid, n)
+        K = validate_intrinsics(K)
+        fx, fy, cx, cy = (np.float32(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
+        lab, cnt, cen, cov = _upsample_moments(np.ascontiguousarray(lab, dtype=np.int64), nearest_index(h, h0),
+                                               nearest_index(w, w0), np.ascontiguousarray(depth, dtype=np.float32),
+                                               fx, fy, cx, cy, n)
         keep = cnt >= max(1, self.min_valid_points)
         new_id = np.zeros(n + 1, np.int32)
         new_id[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)

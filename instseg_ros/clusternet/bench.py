@@ -1,7 +1,10 @@
 """``instseg bench clusternet``: per-frame milliseconds of ClusterNet split into preprocessing, network,
 clustering and postprocessing, at 640x480 and 320x240 network resolution, plus the clustering alone on a
 synthetic 20-object prediction (wall ms, and the process CPU ms, which on a shared machine is the
-fairer number). Prints one JSON line at the end (no pass/fail: targets are reported).
+fairer number). The clustering is timed with the implementation the device uses (numba on CPU, torch
+on CUDA) and, in the same process, with the other one as the reference (the torch path on the CPU, the
+path every device used before the numba kernels), with their ratio and whether both gave the same
+labels. Prints one JSON line at the end (no pass/fail: targets are reported).
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import torch
 from .clustering import ClusterParams, cluster_pixels
 
 RESOLUTIONS = ((480, 640), (240, 320))
+#: clustering targets of the issue, ms with 20 objects
+CLUSTERING_TARGET_MS = {"cpu": 30.0, "cuda": 5.0}
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "models", "clusternet_lite.pt")
 
 
@@ -55,6 +60,46 @@ def _median(xs):
     return float(np.median(xs)) if xs else float("nan")
 
 
+def time_clustering(inputs, params: ClusterParams, backend: str, repeats: int):
+    """Median wall ms and process CPU ms of ``cluster_pixels`` over ``repeats`` calls after one warm-up
+    (numba JIT / CUDA init), CUDA-synchronised; and the last result."""
+    dev = inputs[0].device
+    times, cpu_times = [], []
+    for i in range(repeats + 1):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = cluster_pixels(*inputs, params, backend=backend)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i:
+            times.append((time.perf_counter() - t0) * 1e3)
+            cpu_times.append((time.process_time() - c0) * 1e3)
+    return _median(times), _median(cpu_times), out
+
+
+def clustering_figures(h: int, w: int, objects: int, dev: torch.device, repeats: int) -> dict:
+    """Clustering alone on an ideal ``objects``-object prediction at (h, w): the device's implementation
+    vs the reference (torch on the CPU; the numba kernels on the CPU when dev is CUDA)."""
+    _, d, Kc, lab = synthetic_frame(h, w, objects, seed=1)
+    cpu_inputs = ideal_predictions(lab, d, Kc, noise=0.003)
+    params = ClusterParams()
+    ms, cpu_ms, (labels, scores) = time_clustering([t.to(dev) for t in cpu_inputs], params, "auto", repeats)
+    ref_backend = "numba" if dev.type == "cuda" else "torch"
+    ref_ms, ref_cpu_ms, (ref_labels, ref_scores) = time_clustering(cpu_inputs, params, ref_backend,
+                                                                    max(1, repeats // 2))
+    name = "torch" if dev.type == "cuda" else "numba"
+    return {f"clustering_{objects}obj_ms": round(ms, 2), f"clustering_{objects}obj_process_cpu_ms": round(cpu_ms, 2),
+            f"clustering_{objects}obj_found": len(scores), "clustering_backend": name,
+            "clustering_target_ms": CLUSTERING_TARGET_MS[dev.type],
+            f"clustering_reference_{ref_backend}_cpu_ms": round(ref_ms, 2),
+            f"clustering_reference_{ref_backend}_cpu_process_cpu_ms": round(ref_cpu_ms, 2),
+            "clustering_speedup_vs_reference": round(ref_ms / ms, 2),
+            "clustering_speedup_vs_reference_process_cpu": round(ref_cpu_ms / max(cpu_ms, 1e-3), 2),
+            "clustering_same_as_reference": bool(torch.equal(labels.cpu(), ref_labels)
+                                                 and torch.equal(scores.cpu(), ref_scores))}
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="instseg bench clusternet", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="weights (random lite model if missing)")
@@ -64,7 +109,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--objects", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--clustering-only", action="store_true", help="skip the network / end-to-end stages")
     a = p.parse_args(argv)
+    if a.repeats < 1 or a.objects < 1:
+        p.error("--repeats and --objects must be >= 1")
     if a.threads:
         torch.set_num_threads(a.threads)
     from instseg_ros.core.device import resolve_device
@@ -74,48 +122,36 @@ def main(argv: list[str]) -> int:
     from .predictor import ClusterNetPredictor
 
     dev = resolve_device(a.device)
-    if os.path.isfile(a.checkpoint):
-        base = ClusterNetPredictor.from_checkpoint(a.checkpoint, device=str(dev))
-        model, source = base.model, os.path.abspath(a.checkpoint)
-    else:
-        model, source = ClusterNet(ModelConfig(base_width=32)), "random-init lite (no checkpoint found)"
-    cfg = model.cfg
     result = {"device": str(dev), "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda" else
                                                   f"cpu x{torch.get_num_threads()} threads"),
-              "model": f"{cfg.backbone} w{cfg.base_width} {cfg.inputs} {cfg.feature}", "weights": source,
-              "objects": a.objects, "repeats": a.repeats, "precision": a.precision,
-              "channels_last": a.channels_last}
+              "objects": a.objects, "repeats": a.repeats, "load_avg_1min": round(os.getloadavg()[0], 2)}
+    model = None
+    if not a.clustering_only:
+        if os.path.isfile(a.checkpoint):
+            base = ClusterNetPredictor.from_checkpoint(a.checkpoint, device=str(dev))
+            model, source = base.model, os.path.abspath(a.checkpoint)
+        else:
+            model, source = ClusterNet(ModelConfig(base_width=32)), "random-init lite (no checkpoint found)"
+        cfg = model.cfg
+        result.update({"model": f"{cfg.backbone} w{cfg.base_width} {cfg.inputs} {cfg.feature}", "weights": source,
+                       "precision": a.precision, "channels_last": a.channels_last})
     for h, w in RESOLUTIONS:
-        pred = ClusterNetPredictor(model, dev, params=ClusterParams(), resolution=(h, w),
-                                   precision=a.precision, channels_last=a.channels_last)
-        rgb, depth, K, _ = synthetic_frame(h, w, a.objects)
-        pred.predict(rgb, depth, K)                     # warm-up
-        runs = []
-        for _ in range(a.repeats):
-            pred.predict(rgb, depth, K)
-            runs.append(dict(pred.last_timings))
-        stages = {k: _median([r[k] for r in runs]) for k in runs[0]}
-        total = sum(stages.values())
-        # clustering alone on an ideal 20-object prediction at this resolution
-        _, d, Kc, lab = synthetic_frame(h, w, a.objects, seed=1)
-        xi, eta, rad, fg = (t.to(dev) for t in ideal_predictions(lab, d, Kc, noise=0.003))
-        times, cpu_times, n_found = [], [], 0
-        for i in range(a.repeats + 1):
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t0, c0 = time.perf_counter(), time.process_time()
-            labels, scores = cluster_pixels(xi, eta, rad, fg, ClusterParams())
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            if i:
-                times.append((time.perf_counter() - t0) * 1e3)
-                cpu_times.append((time.process_time() - c0) * 1e3)
-            n_found = len(scores)
-        result[f"{w}x{h}"] = {**{f"{k}_ms": round(v, 2) for k, v in stages.items()},
-                              "total_ms": round(total, 2), "fps": round(1000.0 / total, 2),
-                              "clustering_20obj_ms": round(_median(times), 2),
-                              "clustering_20obj_process_cpu_ms": round(_median(cpu_times), 2),
-                              "clustering_20obj_found": n_found}
-        print(f"{w}x{h}: " + json.dumps(result[f"{w}x{h}"]), flush=True)
+        row = {}
+        if model is not None:
+            pred = ClusterNetPredictor(model, dev, params=ClusterParams(), resolution=(h, w),
+                                       precision=a.precision, channels_last=a.channels_last)
+            rgb, depth, K, _ = synthetic_frame(h, w, a.objects)
+            pred.predict(rgb, depth, K)                     # warm-up
+            runs = []
+            for _ in range(a.repeats):
+                pred.predict(rgb, depth, K)
+                runs.append(dict(pred.last_timings))
+            stages = {k: _median([r[k] for r in runs]) for k in runs[0]}
+            total = sum(stages.values())
+            row.update({**{f"{k}_ms": round(v, 2) for k, v in stages.items()},
+                        "total_ms": round(total, 2), "fps": round(1000.0 / total, 2)})
+        row.update(clustering_figures(h, w, a.objects, dev, a.repeats))
+        result[f"{w}x{h}"] = row
+        print(f"{w}x{h}: " + json.dumps(row), flush=True)
     print(json.dumps(result))
     return 0

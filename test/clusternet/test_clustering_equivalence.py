@@ -287,3 +287,13 @@ def test_nine_channel_features_and_torch_block_sizes_agree():
     for block in (1, 3, 200):
         other = cluster_pixels(*t, ClusterParams(min_size=5, block=block), backend="torch")
         assert torch.equal(base[0], other[0]) and torch.equal(base[1], other[1])
+
+
+def test_bench_clustering_figures_compare_with_the_reference_in_process():
+    from instseg_ros.clusternet.bench import clustering_figures
+
+    row = clustering_figures(60, 80, 4, torch.device("cpu"), repeats=1)
+    assert row["clustering_backend"] == "numba" and row["clustering_4obj_found"] == 4
+    assert row["clustering_same_as_reference"] is True
+    assert row["clustering_speedup_vs_reference"] == pytest.approx(
+        row["clustering_reference_torch_cpu_ms"] / row["clustering_4obj_ms"], rel=0.05, abs=0.05)

@@ -691,6 +691,16 @@ def cluster_pixels(xi: torch.Tensor, eta: torch.Tensor, radius: torch.Tensor, fg
     return labels.view(h, w), scores
 
 
+def warm_up() -> None:
+    """Compile (or load from numba's on-disk cache) the CPU kernels on a tiny two-cluster input, so that a
+    node pays the JIT once at start-up rather than on its first frame (seconds when not cached)."""
+    xi = torch.zeros(3, 4, 4)
+    xi[0, :, 2:] = 0.5
+    xi[:, 0, 0] += 0.001
+    ones = torch.ones(4, 4)
+    cluster_pixels(xi, ones, ones * 0.05, ones, ClusterParams(min_size=1), backend="numba")
+
+
 def _check_finite(finite: bool) -> None:
     if not finite:
         raise ValueError("NaN/inf in the network's xi, centroid or radius output at a foreground pixel; "

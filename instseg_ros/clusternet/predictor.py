@@ -15,7 +15,7 @@ from instseg_ros.core.geometry import validate_intrinsics
 from instseg_ros.core.instances import Instances
 
 from .checkpoint import build_model, load_checkpoint
-from .clustering import ClusterParams, cluster_pixels
+from .clustering import ClusterParams, cluster_pixels, warm_up
 from .model import ClusterNet
 
 
@@ -113,6 +113,14 @@ def _upsample_moments(lab, rows, cols, depth, fx, fy, cx, cy, n):
     return out, cnt, cen, cov
 
 
+def _warm_up_kernels() -> None:
+    """JIT-compile (or load from cache) the numba clustering and post-processing kernels now, not on the
+    first frame."""
+    warm_up()
+    _upsample_moments(np.ones((2, 2), np.int64), np.arange(2), np.arange(2), np.ones((2, 2), np.float32),
+                      np.float32(1), np.float32(1), np.float32(0), np.float32(0), 1)
+
+
 #: precision option -> autocast dtype (None = plain float32, no autocast)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -152,6 +160,7 @@ class ClusterNetPredictor:
         self.min_valid_points = int(min_valid_points)
         self.last_timings: dict[str, float] = {}
         self.meta: dict[str, Any] = {}
+        _warm_up_kernels()
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "auto", **kw) -> "ClusterNetPredictor":

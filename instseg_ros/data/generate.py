@@ -31,12 +31,16 @@ def _coco_anns(labels: np.ndarray, instances: list[dict]) -> list[dict]:
     from pycocotools import mask as mask_utils
 
     anns = []
+    H, W = labels.shape
     for inst in instances:
-        m = labels == inst["id"]
-        area = int(m.sum())
+        # compare only inside the visible bbox ([x, y, w, h] of the instance's pixels, see frame_instances)
+        x, y, w, h = inst.get("bbox", (0, 0, W, H))
+        m = np.zeros((H, W), np.uint8, order="F")
+        m[y:y + h, x:x + w] = labels[y:y + h, x:x + w] == inst["id"]
+        area = int(m[y:y + h, x:x + w].sum())
         if area == 0:
             continue
-        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        rle = mask_utils.encode(m)
         rle["counts"] = rle["counts"].decode("ascii")
         anns.append({"category_id": 1, "segmentation": rle, "area": area,
                      "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0,

@@ -167,6 +167,31 @@ def merge_graph(st: SupervoxelStats, edges: np.ndarray, cfg: ClusterConfig | Non
     return parent
 
 
+def mean_membership(labels: np.ndarray, n_inst: int, centre: np.ndarray, emb: np.ndarray, sigma: np.ndarray,
+                    cfg: ClusterConfig) -> np.ndarray:
+    """Per instance k (labels 1..n_inst), the mean over its voxels i of eq. (8)'s membership probability
+    p_i = exp(-(||s_i - S_k|| / sigma_s)^2 - (||d_i - D_k|| / sigma_d)^2), with S_k, D_k, sigma_k the
+    instance means (terms switched off by the ablations are left out)."""
+    m = labels > 0
+    lab = labels[m].astype(np.int64) - 1
+    cnt = np.bincount(lab, minlength=n_inst).astype(np.float64)
+
+    def mean(a):
+        a = np.asarray(a, np.float64)[m]
+        return np.stack([np.bincount(lab, weights=a[:, c], minlength=n_inst) for c in range(a.shape[1])], 1) \
+            / np.maximum(cnt, 1)[:, None]
+
+    sig = mean(sigma)
+    expo = np.zeros(len(lab))
+    if cfg.use_feature:
+        e = np.asarray(emb, np.float64)[m]
+        expo += (np.linalg.norm(e - mean(emb)[lab], axis=1) / sig[lab, 0]) ** 2
+    if cfg.use_spatial:
+        c = np.asarray(centre, np.float64)[m]
+        expo += (np.linalg.norm(c - mean(centre)[lab], axis=1) / sig[lab, 1]) ** 2
+    return np.bincount(lab, weights=np.exp(-expo), minlength=n_inst) / np.maximum(cnt, 1)
+
+
 @dataclass
 class ClusterResult:
     """labels int32 (V,) 0 = background, 1..N instance; per instance (N,): num_voxels int64,
@@ -219,8 +244,11 @@ def cluster_voxels(sv_labels: np.ndarray, voxel_edges: np.ndarray, centre: np.nd
     cls = (mean_prob[:, 1:].argmax(axis=1) + 1).astype(np.int32) if len(roots) else np.zeros(0, np.int32)
     cprob = mean_prob[np.arange(len(roots)), cls] if len(roots) else np.zeros(0)
     fgprob = 1.0 - mean_prob[:, 0] if len(roots) else np.zeros(0)
-    # confidence: foreground probability, discounted by how far the size is from the predicted one
+    # confidence: foreground probability, discounted by how far the size is from the predicted one and
+    # by how loosely the voxels hold together (mean eq.-8 membership probability)
     scores = fgprob * (np.exp(-np.abs(np.log(ratio))) if cfg.use_occupancy else 1.0)
+    if len(roots):
+        scores = scores * mean_membership(labels, len(roots), centre, emb, sigma, cfg)
     occ = np.exp(st.log_occ[roots] / n) if len(roots) else np.zeros(0)
     return ClusterResult(labels=labels, num_voxels=n.astype(np.int64), occupancy=occ, ratio=ratio,
                          class_ids=cls, class_prob=cprob, scores=scores.astype(np.float32))

@@ -57,6 +57,32 @@ def save_checkpoint(path: str, model: OccuSegNet, voxel_size: float, extra: dict
                 "voxel_size": float(voxel_size), **(extra or {})}, path)
 
 
+def set_inference_config(src: str, dst: str, cluster: dict | None = None, supervoxel: dict | None = None) -> None:
+    """Copy checkpoint ``src`` to ``dst`` with clustering / supervoxel settings that
+    :meth:`MapSegmenter.from_checkpoint` applies (keys of :class:`ClusterConfig` / :class:`SupervoxelConfig`;
+    a None argument keeps what ``src`` has)."""
+    ckpt = load_checkpoint(src)
+    for key, value, cls in (("cluster", cluster, ClusterConfig), ("supervoxel", supervoxel, SupervoxelConfig)):
+        if value is not None:
+            try:
+                cls(**value)
+            except TypeError as e:
+                raise ValueError(f"{key} settings {value}: {e}; use fields of {cls.__name__}") from None
+            ckpt[key] = {k: (v if isinstance(v, (bool, int, str)) else float(v)) for k, v in value.items()}
+    torch.save(ckpt, dst)
+
+
+def _stored_config(ckpt: dict, key: str, cls, path: str):
+    d = ckpt.get(key)
+    if d is None:
+        return cls()
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ValueError(f"{path}: stored {key} settings {d} do not fit {cls.__name__} ({e}); rewrite them with "
+                         f"set_inference_config") from None
+
+
 def load_checkpoint(path: str) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -78,12 +104,18 @@ class MapSegmenter:
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "auto",
                         config: SegmenterConfig | None = None) -> "MapSegmenter":
-        """Load weights saved by :func:`save_checkpoint` (``torch.load(weights_only=True)``)."""
+        """Load weights saved by :func:`save_checkpoint` (``torch.load(weights_only=True)``).
+
+        Clustering and supervoxel settings stored by :func:`set_inference_config` (tuned for the model)
+        are used unless ``config`` is given; without them the defaults (the paper's T0 = 0.5) apply.
+        """
         ckpt = load_checkpoint(path)
         net_cfg = net_config_from_dict(ckpt["net_config"])
         model = OccuSegNet(net_cfg)
         model.load_state_dict(ckpt["model"])
-        cfg = config or SegmenterConfig(net=net_cfg, voxel_size=float(ckpt["voxel_size"]))
+        cfg = config or SegmenterConfig(net=net_cfg, voxel_size=float(ckpt["voxel_size"]),
+                                        supervoxel=_stored_config(ckpt, "supervoxel", SupervoxelConfig, path),
+                                        cluster=_stored_config(ckpt, "cluster", ClusterConfig, path))
         cfg.net = net_cfg
         return cls(model, cfg, device)
 

@@ -102,3 +102,42 @@ def test_ratio_filter_and_background():
     assert len(res.num_voxels) == 1
     assert (res.labels[box == 0] == 1).all() and (res.labels[box == 1] == 0).all()
     assert res.class_ids.tolist() == [1]
+
+
+def test_mean_membership_by_hand():
+    from instseg_ros.occuseg.clustering import mean_membership
+
+    # instance 1: embeddings 0 and 2 (mean 1, sigma_s 1 -> exp(-1) each), centres equal;
+    # instance 2: one voxel -> p = 1; instance 3: centres 0 and 1.2 along x (mean 0.6), sigma_d 2 ->
+    # exp(-(0.6 / 2)^2) = exp(-0.09) each. Label 0 voxels are ignored.
+    labels = np.array([1, 1, 2, 0, 3, 3])
+    emb = np.array([[0.0], [2.0], [5.0], [9.0], [0.0], [0.0]])
+    centre = np.zeros((6, 3))
+    centre[5, 0] = 1.2
+    sigma = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 2.0], [1.0, 2.0]])
+    p = mean_membership(labels, 3, centre, emb, sigma, ClusterConfig())
+    np.testing.assert_allclose(p, [math.exp(-1), 1.0, math.exp(-0.09)])
+    # ablations leave their term out
+    np.testing.assert_allclose(mean_membership(labels, 3, centre, emb, sigma, ClusterConfig(use_feature=False)),
+                               [1.0, 1.0, math.exp(-0.09)])
+    np.testing.assert_allclose(mean_membership(labels, 3, centre, emb, sigma, ClusterConfig(use_spatial=False)),
+                               [math.exp(-1), 1.0, 1.0])
+
+
+def test_scores_rank_a_loose_cluster_below_a_tight_one():
+    coords, box = _two_touching_boxes()
+    V = len(coords)
+    n_box = (box == 0).sum()
+    centre = np.where(box[:, None] == 0, [[0.0, 0, 0]], [[5.0, 0, 0]])
+    emb = np.zeros((V, 4))
+    # box 1's voxels disagree about their embedding (alternating +-0.5 with sigma_s 1 -> p = exp(-0.25))
+    emb[box == 1, 0] = np.where(np.arange((box == 1).sum()) % 2 == 0, 0.5, -0.5)
+    sigma = np.ones((V, 2))
+    prob = np.tile([0.1, 0.9], (V, 1))
+    log_occ = np.full(V, np.log(n_box))
+    res = cluster_voxels(box, voxel_adjacency(coords), centre, emb, log_occ, sigma, prob, ClusterConfig())
+    assert len(res.scores) == 2
+    tight, loose = res.labels[box == 0][0] - 1, res.labels[box == 1][0] - 1
+    # both: foreground 0.9, r = 1
+    assert res.scores[tight] == pytest.approx(0.9, rel=1e-5)
+    assert res.scores[loose] == pytest.approx(0.9 * math.exp(-0.25), rel=1e-5)

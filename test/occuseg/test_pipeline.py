@@ -157,3 +157,29 @@ def test_checkpoint_rejects_foreign_files(tmp_path):
     torch.save({"model": {}}, p)
     with pytest.raises(ValueError, match="not an OccuSeg checkpoint"):
         MapSegmenter.from_checkpoint(str(p), device="cpu")
+
+
+def test_inference_config_travels_with_the_checkpoint(tmp_path):
+    import torch
+
+    from instseg_ros.occuseg.clustering import ClusterConfig
+    from instseg_ros.occuseg.network import NetConfig, OccuSegNet
+    from instseg_ros.occuseg.segmenter import save_checkpoint, set_inference_config
+    from instseg_ros.occuseg.supervoxels import SupervoxelConfig
+
+    save_checkpoint(str(tmp_path / "a.pt"), OccuSegNet(NetConfig(num_classes=2, channels=(8, 16))), VOX)
+    seg = MapSegmenter.from_checkpoint(str(tmp_path / "a.pt"), device="cpu")
+    assert seg.config.cluster == ClusterConfig() and seg.config.supervoxel == SupervoxelConfig()
+    set_inference_config(str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), cluster={"t0": 0.2},
+                         supervoxel={"k": 0.4, "min_size": 12})
+    seg = MapSegmenter.from_checkpoint(str(tmp_path / "b.pt"), device="cpu")
+    assert seg.config.cluster == ClusterConfig(t0=0.2)
+    assert seg.config.supervoxel == SupervoxelConfig(k=0.4, min_size=12)
+    assert seg.config.voxel_size == VOX
+    with pytest.raises(ValueError, match="fields of ClusterConfig"):
+        set_inference_config(str(tmp_path / "a.pt"), str(tmp_path / "c.pt"), cluster={"tzero": 0.2})
+    ck = torch.load(tmp_path / "b.pt", weights_only=True)
+    ck["cluster"] = {"tzero": 0.2}
+    torch.save(ck, tmp_path / "d.pt")
+    with pytest.raises(ValueError, match="set_inference_config"):
+        MapSegmenter.from_checkpoint(str(tmp_path / "d.pt"), device="cpu")

@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", help="override out_dir")
     ap.add_argument("--data-root", help="override data_root")
     ap.add_argument("--init-from", help="override init_from (fine-tune from these weights)")
+    ap.add_argument("--lr", type=float, help="override lr")
+    ap.add_argument("--seed", type=int, help="override seed")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = TrainConfig.from_yaml(args.config)
@@ -218,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.data_root = args.data_root
     if args.init_from:
         cfg.init_from = args.init_from
+    if args.lr is not None:
+        cfg.lr = args.lr
+    if args.seed is not None:
+        cfg.seed = args.seed
     path = train(cfg, resume=args.resume)
     print(json.dumps({"checkpoint": path}))
     return 0

@@ -27,6 +27,35 @@ def make_rays(fx, fy, cx, cy, R, t, W, H):
     return rays
 
 
+@njit(cache=True, inline="always")
+def _smooth_normal(all_normals, a, b, c, w1, w2):
+    """Vertex normals of triangle (a, b, c) interpolated at barycentrics (w1, w2); returns (nx, ny, nz, length)."""
+    w0 = 1.0 - w1 - w2
+    nx = w0 * all_normals[a, 0] + w1 * all_normals[b, 0] + w2 * all_normals[c, 0]
+    ny = w0 * all_normals[a, 1] + w1 * all_normals[b, 1] + w2 * all_normals[c, 1]
+    nz = w0 * all_normals[a, 2] + w1 * all_normals[b, 2] + w2 * all_normals[c, 2]
+    return nx, ny, nz, np.sqrt(nx * nx + ny * ny + nz * nz)
+
+
+@njit(cache=True, inline="always")
+def _write_hit(i, t, nx, ny, nz, ln, fx, fy, cx, cy, W, R, o, normal, point, cosang):
+    """Pixel i's unit normal (turned to face the camera), |cos| to its ray and world hit point at ray length t."""
+    x = (i % W - cx) / fx
+    y = (i // W - cy) / fy
+    d0 = R[0, 0] * x + R[0, 1] * y + R[0, 2]
+    d1 = R[1, 0] * x + R[1, 1] * y + R[1, 2]
+    d2 = R[2, 0] * x + R[2, 1] * y + R[2, 2]
+    nx, ny, nz = nx / ln, ny / ln, nz / ln
+    nd = nx * d0 + ny * d1 + nz * d2
+    if nd > 0:
+        nx, ny, nz = -nx, -ny, -nz
+    cosang[i] = abs(nd) / np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+    normal[i, 0], normal[i, 1], normal[i, 2] = nx, ny, nz
+    point[i, 0] = o[0] + d0 * t
+    point[i, 1] = o[1] + d1 * t
+    point[i, 2] = o[2] + d2 * t
+
+
 @njit(cache=True)
 def finish_cast(t_hit, gid, prim, uv, prim_normal, fx, fy, cx, cy, R, o, W, tri_offset, all_tris, all_normals,
                 inst_of_geom):
@@ -54,36 +83,17 @@ def finish_cast(t_hit, gid, prim, uv, prim_normal, fx, fy, cx, cy, R, o, W, tri_
         if not np.isfinite(t):
             inst[i] = inst_of_geom[G]
             continue
-        x = (i % W - cx) / fx
-        y = (i // W - cy) / fy
-        d0 = R[0, 0] * x + R[0, 1] * y + R[0, 2]
-        d1 = R[1, 0] * x + R[1, 1] * y + R[1, 2]
-        d2 = R[2, 0] * x + R[2, 1] * y + R[2, 2]
         g = np.int64(gid[i])
         depth[i] = t
         geom[i] = g
         inst[i] = inst_of_geom[g]
         tri = tri_offset[g] + np.int64(prim[i])
-        w1 = uv[i, 0]
-        w2 = uv[i, 1]
-        w0 = 1.0 - w1 - w2
         a, b, c = all_tris[tri, 0], all_tris[tri, 1], all_tris[tri, 2]
-        nx = w0 * all_normals[a, 0] + w1 * all_normals[b, 0] + w2 * all_normals[c, 0]
-        ny = w0 * all_normals[a, 1] + w1 * all_normals[b, 1] + w2 * all_normals[c, 1]
-        nz = w0 * all_normals[a, 2] + w1 * all_normals[b, 2] + w2 * all_normals[c, 2]
-        ln = np.sqrt(nx * nx + ny * ny + nz * nz)
+        nx, ny, nz, ln = _smooth_normal(all_normals, a, b, c, uv[i, 0], uv[i, 1])
         if not np.isfinite(ln) or ln < 1e-6:
             nx, ny, nz = prim_normal[i, 0], prim_normal[i, 1], prim_normal[i, 2]
             ln = max(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-9)
-        nx, ny, nz = nx / ln, ny / ln, nz / ln
-        nd = nx * d0 + ny * d1 + nz * d2
-        if nd > 0:
-            nx, ny, nz = -nx, -ny, -nz
-        cosang[i] = abs(nd) / np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
-        normal[i, 0], normal[i, 1], normal[i, 2] = nx, ny, nz
-        point[i, 0] = o[0] + d0 * t
-        point[i, 1] = o[1] + d1 * t
-        point[i, 2] = o[2] + d2 * t
+        _write_hit(i, t, nx, ny, nz, ln, fx, fy, cx, cy, W, R, o, normal, point, cosang)
     return depth, geom, inst, normal, point, cosang
 
 
@@ -531,21 +541,11 @@ def _raster_finish(zbuf, tri_of, b1s, b2s, vc, tris, tri_geom, fx, fy, cx, cy, W
             continue
         g = tri_geom[k]
         t = np.float32(zbuf[i])
-        x = (i % W - cx) / fx
-        y = (i // W - cy) / fy
-        d0 = R[0, 0] * x + R[0, 1] * y + R[0, 2]
-        d1 = R[1, 0] * x + R[1, 1] * y + R[1, 2]
-        d2 = R[2, 0] * x + R[2, 1] * y + R[2, 2]
         depth[i] = t
         geom[i] = g
         inst[i] = inst_of_geom[g]
         a, b, c = tris[k, 0], tris[k, 1], tris[k, 2]
-        w1, w2 = b1s[i], b2s[i]
-        w0 = 1.0 - w1 - w2
-        nx = w0 * all_normals[a, 0] + w1 * all_normals[b, 0] + w2 * all_normals[c, 0]
-        ny = w0 * all_normals[a, 1] + w1 * all_normals[b, 1] + w2 * all_normals[c, 1]
-        nz = w0 * all_normals[a, 2] + w1 * all_normals[b, 2] + w2 * all_normals[c, 2]
-        ln = np.sqrt(nx * nx + ny * ny + nz * nz)
+        nx, ny, nz, ln = _smooth_normal(all_normals, a, b, c, b1s[i], b2s[i])
         if not np.isfinite(ln) or ln < 1e-6:  # the face normal, camera frame -> world
             ax, ay, az = vc[b, 0] - vc[a, 0], vc[b, 1] - vc[a, 1], vc[b, 2] - vc[a, 2]
             bx, by, bz = vc[c, 0] - vc[a, 0], vc[c, 1] - vc[a, 1], vc[c, 2] - vc[a, 2]
@@ -554,15 +554,7 @@ def _raster_finish(zbuf, tri_of, b1s, b2s, vc, tris, tri_geom, fx, fy, cx, cy, W
             ny = R[1, 0] * qx + R[1, 1] * qy + R[1, 2] * qz
             nz = R[2, 0] * qx + R[2, 1] * qy + R[2, 2] * qz
             ln = max(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-30)
-        nx, ny, nz = nx / ln, ny / ln, nz / ln
-        nd = nx * d0 + ny * d1 + nz * d2
-        if nd > 0:
-            nx, ny, nz = -nx, -ny, -nz
-        cosang[i] = abs(nd) / np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
-        normal[i, 0], normal[i, 1], normal[i, 2] = nx, ny, nz
-        point[i, 0] = o[0] + d0 * t
-        point[i, 1] = o[1] + d1 * t
-        point[i, 2] = o[2] + d2 * t
+        _write_hit(i, t, nx, ny, nz, ln, fx, fy, cx, cy, W, R, o, normal, point, cosang)
     return depth, geom, inst, normal, point, cosang
 
 

@@ -148,6 +148,10 @@ class TrainConfig:
     generator is still writing frames. max_frames: use only the first N frames (0 = all).
     threads: torch CPU threads. checkpoint_every / log_every: steps. min_fg_valid_depth: see
     :class:`instseg_ros.clusternet.dataset.ClusterNetDataset`.
+    init_from: fine-tune: start from this checkpoint's weights and step count with a fresh optimizer
+    (ignored when ``--resume`` finds ``<out_dir>/last.pt``). lr_schedule: "constant", or "cosine" from
+    ``lr`` at the run's first step down to ``lr_min`` at ``steps`` (the first step is kept in the checkpoint,
+    so a resumed run continues the same curve).
     """
 
     data: str = "/work/data_out/synth"
@@ -168,6 +172,9 @@ class TrainConfig:
     log_every: int = 10
     max_frames: int = 0
     device: str = "auto"
+    init_from: str = ""
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -194,8 +201,16 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     return _build(ModelConfig, data)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    return _build(TrainConfig, data)
+    cfg = _build(TrainConfig, data)
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule {cfg.lr_schedule!r}: expected one of {LR_SCHEDULES}")
+    if not 0.0 <= cfg.lr_min <= cfg.lr:
+        raise ValueError(f"lr_min {cfg.lr_min} must lie in [0, lr = {cfg.lr}]")
+    return cfg
 
 
 def load_train_config(path: str) -> TrainConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -70,6 +71,16 @@ def save_loss_plot(history: list[dict[str, float]], path: str) -> None:
     plt.close(fig)
 
 
+def lr_at(cfg: TrainConfig, step: int, start_step: int) -> float:
+    """Learning rate for the update that follows ``step`` completed steps of a run that began at
+    ``start_step``: ``cfg.lr`` throughout ("constant"), or half a cosine from ``cfg.lr`` at ``start_step`` to
+    ``cfg.lr_min`` at ``cfg.steps`` ("cosine"; held at ``lr_min`` past the end)."""
+    if cfg.lr_schedule == "constant" or cfg.steps <= start_step:
+        return cfg.lr
+    t = min(max((step - start_step) / (cfg.steps - start_step), 0.0), 1.0)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * t))
+
+
 def _collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
 
@@ -111,7 +122,7 @@ def train(cfg: TrainConfig, resume: bool = False, frames: list | None = None, qu
                                cfg.augment, seed=cfg.seed + 1000 * rank, min_fg_valid_depth=cfg.min_fg_valid_depth)
     model = ClusterNet(mcfg, cfg.loss).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-    step, history = 0, []
+    step, start_step, init_from, history = 0, 0, "", []
     ckpt_path = os.path.join(cfg.out_dir, "last.pt")
     if resume and os.path.exists(ckpt_path):
         ck = load_checkpoint(ckpt_path, map_location=device)
@@ -119,8 +130,22 @@ def train(cfg: TrainConfig, resume: bool = False, frames: list | None = None, qu
         if "optimizer" in ck:
             opt.load_state_dict(ck["optimizer"])
         step = int(ck["meta"].get("steps", 0))
+        start_step = int(ck["meta"].get("run_start_step", 0))
+        init_from = ck["meta"].get("init_from", "")
         history = list(ck["meta"].get("history", []))
         _log.info("resumed from %s at step %d", ckpt_path, step)
+    elif cfg.init_from:
+        ck = load_checkpoint(cfg.init_from, map_location=device)
+        if to_dict(ck["model_config"]) != to_dict(mcfg):
+            raise ValueError(f"init_from {cfg.init_from}: its model config {to_dict(ck['model_config'])} differs "
+                             f"from this run's {to_dict(mcfg)}")
+        model.load_state_dict(ck["model"])
+        step = start_step = int(ck["meta"].get("steps", 0))  # keeps the λ_var / λ_vio phase of the loaded model
+        history = list(ck["meta"].get("history", []))
+        init_from = cfg.init_from
+        if cfg.steps <= step:
+            raise ValueError(f"init_from {cfg.init_from} is already at step {step}: set steps > {step}")
+        _log.info("initialised from %s (step %d), fresh optimizer", cfg.init_from, step)
     net = model
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -146,7 +171,8 @@ def train(cfg: TrainConfig, resume: bool = False, frames: list | None = None, qu
         meta = {"steps": step, "data": {"root": str(cfg.data), "split": cfg.train_split, "frames": len(ds),
                                         "samples_seen": step * cfg.batch_size * world},
                 "history": history, "metrics": {}, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "device": str(device), "world_size": world}
+                "device": str(device), "world_size": world, "run_start_step": start_step,
+                "init_from": init_from}
         save_checkpoint(ckpt_path, mcfg, model.state_dict(), meta, optimizer=opt.state_dict(),
                         train_config=to_dict(cfg))
         save_loss_plot(history, os.path.join(cfg.out_dir, "loss.png"))
@@ -174,6 +200,9 @@ def train(cfg: TrainConfig, resume: bool = False, frames: list | None = None, qu
                     it = iter(loader)
             batch = {k: v.to(device, non_blocking=True) for k, v in next(it).items()}
             model.set_step(step)
+            lr = lr_at(cfg, step, start_step)
+            for g in opt.param_groups:
+                g["lr"] = lr
             inputs = model.net.prepare(batch["rgb"], batch["depth"], batch["K"])
             losses = net(inputs, batch)
             opt.zero_grad(set_to_none=True)
@@ -187,7 +216,8 @@ def train(cfg: TrainConfig, resume: bool = False, frames: list | None = None, qu
             n_acc += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                rec = {"step": step, **{k: acc[k] / n_acc for k in LOSS_KEYS}, "wall_s": time.time() - t0}
+                rec = {"step": step, **{k: acc[k] / n_acc for k in LOSS_KEYS}, "wall_s": time.time() - t0,
+                       "lr": lr}
                 history.append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", xi=f"{rec['L_xi']:.2e}", var=f"{rec['L_var']:.3f}")
                 if not quiet and rank == 0:
@@ -218,6 +248,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out-dir", help="override out_dir")
     p.add_argument("--data", help="override data root")
     p.add_argument("--device", help="override device (auto|cpu|cuda)")
+    p.add_argument("--init-from", metavar="CKPT", help="override init_from (fine-tune from these weights)")
+    p.add_argument("--lr", type=float, help="override lr")
     p.add_argument("--export", metavar="PATH", help="afterwards, write a shippable copy of last.pt (no "
                    "optimizer state) to PATH; with --resume and --steps <= the saved step this only exports")
     a = p.parse_args(argv)
@@ -231,6 +263,11 @@ def main(argv: list[str]) -> int:
         cfg.data = a.data
     if a.device:
         cfg.device = a.device
+    if a.init_from:
+        cfg.init_from = a.init_from
+    if a.lr is not None:
+        cfg.lr = a.lr
+        cfg.lr_min = min(cfg.lr_min, cfg.lr)
     res = train(cfg, resume=a.resume)
     if a.export:
         from .checkpoint import export_checkpoint

@@ -42,7 +42,9 @@ MAP_CYLINDER = 1
 
 @dataclass
 class RenderMesh:
-    """One geometry in world coordinates. instance: > 0 for objects, 0 for background parts.
+    """One geometry in world coordinates. instance: > 0 for objects, 0 for background parts; several meshes
+    may share one instance id (the appearance parts of one object: they are one label, one annotation, one
+    amodal mask). part: which appearance part of its object the mesh is (0 = main body).
     R, t: body pose (texture coordinates are body-frame positions so textures stick to objects)."""
     vertices: np.ndarray
     triangles: np.ndarray
@@ -51,13 +53,35 @@ class RenderMesh:
     material: Material
     R: np.ndarray = field(default_factory=lambda: np.eye(3))
     t: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    part: int = 0
 
 
 def posed_mesh(shape, T: np.ndarray, instance: int, material: Material) -> RenderMesh:
-    """Place a :class:`~instseg_ros.data.shapes.Shape` at pose T (4, 4) T_world_body."""
+    """Place a :class:`~instseg_ros.data.shapes.Shape` at pose T (4, 4) T_world_body (one mesh, one material)."""
     R, t = T[:3, :3], T[:3, 3]
     return RenderMesh(shape.vertices @ R.T + t, shape.triangles, shape.normals @ R.T, instance, material,
                       R.copy(), t.copy())
+
+
+def object_meshes(shape, T: np.ndarray, instance: int, materials: list[Material]) -> list[RenderMesh]:
+    """Place ``shape`` at pose T (4, 4) T_world_body as one RenderMesh per appearance part, all with
+    ``instance``. materials: one per part (``shape.n_parts``); a shape without parts (``tri_part`` None) or a
+    single material gives one mesh, as :func:`posed_mesh`."""
+    n_parts = 1 if getattr(shape, "tri_part", None) is None else shape.n_parts
+    if len(materials) not in (1, n_parts):
+        raise ValueError(f"need 1 or {n_parts} materials for this shape, got {len(materials)}")
+    if n_parts == 1 or len(materials) == 1:
+        return [posed_mesh(shape, T, instance, materials[0])]
+    R, t = T[:3, :3], T[:3, 3]
+    out = []
+    for k in range(n_parts):
+        tris = shape.triangles[shape.tri_part == k]
+        if len(tris) == 0:
+            continue
+        used, inv = np.unique(tris.reshape(-1), return_inverse=True)
+        out.append(RenderMesh(shape.vertices[used] @ R.T + t, inv.reshape(-1, 3).astype(np.int32),
+                              shape.normals[used] @ R.T, instance, materials[k], R.copy(), t.copy(), k))
+    return out
 
 
 class Scene:
@@ -83,14 +107,24 @@ class Scene:
         self.all_normals = np.ascontiguousarray(np.vstack([m.normals for m in meshes]), np.float32)
         self.all_vertices = np.vstack([m.vertices for m in meshes]).astype(np.float64)
         self.tri_geom = np.repeat(np.arange(len(meshes), dtype=np.int64), [len(m.triangles) for m in meshes])
-        # objects only, in scene order, for the amodal rasteriser: vertices, triangles, triangle -> object
+        # objects only, for the amodal rasteriser: vertices, triangles grouped by object, triangle -> object
+        # index into obj_instances (unique instance ids in order of first appearance: the parts of one object
+        # are one object)
         objs = [m for m in meshes if m.instance > 0]
-        self.obj_instances = np.array([m.instance for m in objs], np.int64)
+        uniq, first, inv = np.unique(np.array([m.instance for m in objs], np.int64), return_index=True,
+                                     return_inverse=True)
+        by_first = np.argsort(first)
+        self.obj_instances = uniq[by_first]
+        rank = np.empty(len(uniq), np.int64)
+        rank[by_first] = np.arange(len(uniq))
+        obj_of_mesh = rank[inv.reshape(-1)]
+        order = np.argsort(obj_of_mesh, kind="stable")
+        objs = [objs[i] for i in order]
         voff = np.cumsum([0] + [len(m.vertices) for m in objs]).astype(np.int64)
         self.obj_vertices = np.vstack([m.vertices for m in objs]) if objs else np.zeros((0, 3))
         self.obj_tris = (np.vstack([m.triangles.astype(np.int64) + o for m, o in zip(objs, voff[:-1])])
                          if objs else np.zeros((0, 3), np.int64))
-        self.obj_tri_obj = np.repeat(np.arange(len(objs), dtype=np.int64), [len(m.triangles) for m in objs])
+        self.obj_tri_obj = np.repeat(np.asarray(obj_of_mesh, np.int64)[order], [len(m.triangles) for m in objs])
         self._objects_rc = None
 
     def objects_only(self):
@@ -224,10 +258,10 @@ def amodal_counts_raycast(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: 
     gid = li["geometry_ids"].numpy().astype(np.int64)
     t = li["t_hit"].numpy()
     keep = t > 0
-    ray_ids, gid = ray_ids[keep], gid[keep]
-    key = np.unique(gid * (len(pix) + 1) + ray_ids)
-    counts = np.bincount(key // (len(pix) + 1), minlength=len(inst_of) - 1)
-    return {int(inst_of[i]): int(c) for i, c in enumerate(counts[: len(inst_of) - 1]) if c > 0}
+    ray_ids, inst = ray_ids[keep], inst_of[gid[keep]].astype(np.int64)
+    key = np.unique(inst * (len(pix) + 1) + ray_ids)  # a pixel counts once per object, whatever part it hits
+    counts = np.bincount(key // (len(pix) + 1))
+    return {int(i): int(c) for i, c in enumerate(counts) if c > 0}
 
 
 def object_bbox_mask(scene: Scene, K, T_wc, width, height) -> np.ndarray:

@@ -47,6 +47,10 @@ class Shape:
     round: True when it rolls (spheres, cylinders ...), gets rolling friction + damping.
     up_axis: body axis (0, 1, 2) that points up when the object stands the way people put it on a table
     (cans, bottles, mugs, cereal boxes), -1 when it has no such pose.
+    tri_part: None (one appearance part) or int32 (m,) appearance part 0..k-1 of every triangle: the object is
+    rendered with one material per part (a bottle and its cap, a drill's body, battery and chuck) but stays ONE
+    instance; part_roles: (k,) names of the parts ("body", "cap", "lid", "band", "handle", "inside", "battery",
+    "chuck", "grip", "head", "nozzle", "part"), used to pick plausible materials.
     """
     family: str
     vertices: np.ndarray
@@ -56,6 +60,13 @@ class Shape:
     params: dict
     round: bool = False
     up_axis: int = -1
+    tri_part: np.ndarray | None = None
+    part_roles: tuple[str, ...] = ()
+
+    @property
+    def n_parts(self) -> int:
+        """Number of appearance parts (1 when the object is rendered with one material)."""
+        return 1 if self.tri_part is None else int(self.tri_part.max()) + 1
 
     @property
     def family_id(self) -> int:
@@ -226,6 +237,20 @@ def _merge(meshes):
     return np.vstack(vs), np.vstack(fs).astype(np.int32), np.vstack(ns)
 
 
+def _merge_parts(meshes, groups):
+    """Merge meshes (v, f, n) and label each triangle with the appearance part ``groups[i]`` of its mesh.
+    Returns v, f, n, tri_part int32 (m,)."""
+    v, f, n = _merge(meshes)
+    tri_part = np.repeat(np.asarray(groups, np.int32), [len(m[1]) for m in meshes])
+    return v, f, n, tri_part
+
+
+def _cyl_mesh(r: float, h: float, seg: int = 24, z0: float | None = None):
+    """Closed cylinder of radius r along z from z0 to z0 + h (default centred)."""
+    z0 = -h / 2 if z0 is None else z0
+    return lathe_mesh(np.array([r, r]), np.array([z0, z0 + h]), seg, True, True)
+
+
 def _transform(mesh, R: np.ndarray, t: np.ndarray):
     v, f, n = mesh
     return v @ R.T + t, f, n @ R.T
@@ -269,38 +294,83 @@ def _cyl_parts(r: float, h: float) -> list[Part]:
     return [Part("cylinder", np.array([r, h]))]
 
 
-def _make_box(rng, s):
+def _make_box(rng, s, mp=False):
     dims = np.sort([s, s * rng.uniform(0.25, 1.0), s * rng.uniform(0.08, 1.0)])[::-1]
     dims = np.maximum(dims, 0.01)
     rng.shuffle(dims)
+    if mp:
+        return _box_parts(rng, dims)
     v, f, n = box_mesh(dims / 2)
     return v, f, n, [Part("box", dims / 2)], {"dims": dims.tolist()}, False
 
 
-def _make_cylinder(rng, s):
+def _box_parts(rng, dims):
+    """A box of outer size ``dims`` in two appearance parts: a lid (storage box, tin, shoe box: a slab on one
+    face, 1-4 mm wider than the body) or a band (a sleeve around the long axis, 0.8 mm proud of the faces)."""
+    half = dims / 2
+    if rng.random() < 0.55:
+        a = int(np.argmin(dims)) if dims.min() < 0.6 * np.median(dims) else int(np.argmax(dims))
+        t = float(dims[a] * rng.uniform(0.12, 0.3))
+        o = float(rng.uniform(0.001, 0.004))
+        other = np.arange(3) != a
+        bh = half.copy()
+        bh[other] -= o
+        bh[a] = (dims[a] - t + 0.001) / 2
+        bc = np.zeros(3)
+        bc[a] = -half[a] + bh[a]
+        lh = half.copy()
+        lh[a] = t / 2
+        lc = np.zeros(3)
+        lc[a] = half[a] - t / 2
+        v, f, n, tp = _merge_parts([_transform(box_mesh(bh), np.eye(3), bc), _transform(box_mesh(lh), np.eye(3), lc)],
+                                   [0, 1])
+        return (v, f, n, [Part("box", half.copy())], {"dims": dims.tolist(), "lid": t, "lid_axis": a}, False, tp,
+                ("body", "lid"))
+    a = int(np.argmax(dims))
+    w = float(dims[a] * rng.uniform(0.2, 0.5))
+    at = float(rng.uniform(-1, 1) * (half[a] - w / 2) * 0.8)
+    bh = half.copy()
+    bh[np.arange(3) != a] += 0.0008
+    bh[a] = w / 2
+    bc = np.zeros(3)
+    bc[a] = at
+    v, f, n, tp = _merge_parts([box_mesh(half), _transform(box_mesh(bh), np.eye(3), bc)], [0, 1])
+    return v, f, n, [Part("box", half.copy())], {"dims": dims.tolist(), "band": w, "band_at": at}, False, tp, (
+        "body", "band")
+
+
+def _make_cylinder(rng, s, mp=False):
     if rng.random() < 0.5:
         h, r = s, s * rng.uniform(0.1, 0.5)
     else:
         r, h = s / 2, s * rng.uniform(0.1, 1.0)
     r, h = max(r, 0.008), max(h, 0.01)
+    if mp:  # jar / tub / tin with a lid (1-8 % wider than the body), wipes or snack container
+        hl = float(h * rng.uniform(0.08, 0.25))
+        rl = float(r * rng.uniform(1.0, 1.08) + 0.001)
+        rb = r
+        r = rl  # outer radius: collision and params
+        v, f, n, tp = _merge_parts([_cyl_mesh(rb, h - hl + 0.001, 28, -h / 2), _cyl_mesh(rl, hl, 28, h / 2 - hl)],
+                                   [0, 1])
+        return v, f, n, _cyl_parts(r, h), {"r": r, "h": h, "lid": hl, "rb": rb}, True, tp, ("body", "lid")
     v, f, n = lathe_mesh(np.array([r, r]), np.array([-h / 2, h / 2]), 28, True, True)
     return v, f, n, _cyl_parts(r, h), {"r": r, "h": h}, True
 
 
-def _make_sphere(rng, s):
+def _make_sphere(rng, s, mp=False):
     r = max(s / 2 * rng.uniform(0.4, 0.8), 0.01)
     v, f, n = sphere_mesh(r, r, r, 12, 20)
     return v, f, n, [Part("sphere", np.array([r]))], {"r": r}, True
 
 
-def _make_capsule(rng, s):
+def _make_capsule(rng, s, mp=False):
     r = max(s * rng.uniform(0.08, 0.3), 0.008)
     length = max(s - 2 * r, 0.005)
     v, f, n = sphere_mesh(r, r, r, 12, 20, stretch=length)
     return v, f, n, [Part("capsule", np.array([r, length]))], {"r": r, "l": length}, True
 
 
-def _make_cone(rng, s):
+def _make_cone(rng, s, mp=False):
     h = s * rng.uniform(0.4, 1.0)
     r = max(s / 2 * rng.uniform(0.3, 1.0), 0.01)
     top = r * rng.uniform(0.0, 0.6)  # truncated cones (cups, lamp shades) as well as sharp ones
@@ -308,7 +378,7 @@ def _make_cone(rng, s):
     return v, f, n, [Part("hull", vertices=v.copy())], {"r": r, "h": h, "top": top}, True
 
 
-def _make_torus(rng, s):
+def _make_torus(rng, s, mp=False):
     R = s / 2 * rng.uniform(0.5, 0.8)
     r = max(min(R * rng.uniform(0.15, 0.6), s / 2 - R), 0.004)
     v, f, n = torus_mesh(R, r)
@@ -323,14 +393,14 @@ def _make_torus(rng, s):
     return v, f, n, parts, {"R": R, "r": r}, True
 
 
-def _make_ellipsoid(rng, s):
+def _make_ellipsoid(rng, s, mp=False):
     radii = np.maximum(s / 2 * np.array([1.0, rng.uniform(0.3, 1.0), rng.uniform(0.2, 0.9)]), 0.008)
     rng.shuffle(radii)
     v, f, n = sphere_mesh(*radii, 12, 20)
     return v, f, n, [Part("hull", vertices=v.copy())], {"radii": radii.tolist()}, True
 
 
-def _make_hull(rng, s):
+def _make_hull(rng, s, mp=False):
     npts = int(rng.integers(6, 30))
     scale = s / 2 * np.array([1.0, rng.uniform(0.3, 1.0), rng.uniform(0.2, 1.0)])
     if rng.random() < 0.5:
@@ -345,8 +415,10 @@ def _make_hull(rng, s):
     return v, f, n, [Part("hull", vertices=v.copy())], {"n": npts, "scale": scale.tolist()}, False
 
 
-def _make_irregular(rng, s):
-    kind = rng.choice(["deformed", "combo", "bottle", "cup"], p=[0.3, 0.3, 0.2, 0.2])
+def _make_irregular(rng, s, mp=False):
+    kind = rng.choice(["deformed", "combo", "bottle", "cup", "tool"], p=[0.24, 0.24, 0.2, 0.17, 0.15])
+    if kind == "tool":
+        return _make_tool(rng, s, mp)
     if kind == "deformed":
         # a blob: sphere / box-ish base with smooth random radial displacement (non-convex; physics uses hull)
         r0 = s / 2
@@ -374,10 +446,12 @@ def _make_irregular(rng, s):
                 r, h = max(ss * rng.uniform(0.1, 0.35), 0.005), ss
                 meshes.append(_transform(lathe_mesh(np.array([r, r]), np.array([-h / 2, h / 2]), 20, True, True), R, t))
                 parts.append(Part("cylinder", np.array([r, h]), pos=t, quat=_rot_to_quat(R)))
-        v, f, n = _merge(meshes)
+        v, f, n, tp = _merge_parts(meshes, range(len(meshes)))
         c = v.mean(0)
         for p in parts:
             p.pos = p.pos - c
+        if mp:  # one material per primitive (a mallet's head and handle, toy blocks)
+            return v - c, f, n, parts, {"kind": kind}, False, tp, ("body",) + ("part",) * (len(meshes) - 1)
         return v - c, f, n, parts, {"kind": kind}, False
     if kind == "bottle":
         h = s
@@ -387,6 +461,13 @@ def _make_irregular(rng, s):
         prof_z = np.array([0, 0.02, sh - 0.1, sh, sh + 0.1, 0.9, 1.0]) * h - h * 0.45
         prof_r = np.array([r * 0.95, r, r, r * 0.9, rn * 1.2, rn, rn])
         v, f, n = lathe_mesh(prof_r, prof_z, 24, True, True)
+        if mp:  # a screw cap of another colour (water, mustard, detergent bottles)
+            ch = float(h * rng.uniform(0.07, 0.15))
+            rc = float(rn * rng.uniform(1.1, 1.35))
+            top = float(prof_z[-1])
+            v, f, n, tp = _merge_parts([(v, f, n), _cyl_mesh(rc, ch + 0.002, 20, top - ch)], [0, 1])
+            return (v, f, n, [Part("hull", vertices=v.copy())], {"kind": kind, "r": r, "h": h, "cap": ch, "rc": rc},
+                    True, tp, ("body", "cap"))
         return v, f, n, [Part("hull", vertices=v.copy())], {"kind": kind, "r": r, "h": h}, True
     # cup / bowl: open container; physics = bottom disk + ring of wall boxes
     r = s / 2 * rng.uniform(0.5, 1.0)
@@ -400,6 +481,7 @@ def _make_irregular(rng, s):
     prof_r = np.concatenate([outer_r, inner_r])
     prof_z = np.concatenate([outer_z, inner_z])
     v, f, n = lathe_mesh(prof_r, prof_z, 28, True, True)
+    n_cup = len(f)
     # ensure the rim/inner faces shade correctly: normals from geometry already (inner faces face inward)
     parts = [Part("cylinder", np.array([rb, wall]), pos=np.array([0, 0, -h / 2 + wall / 2]))]
     handle = h > r * 0.8 and rng.random() < 0.6  # mugs have handles, bowls do not
@@ -421,7 +503,121 @@ def _make_irregular(rng, s):
         Rm = _axis_rot(2, a) @ _axis_rot(1, tilt)
         half = np.array([wall / 2, np.pi * (r + rb) / k / 2, h / 2 / np.cos(tilt)])
         parts.append(Part("box", half, pos=np.array([rm * np.cos(a), rm * np.sin(a), 0.0]), quat=_rot_to_quat(Rm)))
-    return v, f, n, parts, {"kind": "mug" if handle else "cup", "r": r, "h": h}, False
+    params = {"kind": "mug" if handle else "cup", "r": r, "h": h}
+    if not mp:
+        return v, f, n, parts, params, False
+    # two-tone ceramics: a handle of another colour and / or an inside glazed differently from the outside
+    tp = np.zeros(len(f), np.int32)
+    roles = ["body"]
+    if handle:
+        tp[n_cup:] = 1
+        roles.append("handle")
+    if not handle or rng.random() < 0.4:
+        fn = np.cross(v[f[:n_cup, 1]] - v[f[:n_cup, 0]], v[f[:n_cup, 2]] - v[f[:n_cup, 0]])
+        fn /= np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
+        cen = v[f[:n_cup]].mean(1)
+        radial = cen[:, :2] / np.maximum(np.linalg.norm(cen[:, :2], axis=1, keepdims=True), 1e-12)
+        inner = (np.einsum("ij,ij->i", fn[:, :2], radial) < -0.3) | ((fn[:, 2] > 0.9) & (cen[:, 2] < h / 2 - wall / 2))
+        tp[:n_cup][inner] = len(roles)
+        roles.append("inside")
+    return v, f, n, parts, params, False, tp, tuple(roles)
+
+
+def _scaled_parts(parts: list[Part], k: float) -> list[Part]:
+    out = []
+    for p in parts:
+        out.append(Part(p.kind, None if p.size is None else p.size * k, None if p.vertices is None else p.vertices * k,
+                        p.pos * k, p.quat.copy()))
+    return out
+
+
+def _make_tool(rng, s, mp=False):
+    """Hand tools and sprayers, as 3-5 rigidly joined primitives in 2-3 appearance parts (physics: the same
+    primitives). "drill": a horizontal body, a chuck in front, a grip leaning down to a battery block (it
+    stands on the battery, base at -z); "spray": a bottle, a trigger head with a nozzle and trigger (stands);
+    "hammer": a handle with a rubber grip and a head across it (lies). Scaled so the largest extent is ``s``."""
+    tool = str(rng.choice(["drill", "spray", "hammer"], p=[0.45, 0.3, 0.25]))
+    meshes, parts, groups = [], [], []
+    ry = _axis_rot(1, np.pi / 2)  # body z -> x
+
+    def cyl(r, h, c, R, g):
+        meshes.append(_transform(_cyl_mesh(r, h, 20), R, np.asarray(c, float)))
+        parts.append(Part("cylinder", np.array([r, h]), pos=np.asarray(c, float), quat=_rot_to_quat(R)))
+        groups.append(g)
+
+    def box(half, c, R, g):
+        half = np.asarray(half, float)
+        meshes.append(_transform(box_mesh(half), R, np.asarray(c, float)))
+        parts.append(Part("box", half, pos=np.asarray(c, float), quat=_rot_to_quat(R)))
+        groups.append(g)
+
+    if tool == "drill":
+        H = rng.uniform(0.75, 1.0)
+        Lt = rng.uniform(0.8, 1.0)
+        lc = Lt * rng.uniform(0.15, 0.25)
+        L = Lt - lc
+        rb = H * rng.uniform(0.1, 0.14)
+        zb = H / 2 - rb
+        cyl(rb, L, [L / 2, 0, zb], ry, 0)  # body from x = 0 to L
+        rc = rb * rng.uniform(0.45, 0.7)
+        chuck = int(rng.choice([1, 2]))
+        cyl(rc, lc + 0.01, [L + lc / 2 - 0.005, 0, zb], ry, chuck)
+        # the battery sits under the middle of the length (so the drill stands on it), the grip leans forward
+        # from its rear half up to the body
+        bz = H * rng.uniform(0.08, 0.13)
+        bat_top = -H / 2 + 2 * bz
+        bx = Lt * rng.uniform(0.18, 0.25)
+        xb = Lt * rng.uniform(0.4, 0.5)
+        box([bx, rb * rng.uniform(1.0, 1.4), bz], [xb, 0, -H / 2 + bz], np.eye(3), 1)
+        th = np.deg2rad(rng.uniform(5, 20))
+        p2 = np.array([xb - bx * rng.uniform(0.0, 0.4), 0, bat_top])
+        p1 = np.array([p2[0] + np.tan(th) * (zb - bat_top), 0, zb])
+        gl = np.linalg.norm(p1 - p2)
+        box([rb * rng.uniform(0.6, 0.8), rb * rng.uniform(0.6, 0.75), gl / 2 + rb * 0.5], (p1 + p2) / 2,
+            _axis_rot(1, th), 0)
+        roles = ("body", "battery", "chuck")
+    elif tool == "spray":
+        rb = rng.uniform(0.14, 0.22)
+        hb = rng.uniform(0.55, 0.7)
+        cyl(rb, hb, [0, 0, -0.5 + hb / 2], np.eye(3), 0)
+        rn = rb * rng.uniform(0.35, 0.5)
+        hn = rng.uniform(0.05, 0.1)
+        top_b = -0.5 + hb
+        cyl(rn, hn + 0.01, [0, 0, top_b + hn / 2 - 0.005], np.eye(3), 1)
+        hh = np.array([rb * rng.uniform(1.1, 1.5), rn * rng.uniform(1.0, 1.4), rng.uniform(0.06, 0.1)])
+        zh = top_b + hn + hh[2]
+        box(hh, [hh[0] * 0.4, 0, zh], np.eye(3), 1)
+        xf = hh[0] * 1.4
+        nozzle = int(rng.choice([1, 2]))
+        cyl(hh[2] * rng.uniform(0.35, 0.6), 0.08, [xf + 0.03, 0, zh], ry, nozzle)
+        tl = rng.uniform(0.12, 0.2)
+        box([0.025, hh[1] * 0.6, tl / 2], [xf - 0.05, 0, zh - hh[2] - tl / 2 + 0.02], _axis_rot(1, 0.25), nozzle)
+        roles = ("body", "head", "nozzle")
+    else:  # hammer / screwdriver / brush: handle along x, grip at the back, head across at the front
+        rh = rng.uniform(0.035, 0.07)
+        Lh = rng.uniform(0.75, 0.95)
+        cyl(rh, Lh, [0, 0, 0], ry, 0)
+        lg = Lh * rng.uniform(0.3, 0.45)
+        cyl(rh * rng.uniform(1.15, 1.4), lg, [-Lh / 2 + lg / 2 - 0.005, 0, 0], ry, 1)
+        hy = rng.uniform(0.12, 0.22)
+        box([rh * rng.uniform(1.2, 1.8), hy, rh * rng.uniform(1.1, 1.5)], [Lh / 2 - rh, hy * rng.uniform(-0.3, 0.3), 0],
+            np.eye(3), 2)
+        roles = ("body", "grip", "head")
+    v, f, n, tp = _merge_parts(meshes, groups)
+    # body origin at the primitives' volume centroid: pybullet puts the centre of mass at the body origin
+    vol = np.array([8 * np.prod(p.size) if p.kind == "box" else np.pi * p.size[0] ** 2 * p.size[1] for p in parts])
+    c = (vol[:, None] * np.array([p.pos for p in parts])).sum(0) / vol.sum()
+    k = s / float((v.max(0) - v.min(0)).max())
+    v = (v - c) * k
+    for p in parts:
+        p.pos = p.pos - c
+    parts = _scaled_parts(parts, k)
+    ext = (v.max(0) - v.min(0))
+    params = {"kind": "tool", "tool": tool, "ext": ext.tolist(), "p0": float(parts[0].size[0]),
+              "p1": float(parts[1].size[0])}
+    if not mp:
+        return v, f, n, parts, params, False
+    return v, f, n, parts, params, False, tp.astype(np.int32), roles[: int(tp.max()) + 1]
 
 
 _MAKERS = {
@@ -455,11 +651,16 @@ def shape_split(shape: Shape) -> str:
 
 
 def sample_shape(rng: np.random.Generator, split: str = "train", family: str | None = None,
-                 size_range: tuple[float, float] | None = None) -> Shape:
+                 size_range: tuple[float, float] | None = None, multipart: float = 0.0) -> Shape:
     """Draw a random shape of ``family`` (or a weighted random family) whose parameters belong to ``split``.
 
     size_range: (lo, hi) metres for the largest dimension, log-uniform (default: mostly 4-18 cm, sometimes
-    2-25 cm); household tabletop objects use larger sizes."""
+    2-25 cm); household tabletop objects use larger sizes.
+    multipart: probability in [0, 1] that a shape whose kind has natural parts (box lid / band, cylinder lid,
+    bottle cap, mug handle / inside, combo primitives, tool parts) is built with them as appearance parts
+    (:attr:`Shape.tri_part`); 0 (default) draws exactly what earlier versions drew."""
+    if not 0.0 <= multipart <= 1.0:
+        raise ValueError(f"multipart must be in [0, 1], got {multipart}")
     if size_range is not None and not (0.01 <= size_range[0] <= size_range[1] <= 0.3):
         raise ValueError(f"size_range must satisfy 0.01 <= lo <= hi <= 0.3 m, got {size_range}")
     if split not in SPLIT_BUCKETS:
@@ -470,22 +671,29 @@ def sample_shape(rng: np.random.Generator, split: str = "train", family: str | N
         family = fams[int(rng.choice(len(fams), p=w / w.sum()))]
     if family not in _MAKERS:
         raise ValueError(f"unknown family {family!r}")
+    mp = bool(rng.random() < multipart) if multipart > 0 else False
     for _ in range(200):
         size = (_size(rng) if size_range is None
                 else float(np.exp(rng.uniform(np.log(size_range[0]), np.log(size_range[1])))))
-        v, f, n, parts, params, rnd = _MAKERS[family](rng, size)
+        out = _MAKERS[family](rng, size, mp)
+        v, f, n, parts, params, rnd = out[:6]
         if _split_bucket(family, params) in SPLIT_BUCKETS[split]:
             break
     else:  # pragma: no cover - 200 misses at 10 % acceptance has probability 1e-9
         raise RuntimeError("could not draw a shape for the split")
+    tri_part, roles = (np.asarray(out[6], np.int32), tuple(out[7])) if len(out) > 6 else (None, ())
     return Shape(family, np.asarray(v, float), np.asarray(f, np.int32), np.asarray(n, float), parts, params, rnd,
-                 _up_axis(family, params))
+                 _up_axis(family, params), tri_part, roles)
 
 
 def _up_axis(family: str, params: dict) -> int:
     """Body axis that stands up in a "put down by a person" pose (see :attr:`Shape.up_axis`)."""
     if family in ("cylinder", "cone") or params.get("kind") in ("bottle", "cup", "mug"):
         return 2  # bodies of revolution about z, base at -z
+    if params.get("kind") == "tool":
+        return 2 if params["tool"] in ("drill", "spray") else -1  # drills stand on their battery
+    if family == "box" and "lid_axis" in params:
+        return int(params["lid_axis"])  # lid up
     if family == "box":
         return int(np.argmax(params["dims"]))  # cereal boxes stand on their smallest-area face
     return -1

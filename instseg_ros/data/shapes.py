@@ -658,7 +658,8 @@ def sample_shape(rng: np.random.Generator, split: str = "train", family: str | N
     2-25 cm); household tabletop objects use larger sizes.
     multipart: probability in [0, 1] that a shape whose kind has natural parts (box lid / band, cylinder lid,
     bottle cap, mug handle / inside, combo primitives, tool parts) is built with them as appearance parts
-    (:attr:`Shape.tri_part`); 0 (default) draws exactly what earlier versions drew."""
+    (:attr:`Shape.tri_part`); 0 (default) builds no parts and no extra random draws (families other than
+    "irregular", whose kinds now include "tool", draw exactly what earlier versions drew)."""
     if not 0.0 <= multipart <= 1.0:
         raise ValueError(f"multipart must be in [0, 1], got {multipart}")
     if size_range is not None and not (0.01 <= size_range[0] <= size_range[1] <= 0.3):

@@ -406,6 +406,43 @@ def label_bboxes(labels, n):
 
 
 @njit(cache=True)
+def _sat_separated(a, na, ax_, ay_, b, nb, bx_, by_, gap):
+    """Whether convex polygons a + (ax_, ay_) and b + (bx_, by_) are at least ``gap`` apart along one of the
+    edge normals na / nb (a separating axis)."""
+    for side in range(2):
+        nrm = na if side == 0 else nb
+        for k in range(nrm.shape[0]):
+            nx, ny = nrm[k, 0], nrm[k, 1]
+            amin, amax = np.inf, -np.inf
+            for i in range(a.shape[0]):
+                q = (a[i, 0] + ax_) * nx + (a[i, 1] + ay_) * ny
+                amin, amax = min(amin, q), max(amax, q)
+            bmin, bmax = np.inf, -np.inf
+            for i in range(b.shape[0]):
+                q = (b[i, 0] + bx_) * nx + (b[i, 1] + by_) * ny
+                bmin, bmax = min(bmin, q), max(bmax, q)
+            if amin >= bmax + gap or bmin >= amax + gap:
+                return True
+    return False
+
+
+@njit(cache=True)
+def footprint_hits(foot, nrm, px, py, polys, norms, starts, centres, radii, rad, gap):
+    """Whether the footprint ``foot`` (k, 2) (edge normals ``nrm``) moved to (px, py) comes closer than ``gap``
+    (m) to any placed footprint: polygon j is polys[starts[j]:starts[j + 1]] (world xy, normals alike), with
+    bounding circle centres (n, 2) / radii (n,); ``rad`` bounds ``foot`` about its origin. Same test as
+    :func:`instseg_ros.data.scene.footprints_overlap`, circles first."""
+    for j in range(centres.shape[0]):
+        dx, dy = centres[j, 0] - px, centres[j, 1] - py
+        if dx * dx + dy * dy >= (radii[j] + rad + gap) ** 2:
+            continue
+        s, e = starts[j], starts[j + 1]
+        if not _sat_separated(foot, nrm, px, py, polys[s:e], norms[s:e], 0.0, 0.0, gap):
+            return True
+    return False
+
+
+@njit(cache=True)
 def _raster_zbuffer(vc, tris, fx, fy, cx, cy, W, H, near, cull_back):
     """Nearest triangle per pixel (see :func:`raster_buffers`): z-depth float64 (H*W,) (inf = none), triangle
     index int64 (-1 = none), barycentrics of the triangle's vertices 1 and 2, float32."""

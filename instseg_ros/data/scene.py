@@ -37,6 +37,15 @@ class SceneConfig:
     arranged_max_objects: int = 14
     upright_prob: float = 0.75  #: objects of an arranged scene that stand upright (if their shape can)
     arranged_sizes: tuple[float, float] = (0.05, 0.25)  #: largest dimension (m) of arranged objects
+    #: probability that an object whose kind has natural parts (box lid / band, jar lid, bottle cap, mug handle,
+    #: combo primitives, tools) is rendered from 2-3 parts of distinct materials, one instance id; about 2/3 of
+    #: the drawn objects have such a kind, so 0.55 gives ~35 % multi-part objects
+    multipart_prob: float = 0.55
+    dense_prob: float = 0.35  #: table scenes that are dense tabletops (as real RealSense table frames)
+    dense_objects: tuple[int, int] = (8, 20)  #: object count of a dense tabletop (clipped to max_objects)
+    dense_gap: tuple[float, float] = (0.002, 0.03)  #: footprint gap (m) between packed objects (~touching)
+    dense_distance: tuple[float, float] = (0.35, 0.75)  #: camera distance (m) to a dense tabletop's centre
+    dense_elevation: tuple[float, float] = (30.0, 70.0)  #: camera elevation (deg) over a dense tabletop
     primary: str = "raster"  #: primary visibility: "raster" (fast, exact ray/triangle hits) or "embree"
     physics: PhysicsConfig = field(default_factory=PhysicsConfig)
 
@@ -109,6 +118,10 @@ def object_material(rng: np.random.Generator, n_tex: int, printed: np.ndarray,
                                2 * np.pi * radius * float(rng.uniform(0.5, 1.0)), float(rng.uniform(0.1, 0.4)), shin,
                                printed=True, mapping=mapping, band=half_h * float(rng.uniform(0.6, 0.95)),
                                band_specular=float(rng.uniform(0.3, 0.9)))
+    if kind == "tool" and u < 0.8:  # power tools, sprayers: saturated plain plastic
+        col = _hsv(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0))
+        return render.Material(np.stack([_lin(col), _lin(col)]), -1, 0.1, float(rng.uniform(0.1, 0.4)),
+                               float(rng.uniform(15, 60)), mapping=mapping)
     if kind in ("cup", "mug", "bowl") and u < 0.6:  # glazed ceramics: plain glossy colour
         return render.Material(np.stack([_lin(base), _lin(base)]), -1, 0.1, float(rng.uniform(0.2, 0.7)),
                                float(rng.uniform(20, 90)), mapping=mapping)
@@ -126,6 +139,52 @@ def object_material(rng: np.random.Generator, n_tex: int, printed: np.ndarray,
     c2 = _hsv(rng.random(), rng.uniform(0, 1), rng.uniform(0.2, 1.0))
     return render.Material(np.stack([_lin(base), _lin(c2)]), _tex(rng, *_GREY_KINDS),
                            float(rng.uniform(0.02, 0.15)), spec, shin, mapping=mapping)
+
+
+_PART_STYLE = {  # role -> (P(near black), P(metal), P(white)); the rest: a random colour
+    "battery": (0.6, 0.0, 0.05), "grip": (0.55, 0.0, 0.05), "chuck": (0.45, 0.45, 0.0), "head": (0.3, 0.6, 0.0),
+    "nozzle": (0.35, 0.0, 0.25), "handle": (0.2, 0.0, 0.25), "inside": (0.1, 0.0, 0.5), "cap": (0.2, 0.1, 0.25),
+    "lid": (0.15, 0.1, 0.2), "band": (0.15, 0.05, 0.2), "part": (0.15, 0.1, 0.15),
+}
+
+
+def part_material(rng: np.random.Generator, role: str, body: render.Material) -> render.Material:
+    """Material of a secondary appearance part (cap, lid, band, handle, battery, chuck ...): plain plastic,
+    rubber, metal or ceramic whose colour differs clearly from the body's (linear RGB distance >= 0.08 from
+    ``body.colors[0]`` unless 8 draws fail); bands are sometimes printed (a sleeve)."""
+    p_black, p_metal, p_white = _PART_STYLE.get(role, _PART_STYLE["part"])
+    ref = np.asarray(body.colors[0], float)
+    if role == "band" and rng.random() < 0.35:
+        return render.Material(np.stack([_lin(_hsv(rng.random(), 0.5, 0.8)), np.ones(3)]),
+                               _tex(rng, "package", "label"), float(rng.uniform(0.08, 0.25)),
+                               float(rng.uniform(0.05, 0.3)), 30.0, printed=True)
+    for _ in range(8):
+        u = rng.random()
+        spec, shin = float(rng.uniform(0.05, 0.35)), float(rng.uniform(10, 60))
+        if u < p_black:
+            col = _hsv(rng.random(), rng.uniform(0, 0.3), rng.uniform(0.05, 0.22))
+        elif u < p_black + p_metal:
+            col = _hsv(rng.uniform(0.05, 0.6), rng.uniform(0, 0.12), rng.uniform(0.45, 0.85))
+            spec, shin = float(rng.uniform(0.4, 0.9)), float(rng.uniform(30, 90))
+        elif u < p_black + p_metal + p_white:
+            col = _hsv(rng.random(), rng.uniform(0, 0.08), rng.uniform(0.85, 0.97))
+        else:
+            col = _hsv(rng.random(), rng.uniform(0.4, 1.0), rng.uniform(0.3, 1.0))
+        lin = _lin(col)
+        if np.linalg.norm(lin - ref) >= 0.08:
+            break
+    return render.Material(np.stack([lin, lin]), -1, 0.1, spec, shin)
+
+
+def object_materials(rng: np.random.Generator, n_tex: int, printed: np.ndarray, shape: Shape,
+                     multipart: bool = True) -> list[render.Material]:
+    """One material per appearance part of ``shape`` (:attr:`Shape.n_parts`): the body from
+    :func:`object_material`, the other parts from :func:`part_material`. ``multipart`` False gives one material."""
+    body = object_material(rng, n_tex, printed, shape)
+    if not multipart or shape.n_parts == 1:
+        return [body]
+    return [body] + [part_material(rng, shape.part_roles[k] if k < len(shape.part_roles) else "part", body)
+                     for k in range(1, shape.n_parts)]
 
 
 def _surface_material(rng, kind: str, printed: np.ndarray) -> render.Material:
@@ -195,7 +254,12 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
     """Sample background + objects, drop them with pybullet, return the settled scene."""
     _, printed = render.texture_bank()
     kind = kind or ("bin" if rng.random() < cfg.bin_prob else "table")
-    arranged = kind == "table" and rng.random() < cfg.arranged_prob
+    # table scenes: dense tabletop (packed, close camera), arranged (side by side) or a dropped pile
+    dense = kind == "table" and rng.random() < cfg.dense_prob
+    arranged = dense or (kind == "table" and rng.random() < cfg.arranged_prob)
+    if n_objects is None and dense:
+        lo = int(np.clip(cfg.dense_objects[0], cfg.min_objects, cfg.max_objects))
+        n_objects = int(rng.integers(lo, int(np.clip(cfg.dense_objects[1], lo, cfg.max_objects)) + 1))
     if n_objects is None and arranged:
         n_objects = int(rng.integers(max(cfg.min_objects, 2), min(cfg.arranged_max_objects, cfg.max_objects) + 1))
     if n_objects is None:  # mostly cluttered (uniform count), sometimes sparse (log-uniform)
@@ -225,7 +289,7 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
         table_c = np.array([rng.uniform(-0.2, 0.2), rng.uniform(-0.1, 0.1)])
     else:
         table_top = 0.0
-        r = rng.uniform(0.12, 0.35) if not arranged else rng.uniform(0.2, 0.45)
+        r = rng.uniform(0.12, 0.35) if not arranged else (rng.uniform(0.3, 0.4) if dense else rng.uniform(0.2, 0.45))
         region = np.array([[-r, -r * rng.uniform(0.6, 1.0)], [r, r * rng.uniform(0.6, 1.0)]])
         table_c = np.array([rng.uniform(-0.2, 0.2), rng.uniform(-0.1, 0.1)])
         tx, ty = max(tx, r + 0.1), max(ty, r + 0.1)
@@ -291,9 +355,15 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
         bg.append(render.RenderMesh(v @ R.T + c, f, nn @ R.T, 0, _surface_material(rng, "decal", printed), R, c))
     # objects
     # household objects put down on a table are bigger than the clutter of a bin (cereal boxes, bottles)
-    shapes = [sample_shape(rng, split, size_range=cfg.arranged_sizes if arranged else None) for _ in range(n)]
+    shapes = [sample_shape(rng, split, size_range=cfg.arranged_sizes if arranged else None,
+                           multipart=cfg.multipart_prob) for _ in range(n)]
     # scale the drop region with the pile size so big piles spread and small ones touch
-    spawn = _arrange(rng, shapes, region, table_top, cfg) if arranged else None
+    dense_info = {}
+    if dense:
+        spawn, region, centre, radius = _pack(rng, shapes, table_top, cfg)
+        dense_info = {"dense_centre": centre.tolist(), "dense_radius": radius}
+    else:
+        spawn = _arrange(rng, shapes, region, table_top, cfg) if arranged else None
     poses, info = drop(shapes, Support(boxes), region, rng, cfg.physics, spawn=spawn)
     bank_n = len(printed)
     keep_s, keep_p = [], []
@@ -305,15 +375,16 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
             continue
         keep_s.append(s)
         keep_p.append(T)
-    meshes = [render.posed_mesh(s, T, i + 1, object_material(rng, bank_n, printed, s))
-              for i, (s, T) in enumerate(zip(keep_s, keep_p))]
+    meshes = [m for i, (s, T) in enumerate(zip(keep_s, keep_p))
+              for m in render.object_meshes(s, T, i + 1, object_materials(rng, bank_n, printed, s))]
     meshes += bg
     if kind == "bin":
         xy = np.abs(region[1]) / 0.8
     else:
         xy = np.abs(region).max(0) + 0.05
     bounds = np.array([[-xy[0] - 0.05, -xy[1] - 0.05, table_top - 0.02], [xy[0] + 0.05, xy[1] + 0.05, 0.5]])
-    info.update({"kind": kind, "n_dropped": n, "n_objects": len(keep_s), "arranged": bool(arranged)})
+    info.update({"kind": kind, "n_dropped": n, "n_objects": len(keep_s), "arranged": bool(arranged),
+                 "dense": bool(dense), **dense_info})
     return SceneState(meshes, keep_s, keep_p, kind, region, bounds, info)
 
 
@@ -351,6 +422,99 @@ def _arrange(rng, shapes: list[Shape], region: np.ndarray, top: float, cfg: Scen
                 break
         out.append(T)
     return out
+
+
+def _hull2d(p: np.ndarray) -> np.ndarray:
+    """Convex hull (k, 2) of points p (n, 2), counter-clockwise; a tiny triangle for degenerate input."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    try:
+        return p[ConvexHull(p).vertices]
+    except QhullError:  # all points on a line (a thin part seen edge-on): thicken it
+        c = p.mean(0)
+        return c + np.array([[-1e-3, -1e-3], [1e-3, -1e-3], [0.0, 1e-3]])
+
+
+def _edge_normals(poly: np.ndarray) -> np.ndarray:
+    e = np.roll(poly, -1, axis=0) - poly
+    n = np.stack([e[:, 1], -e[:, 0]], 1)
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+def footprints_overlap(a: np.ndarray, na: np.ndarray, b: np.ndarray, nb: np.ndarray, gap: float) -> bool:
+    """Whether convex polygons a (k, 2) and b (m, 2) (edge normals na, nb) come closer than ``gap`` metres
+    along every edge normal of either (separating-axis test; gap 0 = they overlap)."""
+    ax = np.concatenate([na, nb])
+    pa, pb = a @ ax.T, b @ ax.T
+    sep = (pa.min(0) >= pb.max(0) + gap) | (pb.min(0) >= pa.max(0) + gap)
+    return not bool(sep.any())
+
+
+def _pack(rng, shapes: list[Shape], top: float, cfg: SceneConfig):
+    """Start poses of a dense tabletop: objects (upright with ``cfg.upright_prob``) pushed one by one from
+    outside towards the cluster centre along a few random directions until their footprints (convex hulls of
+    the posed vertices' xy) come within a gap drawn from ``cfg.dense_gap`` of another's; the most central stop is
+    kept (of 4), so the cluster grows compact with touching or nearly touching objects.
+
+    Returns (poses: list of (4, 4) T_world_body just above z = ``top``, region (2, 2) xy bounding box of the
+    footprints, centre (2,) its centre, radius: largest distance (m) of a footprint vertex from the centre)."""
+    from instseg_ros.data import _kernels
+
+    placed: list[tuple[np.ndarray, float, np.ndarray, np.ndarray]] = []  # centre xy, radius, polygon, normals
+    out = []
+    for s in shapes:
+        R = upright_rotation(s, rng) if rng.random() < cfg.upright_prob else _rand_rot_np(rng)
+        v = s.vertices @ R.T
+        foot = _hull2d(v[:, :2])
+        nrm = _edge_normals(foot)
+        rad = float(np.linalg.norm(foot, axis=1).max())
+        gap = float(cfg.dense_gap[0] + (cfg.dense_gap[1] - cfg.dense_gap[0]) * rng.random() ** 2)  # mostly small
+        xy = np.zeros(2)
+        if placed:
+            cs = np.array([q for q, _, _, _ in placed])
+            rs = np.array([r for _, r, _, _ in placed])
+            polys = np.concatenate([pl for _, _, pl, _ in placed])
+            norms = np.concatenate([nl for _, _, _, nl in placed])
+            starts = np.cumsum([0] + [len(pl) for _, _, pl, _ in placed]).astype(np.int64)
+
+            def hits(p):
+                return _kernels.footprint_hits(foot, nrm, float(p[0]), float(p[1]), polys, norms, starts, cs, rs,
+                                               rad, gap)
+
+            best = None
+            for _ in range(4):
+                a = rng.uniform(0, 2 * np.pi)
+                d = np.array([np.cos(a), np.sin(a)])
+                # start where the bounding circles first touch (the largest root of |t d - c| = r + rad + gap):
+                # footprints cannot touch further out
+                b = cs @ d
+                disc = b * b - (cs * cs).sum(1) + (rs + rad + gap) ** 2
+                far = float((b + np.sqrt(np.maximum(disc, 0.0)))[disc > 0].max(initial=0.0))
+                t_free, t = far, far
+                while t > 0:
+                    t = max(t - 0.01, 0.0)
+                    if hits(t * d):
+                        break
+                    t_free = t
+                if t_free > t:  # contact between t and t_free: bisect
+                    lo, hi = t, t_free
+                    for _ in range(5):
+                        mid = (lo + hi) / 2
+                        lo, hi = (mid, hi) if hits(mid * d) else (lo, mid)
+                    t_free = hi
+                if best is None or t_free < np.linalg.norm(best):
+                    best = t_free * d
+            xy = best
+        placed.append((xy, rad, foot + xy, nrm))
+        T = np.eye(4)
+        T[:3, :3] = R
+        T[:3, 3] = [xy[0], xy[1], top - v[:, 2].min() + 0.004]
+        out.append(T)
+    allp = np.concatenate([p for _, _, p, _ in placed])
+    region = np.stack([allp.min(0), allp.max(0)])
+    centre = region.mean(0)
+    radius = float(np.linalg.norm(allp - centre, axis=1).max())
+    return out, region, centre, radius
 
 
 def _rand_rot_np(rng):
@@ -392,6 +556,9 @@ def look_at(eye: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> np.nd
     return T
 
 
+DENSE_CLEARANCE = 0.33  #: metres between a dense tabletop camera and any object's bounding sphere
+
+
 def sample_camera(rng: np.random.Generator, st: SceneState, cfg: SceneConfig) -> np.ndarray:
     """A pose looking into the bin / at the pile from 0.35-1.2 m, elevation 30-88 deg, mild roll."""
     if st.poses:
@@ -400,6 +567,26 @@ def sample_camera(rng: np.random.Generator, st: SceneState, cfg: SceneConfig) ->
         c = np.zeros(3)
     target = c + np.array([*rng.normal(0, 0.05, 2), 0.0])
     target[2] = max(target[2] * 0.5, 0.0)
+    if st.info.get("dense"):
+        # a close view of a crowded table: the cluster fills 70-110 % of the image width (nominal D435 colour
+        # half field of view tan = 320 / 615), distance and elevation within the dense ranges
+        c = np.array([*st.info["dense_centre"], 0.0])
+        target = c + np.array([*rng.normal(0, 0.03, 2), rng.uniform(0.0, 0.06)])
+        el = np.deg2rad(rng.uniform(*cfg.dense_elevation))
+        d = float(np.clip(st.info["dense_radius"] / (rng.uniform(0.7, 1.1) * 0.52), *cfg.dense_distance))
+        az = rng.uniform(0, 2 * np.pi)
+        ray = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+        # keep every object's bounding sphere >= DENSE_CLEARANCE from the camera (tall objects next to the
+        # camera would otherwise fill the view, closer than a D435 measures)
+        pos = np.array([T[:3, 3] for T in st.poses]).reshape(-1, 3)
+        rad = np.array([sh.extent / 2 for sh in st.shapes])
+        for _ in range(4):
+            gap = float((np.linalg.norm(target + d * ray - pos, axis=1) - rad).min()) if len(pos) else np.inf
+            if gap >= DENSE_CLEARANCE:
+                break
+            d += DENSE_CLEARANCE - gap
+        roll = rng.normal(0, cfg.roll_std) if rng.random() > cfg.wrist_roll_prob else rng.uniform(-90, 90)
+        return look_at(target + d * ray, target, roll)
     if st.kind == "table" and rng.random() < 0.7:
         # a person's or robot head's view over a table: oblique, 25-60 deg, room in the background
         el = np.deg2rad(rng.uniform(max(cfg.cam_elevation[0] - 5, 10.0), 60.0))
@@ -495,9 +682,12 @@ def generate_scene_frames(split: str, seed: int, index: int, cfg: SceneConfig) -
     for v in range(cfg.views_per_scene):
         vr = rng_for(split, seed, index, 1 + v)
         if v > 0:
+            mats = {}
             for m in st.meshes:
                 if m.instance > 0:
-                    m.material = object_material(vr, len(printed), printed, st.shapes[m.instance - 1])
+                    if m.instance not in mats:
+                        mats[m.instance] = object_materials(vr, len(printed), printed, st.shapes[m.instance - 1])
+                    m.material = mats[m.instance][min(m.part, len(mats[m.instance]) - 1)]
         K = sample_intrinsics(vr, cfg.width, cfg.height)
         T = sample_camera(vr, st, cfg)
         fr = render_view(scene, st, K, T, vr, cfg)

@@ -268,6 +268,10 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
         else:
             n_objects = int(np.exp(rng.uniform(np.log(cfg.min_objects), np.log(cfg.max_objects + 1))))
     n = int(np.clip(n_objects, cfg.min_objects, cfg.max_objects))
+    if dense:  # pack first: the table is then sized and placed around the cluster (visible at the borders)
+        shapes = [sample_shape(rng, split, size_range=cfg.arranged_sizes, multipart=cfg.multipart_prob)
+                  for _ in range(n)]
+        spawn, dense_region, centre, radius = _pack(rng, shapes, 0.0, cfg)
     tx, ty = rng.uniform(0.35, 0.9), rng.uniform(0.3, 0.55)  # table half sizes
     table_h = rng.uniform(0.4, 0.8)
     bg: list[render.RenderMesh] = []
@@ -293,6 +297,11 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
         region = np.array([[-r, -r * rng.uniform(0.6, 1.0)], [r, r * rng.uniform(0.6, 1.0)]])
         table_c = np.array([rng.uniform(-0.2, 0.2), rng.uniform(-0.1, 0.1)])
         tx, ty = max(tx, r + 0.1), max(ty, r + 0.1)
+        if dense:
+            region = dense_region
+            table_c = centre + rng.uniform(-0.05, 0.05, 2)
+            reach = np.abs(region - table_c).max(0)
+            tx, ty = max(tx, reach[0] + 0.08), max(ty, reach[1] + 0.08)
     tthick = 0.03
     tcen = np.array([table_c[0], table_c[1], table_top - tthick / 2])
     bg.append(_box_rm(tcen, [tx, ty, tthick / 2], _surface_material(rng, "table", printed)))
@@ -355,14 +364,13 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
         bg.append(render.RenderMesh(v @ R.T + c, f, nn @ R.T, 0, _surface_material(rng, "decal", printed), R, c))
     # objects
     # household objects put down on a table are bigger than the clutter of a bin (cereal boxes, bottles)
-    shapes = [sample_shape(rng, split, size_range=cfg.arranged_sizes if arranged else None,
-                           multipart=cfg.multipart_prob) for _ in range(n)]
-    # scale the drop region with the pile size so big piles spread and small ones touch
     dense_info = {}
     if dense:
-        spawn, region, centre, radius = _pack(rng, shapes, table_top, cfg)
         dense_info = {"dense_centre": centre.tolist(), "dense_radius": radius}
     else:
+        shapes = [sample_shape(rng, split, size_range=cfg.arranged_sizes if arranged else None,
+                               multipart=cfg.multipart_prob) for _ in range(n)]
+        # scale the drop region with the pile size so big piles spread and small ones touch
         spawn = _arrange(rng, shapes, region, table_top, cfg) if arranged else None
     poses, info = drop(shapes, Support(boxes), region, rng, cfg.physics, spawn=spawn)
     bank_n = len(printed)

@@ -266,6 +266,7 @@ def test_dense_tabletop_scene_and_camera(index):
     rng = rng_for("train", 21, index)
     st = build_scene(rng, "train", cfg)
     assert st.kind == "table" and st.info["dense"] and 8 <= st.info["n_dropped"] <= 20
+    assert st.info["n_objects"] == st.info["n_dropped"]  # the table is sized around the cluster: none falls off
     pos = np.array([T[:3, 3] for T in st.poses])
     rad = np.array([s.extent / 2 for s in st.shapes])
     for _ in range(5):

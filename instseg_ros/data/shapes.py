@@ -564,11 +564,11 @@ def _make_tool(rng, s, mp=False):
         cyl(rc, lc + 0.01, [L + lc / 2 - 0.005, 0, zb], ry, chuck)
         # the battery sits under the middle of the length (so the drill stands on it), the grip leans forward
         # from its rear half up to the body
-        bz = H * rng.uniform(0.08, 0.13)
+        bz = H * rng.uniform(0.09, 0.15)
         bat_top = -H / 2 + 2 * bz
-        bx = Lt * rng.uniform(0.18, 0.25)
+        bx = Lt * rng.uniform(0.2, 0.27)
         xb = Lt * rng.uniform(0.4, 0.5)
-        box([bx, rb * rng.uniform(1.0, 1.4), bz], [xb, 0, -H / 2 + bz], np.eye(3), 1)
+        box([bx, rb * rng.uniform(1.2, 1.7), bz], [xb, 0, -H / 2 + bz], np.eye(3), 1)
         th = np.deg2rad(rng.uniform(5, 20))
         p2 = np.array([xb - bx * rng.uniform(0.0, 0.4), 0, bat_top])
         p1 = np.array([p2[0] + np.tan(th) * (zb - bat_top), 0, zb])

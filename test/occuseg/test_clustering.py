@@ -141,3 +141,32 @@ def test_scores_rank_a_loose_cluster_below_a_tight_one():
     # both: foreground 0.9, r = 1
     assert res.scores[tight] == pytest.approx(0.9, rel=1e-5)
     assert res.scores[loose] == pytest.approx(0.9 * math.exp(-0.25), rel=1e-5)
+
+
+@pytest.mark.parametrize("radius, expect_instances", [(math.sqrt(3), 2), (2.0, 1)])
+def test_object_cut_by_a_one_cell_hole_is_joined_with_radius_two(radius, expect_instances):
+    from instseg_ros.occuseg.supervoxels import SupervoxelConfig, supervoxels
+
+    # one flat object of 2 x 100 voxels whose surface misses the column x = 10 (a fusion hole): every voxel
+    # predicts the same centre / embedding and the whole object's count (200)
+    xs, ys = np.meshgrid(np.arange(21), np.arange(10), indexing="ij")
+    coords = np.stack([xs.ravel(), ys.ravel(), np.zeros(xs.size, int)], 1)
+    coords = coords[coords[:, 0] != 10]
+    V = len(coords)
+    sv, edges = supervoxels(coords, np.tile([0, 0, 1.0], (V, 1)), np.full((V, 3), 90, np.uint8),
+                            SupervoxelConfig(k=0.2, min_size=5, radius=radius))
+    res = cluster_voxels(sv, edges, np.zeros((V, 3)), np.zeros((V, 4)), np.full(V, np.log(200.0)),
+                         np.ones((V, 2)), np.tile([0.1, 0.9], (V, 1)), ClusterConfig(t0=0.25))
+    assert len(res.num_voxels) == expect_instances
+    # 26-adjacency: the halves never meet and each is half its predicted size (r = 0.5, kept by 0.3 < r < 2);
+    # radius 2: the hole is bridged and the object is whole (r = 1)
+    np.testing.assert_allclose(res.ratio, [0.5, 0.5] if expect_instances == 2 else [1.0])
+    if expect_instances == 2:
+        assert _same_partition_labels(res.labels, coords[:, 0] < 10)
+    else:
+        assert (res.labels == 1).all()
+
+
+def _same_partition_labels(a, b):
+    pairs = np.unique(np.stack([a, b], 1), axis=0)
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b))

@@ -77,3 +77,47 @@ def test_colour_boundary_on_a_plane():
     # colour ignored -> one segment
     lab2, _ = supervoxels(coords, normals, colors, SupervoxelConfig(k=0.2, min_size=5, color_weight=0.0))
     assert len(np.unique(lab2)) == 1
+
+
+def test_half_neighbours_by_radius():
+    from instseg_ros.occuseg.supervoxels import HALF_NEIGHBOURS, half_neighbours
+
+    # integer vectors with squared length 1, 2, 3 (26-neighbourhood): 6 + 12 + 8, half of them each
+    assert len(half_neighbours(np.sqrt(3))) == 13 == len(HALF_NEIGHBOURS)
+    # + squared length 4: the 6 vectors (+-2, 0, 0), ... -> 16; + squared length 5: 24 more -> 28
+    assert len(half_neighbours(2.0)) == 16
+    assert len(half_neighbours(np.sqrt(5))) == 28
+    assert len(half_neighbours(1.0)) == 3
+    for r in (1.0, np.sqrt(3), 2.0, 2.5):
+        h = half_neighbours(r)
+        assert len(np.unique(np.concatenate([h, -h]), axis=0)) == 2 * len(h)   # no offset with its negation
+    with pytest.raises(ValueError):
+        half_neighbours(0.5)
+
+
+@pytest.mark.parametrize("radius", [1.0, np.sqrt(2), 2.0, np.sqrt(6)])
+def test_voxel_adjacency_radius_matches_brute_force(radius):
+    rng = np.random.default_rng(3)
+    c = np.unique(rng.integers(0, 7, size=(150, 3)), axis=0)
+    e = voxel_adjacency(c, radius)
+    d2 = ((c[:, None] - c[None]) ** 2).sum(-1)
+    want = {(i, j) for i, j in zip(*np.nonzero((d2 > 0) & (d2 <= radius ** 2 + 1e-9))) if i < j}
+    got = {(min(a, b), max(a, b)) for a, b in e.tolist()}
+    assert len(got) == len(e) and got == want
+
+
+def test_radius_two_bridges_a_one_cell_hole():
+    # a 20 x 10 plane with the column x = 10 missing: two 26-connected halves, one cell apart
+    xs, ys = np.meshgrid(np.arange(21), np.arange(10), indexing="ij")
+    coords = np.stack([xs.ravel(), ys.ravel(), np.zeros(xs.size, int)], 1)
+    coords = coords[coords[:, 0] != 10]
+    normals = np.tile([0, 0, 1.0], (len(coords), 1))
+    colors = np.full((len(coords), 3), 90, np.uint8)
+    lab, edges = supervoxels(coords, normals, colors, SupervoxelConfig(k=0.2, min_size=5))
+    assert _same_partition(lab, coords[:, 0] < 10)
+    # every cross-gap edge of the radius-2 graph joins (9, y) and (11, y): 10 of them
+    lab2, edges2 = supervoxels(coords, normals, colors, SupervoxelConfig(k=0.2, min_size=5, radius=2.0))
+    assert len(np.unique(lab2)) == 1
+    cross = edges2[(coords[edges2[:, 0], 0] < 10) != (coords[edges2[:, 1], 0] < 10)]
+    assert len(cross) == 10 and (np.abs(coords[cross[:, 0]] - coords[cross[:, 1]]).sum(1) == 2).all()
+    assert len(edges2) == len(voxel_adjacency(coords, 2.0)) > len(edges)

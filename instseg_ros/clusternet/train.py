@@ -136,9 +136,13 @@ def train(cfg: TrainConfig, resume: bool = False, frames: list | None = None, qu
         _log.info("resumed from %s at step %d", ckpt_path, step)
     elif cfg.init_from:
         ck = load_checkpoint(cfg.init_from, map_location=device)
-        if to_dict(ck["model_config"]) != to_dict(mcfg):
-            raise ValueError(f"init_from {cfg.init_from}: its model config {to_dict(ck['model_config'])} differs "
-                             f"from this run's {to_dict(mcfg)}")
+        # the input resolution changes no weight shape: fine-tuning at another resolution is allowed
+        ours, theirs = to_dict(mcfg), to_dict(ck["model_config"])
+        for d in (ours, theirs):
+            d.pop("input_height"), d.pop("input_width")
+        if ours != theirs:
+            raise ValueError(f"init_from {cfg.init_from}: its model config {theirs} differs from this run's {ours} "
+                             "(beyond the input resolution)")
         model.load_state_dict(ck["model"])
         step = start_step = int(ck["meta"].get("steps", 0))  # keeps the λ_var / λ_vio phase of the loaded model
         history = list(ck["meta"].get("history", []))

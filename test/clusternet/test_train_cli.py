@@ -92,6 +92,12 @@ def test_init_from_keeps_weights_and_step_with_fresh_optimizer(tmp_path, make_sc
     states = ck_b["optimizer"]["state"].values()
     assert states and all(float(s["step"]) == 1 for s in states)  # fresh Adam: one update, not three
     assert ck_b["meta"]["history"][-1]["step"] == 3 and ck_b["meta"]["history"][-1]["lr"] == 0.0
+    # another input resolution is a fine-tune, not a different network
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({**base, "out_dir": str(tmp_path / "r"), "steps": 3,
+                                 "model": {**model, "input_height": 48, "input_width": 64}}))
+    assert main(["--config", str(r), "--init-from", src]) == 0
+    assert load_checkpoint(str(tmp_path / "r" / "last.pt"))["model_config"].input_height == 48
     # a different architecture is refused with both configs named
     c = tmp_path / "c.yaml"
     c.write_text(yaml.safe_dump({**base, "out_dir": str(tmp_path / "c"), "steps": 5,

@@ -2,6 +2,9 @@
 
 World frame: z up, metres, the surface the objects rest on (table top or bin floor) at z = 0.
 Instance ids are 1..N in the order of the scene's objects and stay the same in every view of a scene.
+An object may be rendered from several meshes (its appearance parts: a bottle and its cap, a drill's body,
+battery and chuck), all with its one instance id. Table scenes are dense tabletops (objects packed until they
+touch, seen from 0.35-0.75 m, like real RealSense table frames), side-by-side arrangements or dropped piles.
 """
 from __future__ import annotations
 

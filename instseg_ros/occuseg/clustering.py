@@ -9,6 +9,8 @@ eq. 11). Adjacent foreground supervoxels are joined by edges with weight (eq. 14
 where sigma_s, sigma_d, r belong to the virtual supervoxel v_i U v_j. The highest-weight edge is
 merged while w > T0 = 0.5, re-weighting the merged vertex's edges after every merge; survivors with
 0.3 < r < 2 are instances.
+Optionally (``ClusterConfig.voxel_bg_max``, not in the paper) an instance's voxels that the semantic head
+itself calls background are then returned as background.
 
 On the occupancy ratio: the paper prints eq. (13) as r = O / |Omega| but explains it as "r > 1
 indicates that there are too many voxels in v_i", and divides w by max(r, 0.5) "to punish
@@ -34,6 +36,10 @@ class ClusterConfig:
 
     use_occupancy=False sets r = 1 in eq. (14) and skips the 0.3 < r < 2 filter (paper's w/o occupancy).
     min_voxels: survivors with fewer voxels are dropped as noise.
+    voxel_bg_max: after the merging, an instance voxel whose own background probability exceeds this is
+        returned as background (the foreground decision of the merging is per supervoxel, and supervoxels
+        at an object's foot also hold table / bin-wall voxels). The instance's count, occupancy, ratio,
+        class and score then describe the voxels it keeps. 1.0 (default) = off, as in the paper.
     """
 
     t0: float = T0
@@ -43,6 +49,11 @@ class ClusterConfig:
     use_feature: bool = True
     use_spatial: bool = True
     min_voxels: int = 10
+    voxel_bg_max: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.voxel_bg_max <= 1.0:
+            raise ValueError(f"voxel_bg_max is a probability in [0, 1], got {self.voxel_bg_max}")
 
 
 @dataclass
@@ -236,19 +247,42 @@ def cluster_voxels(sv_labels: np.ndarray, voxel_edges: np.ndarray, centre: np.nd
     keep = n >= cfg.min_voxels
     if cfg.use_occupancy:
         keep &= (ratio > cfg.r_min) & (ratio < cfg.r_max)
-    roots, n, ratio = roots[keep], n[keep], ratio[keep]
+    roots = roots[keep]
     inst_of_root = np.zeros(len(rep), np.int64)
     inst_of_root[roots] = np.arange(1, len(roots) + 1)
-    labels = inst_of_root[rep[sv]].astype(np.int32) if V else np.zeros(0, np.int32)
-    mean_prob = st.prob[roots] / n[:, None] if len(roots) else np.zeros((0, st.prob.shape[1]))
-    cls = (mean_prob[:, 1:].argmax(axis=1) + 1).astype(np.int32) if len(roots) else np.zeros(0, np.int32)
-    cprob = mean_prob[np.arange(len(roots)), cls] if len(roots) else np.zeros(0)
-    fgprob = 1.0 - mean_prob[:, 0] if len(roots) else np.zeros(0)
+    labels = inst_of_root[rep[sv]] if V else np.zeros(0, np.int64)
+    prob = np.asarray(prob)
+    if cfg.voxel_bg_max < 1.0 and V:
+        labels[prob[:, 0] > cfg.voxel_bg_max] = 0
+        cnt = np.bincount(labels, minlength=len(roots) + 1)[1:]
+        renum = np.zeros(len(roots) + 1, np.int64)
+        alive = cnt >= cfg.min_voxels
+        renum[1:][alive] = np.arange(1, int(alive.sum()) + 1)
+        labels = renum[labels]
+        roots = roots[alive]
+    labels = labels.astype(np.int32)
+    return _instances(labels, len(roots), centre, emb, log_occ, sigma, prob, cfg)
+
+
+def _instances(labels: np.ndarray, N: int, centre, emb, log_occ, sigma, prob, cfg: ClusterConfig) -> ClusterResult:
+    """Per-instance outputs of :class:`ClusterResult` from voxel labels (1..N) and per-voxel predictions."""
+    m = labels > 0
+    lab = labels[m].astype(np.int64) - 1
+    n = np.bincount(lab, minlength=N).astype(np.float64)
+    if N == 0:
+        z = np.zeros(0)
+        return ClusterResult(labels=labels, num_voxels=np.zeros(0, np.int64), occupancy=z, ratio=z,
+                             class_ids=np.zeros(0, np.int32), class_prob=z, scores=np.zeros(0, np.float32))
+    p = np.asarray(prob, np.float64)[m]
+    mean_prob = np.stack([np.bincount(lab, weights=p[:, c], minlength=N) for c in range(p.shape[1])], 1) / n[:, None]
+    occ = np.exp(np.bincount(lab, weights=np.asarray(log_occ, np.float64)[m], minlength=N) / n)
+    ratio = n / occ if cfg.use_occupancy else np.ones(N)
+    cls = (mean_prob[:, 1:].argmax(axis=1) + 1).astype(np.int32)
+    cprob = mean_prob[np.arange(N), cls]
+    fgprob = 1.0 - mean_prob[:, 0]
     # confidence: foreground probability, discounted by how far the size is from the predicted one and
     # by how loosely the voxels hold together (mean eq.-8 membership probability)
     scores = fgprob * (np.exp(-np.abs(np.log(ratio))) if cfg.use_occupancy else 1.0)
-    if len(roots):
-        scores = scores * mean_membership(labels, len(roots), centre, emb, sigma, cfg)
-    occ = np.exp(st.log_occ[roots] / n) if len(roots) else np.zeros(0)
+    scores = scores * mean_membership(labels, N, centre, emb, sigma, cfg)
     return ClusterResult(labels=labels, num_voxels=n.astype(np.int64), occupancy=occ, ratio=ratio,
                          class_ids=cls, class_prob=cprob, scores=scores.astype(np.float32))

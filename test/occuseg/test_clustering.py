@@ -170,3 +170,37 @@ def test_object_cut_by_a_one_cell_hole_is_joined_with_radius_two(radius, expect_
 def _same_partition_labels(a, b):
     pairs = np.unique(np.stack([a, b], 1), axis=0)
     return len(pairs) == len(np.unique(a)) == len(np.unique(b))
+
+
+def test_voxel_background_trim_by_hand():
+    coords, box = _two_touching_boxes()
+    V = len(coords)
+    n_box = int((box == 0).sum())                   # 488 shell voxels per box
+    foot = (box == 0) & (coords[:, 2] == 0)         # box 0's bottom face: 100 voxels that look like table
+    n_foot = int(foot.sum())
+    prob = np.where(box[:, None] == 0, [[0.1, 0.9]], [[0.45, 0.55]])
+    prob[foot] = [0.8, 0.2]
+    # supervoxel means: box 0 (388 * 0.1 + 100 * 0.8) / 488 = 0.243, box 1 0.45: both foreground
+    centre = np.where(box[:, None] == 0, [[0.0, 0, 0]], [[5.0, 0, 0]])   # far apart: never merged
+    args = (box, voxel_adjacency(coords), centre, np.zeros((V, 2)), np.full(V, np.log(n_box)), np.ones((V, 2)),
+            prob)
+    res = cluster_voxels(*args, ClusterConfig())
+    assert res.num_voxels.tolist() == [n_box, n_box]
+    i0 = res.labels[box == 0][0] - 1
+    assert res.scores[i0] == pytest.approx(1 - (388 * 0.1 + 100 * 0.8) / 488, rel=1e-5)
+    # trim at 0.5: the foot voxels (0.8) leave box 0, box 1 (0.45) stays whole
+    res = cluster_voxels(*args, ClusterConfig(voxel_bg_max=0.5))
+    assert (res.labels[foot] == 0).all() and (res.labels[(box == 0) & ~foot] > 0).all()
+    i0 = res.labels[(box == 0) & ~foot][0] - 1
+    assert res.num_voxels[i0] == n_box - n_foot == 388
+    # the instance is described by its kept voxels: r = 388 / 488, foreground 0.9, class probability 0.9
+    assert res.ratio[i0] == pytest.approx(388 / 488)
+    assert res.occupancy[i0] == pytest.approx(488)
+    assert res.class_prob[i0] == pytest.approx(0.9)
+    assert res.scores[i0] == pytest.approx(0.9 * 388 / 488, rel=1e-5)
+    # trim at 0.4: box 1 loses every voxel and is dropped; the labels stay 1..N
+    res = cluster_voxels(*args, ClusterConfig(voxel_bg_max=0.4))
+    assert len(res.num_voxels) == 1 and res.num_voxels.tolist() == [388]
+    assert (res.labels[box == 1] == 0).all() and set(np.unique(res.labels)) == {0, 1}
+    with pytest.raises(ValueError):
+        ClusterConfig(voxel_bg_max=1.5)

@@ -167,12 +167,19 @@ class ClusterNetPredictor:
         """Load ``path`` (see :mod:`instseg_ros.clusternet.checkpoint`); RuntimeError names a missing/corrupt file.
 
         Without ``params``, the clustering parameters tuned for this checkpoint (meta "cluster_params",
-        chosen on validation frames by ``instseg evaluate clusternet --tune-split``) are used if present.
+        chosen on validation frames by ``instseg evaluate clusternet --tune-split``) are used if present;
+        without ``resolution``, the network resolution recorded with them (meta "resolution", [H, W]), else
+        the training resolution.
         """
         dev = resolve_device(device)
         ck = load_checkpoint(path, map_location="cpu")
         if kw.get("params") is None and isinstance(ck["meta"].get("cluster_params"), dict):
             kw["params"] = ClusterParams(**ck["meta"]["cluster_params"])
+        res = ck["meta"].get("resolution")
+        if kw.get("resolution") is None and res is not None:
+            if not (isinstance(res, (list, tuple)) and len(res) == 2 and all(isinstance(v, int) for v in res)):
+                raise ValueError(f"{path}: meta 'resolution' must be [height, width] in pixels, got {res!r}")
+            kw["resolution"] = tuple(res)
         pred = cls(build_model(ck, "cpu"), dev, **kw)
         pred.meta = dict(ck.get("meta", {}))
         return pred

@@ -200,7 +200,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--tune-split", help="first grid-search the clustering parameters on this split (e.g. val)")
     p.add_argument("--tune-frames", type=int, default=20, help="frames of --tune-split used for tuning")
     p.add_argument("--save-params", action="store_true",
-                   help="store the tuned clustering parameters in the checkpoint's meta (cluster_params)")
+                   help="store the tuned clustering parameters and the network resolution they were tuned at in the "
+                        "checkpoint's meta (cluster_params, resolution): from_checkpoint applies both")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from instseg_ros.data.io import list_frames
@@ -236,7 +237,8 @@ def main(argv: list[str]) -> int:
             from instseg_ros.clusternet.checkpoint import load_checkpoint, save_checkpoint
 
             ck = load_checkpoint(a.checkpoint)
-            meta = dict(ck["meta"], cluster_params=chosen, cluster_params_tuning=tuning)
+            meta = dict(ck["meta"], cluster_params=chosen, cluster_params_tuning=tuning,
+                        resolution=[int(v) for v in predictor.resolution])
             extra = {k: v for k, v in ck.items() if k not in ("config", "model", "meta", "model_config")}
             save_checkpoint(a.checkpoint, ck["model_config"], ck["model"], meta, **extra)
     res = evaluate(frames, predictor, baseline=not a.no_baseline)
@@ -244,7 +246,8 @@ def main(argv: list[str]) -> int:
     res_json = _clean({**res, "data": os.path.abspath(a.data), "split": a.split, "checkpoint": a.checkpoint,
                        "steps": (predictor.meta.get("steps") if predictor else None),
                        "cluster_params": (dataclasses.asdict(predictor.params) if predictor else None),
-                       "tuning": tuning, "precision": a.precision, "channels_last": a.channels_last})
+                       "tuning": tuning, "resolution": (list(predictor.resolution) if predictor else None),
+                       "precision": a.precision, "channels_last": a.channels_last})
     jpath = os.path.join(a.out, "clusternet_eval.json")
     with open(jpath, "w") as f:
         json.dump(res_json, f, indent=2)

@@ -111,7 +111,8 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
             self._predictor = ClusterNetPredictor.from_checkpoint(path, device=cfg.device,
                                                                   min_valid_points=cfg.min_valid_points,
                                                                   precision=cfg.precision,
-                                                                  channels_last=cfg.channels_last)
+                                                                  channels_last=cfg.channels_last,
+                                                                  resolution=cfg.network_resolution)
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             self.get_logger().error(f"activate failed: cannot load the model: {e}")
             return TransitionCallbackReturn.FAILURE

@@ -52,10 +52,16 @@ class ClusterNetNodeConfig:
     input_history: int = 5
     cloud_stride: int = 1
     min_valid_points: int = 10
+    network_height: int = 0
+    network_width: int = 0
     diagnostics_period_s: float = 1.0
 
     def __post_init__(self) -> None:
         _check_sync(self.queue_size, self.slop, self.input_reliability, self.input_history)
+        hw = (int(self.network_height), int(self.network_width))
+        if hw != (0, 0) and min(hw) < 32:
+            raise ValueError(f"network_height / network_width must both be 0 (the model's own resolution) or "
+                             f">= 32 pixels, got {hw}")
         _check_device(self.device)
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
@@ -65,6 +71,12 @@ class ClusterNetNodeConfig:
             raise ValueError(f"min_valid_points must be >= 1, got {self.min_valid_points}")
         if not self.diagnostics_period_s > 0:
             raise ValueError(f"diagnostics_period_s must be > 0, got {self.diagnostics_period_s}")
+
+    @property
+    def network_resolution(self) -> tuple[int, int] | None:
+        """(H, W) for the predictor, or None for the checkpoint's own resolution."""
+        hw = (int(self.network_height), int(self.network_width))
+        return None if hw == (0, 0) else hw
 
 
 @dataclass
@@ -157,6 +169,8 @@ DESCRIPTIONS: dict[str, str] = {
     "input_history": "QoS history depth of the input subscriptions",
     "cloud_stride": "publish every n-th pixel (both axes) in ~/cloud",
     "min_valid_points": "instances with fewer valid-depth pixels are dropped",
+    "network_height": "network input rows (the frame is resized to it); 0 with network_width 0 = the model's own",
+    "network_width": "network input columns; lower = faster, fewer small objects found",
     "diagnostics_period_s": "period (s) of the /diagnostics status",
     "pose_source": "camera pose: tf (tf2_ros, ROS installs) | topic (geometry_msgs/PoseStamped on 'pose') | static",
     "map_frame": "frame of the map and of every mapping output",

@@ -41,7 +41,7 @@ def test_evaluate_cli_writes_json_and_plot(tmp_path, monkeypatch):
     monkeypatch.setattr(clusternet_eval, "TUNE_GRID", {"radius_multiplier": (1.0, 2.0)})
     out = tmp_path / "out"
     rc = clusternet_eval.main(["--data", str(tmp_path / "d"), "--checkpoint", str(ck), "--out", str(out),
-                               "--device", "cpu", "--tune-split", "val", "--save-params"])
+                               "--device", "cpu", "--tune-split", "val", "--save-params", "--resolution", "32", "48"])
     assert rc == 0
     res = json.loads((out / "clusternet_eval.json").read_text())
     assert res["frames"] == 2 and res["objects"] == 4
@@ -51,6 +51,20 @@ def test_evaluate_cli_writes_json_and_plot(tmp_path, monkeypatch):
     assert len(res["tuning"]["table"]) == 2
     assert res["cluster_params"]["radius_multiplier"] in (1.0, 2.0)
     assert load_checkpoint(str(ck))["meta"]["cluster_params"] == res["cluster_params"]
+    # the resolution the parameters were tuned at travels with them and is what from_checkpoint uses
+    assert res["resolution"] == [32, 48] and load_checkpoint(str(ck))["meta"]["resolution"] == [32, 48]
+    from instseg_ros.clusternet.predictor import ClusterNetPredictor
+
+    assert ClusterNetPredictor.from_checkpoint(str(ck), device="cpu").resolution == (32, 48)
+    assert ClusterNetPredictor.from_checkpoint(str(ck), device="cpu", resolution=(48, 64)).resolution == (48, 64)
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(str(bad), cfg, ClusterNet(cfg).state_dict(), {"steps": 0, "resolution": [32]})
+    try:
+        ClusterNetPredictor.from_checkpoint(str(bad), device="cpu")
+    except ValueError as e:
+        assert "resolution" in str(e)
+    else:
+        raise AssertionError("a malformed meta resolution was accepted")
     # the depth-only baseline separates the two raised squares on a flat floor perfectly
     assert res["baseline"]["AP50"] > 90
     assert (out / "clusternet_eval.png").stat().st_size > 10_000

@@ -45,6 +45,8 @@ def test_shipped_yaml_sets_every_parameter_to_its_documented_default(cls, name):
     (ClusterNetNodeConfig, {"input_reliability": "sometimes"}, "input_reliability"),
     (ClusterNetNodeConfig, {"device": "tpu"}, "device"),
     (ClusterNetNodeConfig, {"cloud_stride": 0}, "cloud_stride"),
+    (ClusterNetNodeConfig, {"network_height": 240}, "network_height"),   # width left at 0
+    (ClusterNetNodeConfig, {"network_height": 16, "network_width": 16}, "network_height"),
     (MappingNodeConfig, {"pose_source": "gps"}, "pose_source"),
     (MappingNodeConfig, {"static_pose": [0.0, 0.0, 1.0]}, "static_pose"),
     (MappingNodeConfig, {"static_pose": [0, 0, 1, 0, 0, 0, 0]}, "quaternion"),
@@ -57,6 +59,11 @@ def test_shipped_yaml_sets_every_parameter_to_its_documented_default(cls, name):
 def test_bad_parameter_values_raise_naming_the_parameter(cls, values, word):
     with pytest.raises(ValueError, match=word):
         config_from_values(cls, values)
+
+
+def test_network_resolution_zero_means_the_checkpoints_own():
+    assert ClusterNetNodeConfig().network_resolution is None
+    assert ClusterNetNodeConfig(network_height=240, network_width=320).network_resolution == (240, 320)
 
 
 def test_static_pose_becomes_the_camera_transform():

@@ -119,13 +119,10 @@ def lathe_mesh(r: np.ndarray, z: np.ndarray, seg: int, cap_bottom: bool, cap_top
     ct, st = np.cos(th), np.sin(th)
     n = len(r)
     V = np.stack([np.outer(r, ct), np.outer(r, st), np.repeat(z[:, None], seg, 1)], -1).reshape(-1, 3)
-    F = []
-    for i in range(n - 1):
-        for j in range(seg):
-            a, b = i * seg + j, i * seg + (j + 1) % seg
-            c, d = a + seg, b + seg
-            F += [(a, b, d), (a, d, c)]
-    F = np.array(F, dtype=np.int32)
+    a = np.arange(n - 1)[:, None] * seg + np.arange(seg)[None, :]  # quad corners of row i, column j
+    b = np.arange(n - 1)[:, None] * seg + (np.arange(seg)[None, :] + 1) % seg
+    c, d = a + seg, b + seg
+    F = np.stack([np.stack([a, b, d], -1), np.stack([a, d, c], -1)], 2).reshape(-1, 3).astype(np.int32)
     # drop degenerate triangles at r = 0 rows
     tri = V[F]
     area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
@@ -138,9 +135,10 @@ def lathe_mesh(r: np.ndarray, z: np.ndarray, seg: int, cap_bottom: bool, cap_top
             continue
         ring = np.stack([r[k] * ct, r[k] * st, np.full(seg, z[k])], -1)
         cv = np.vstack([ring, [[0, 0, z[k]]]])
-        cf = [(j, (j + 1) % seg, seg) if sgn > 0 else ((j + 1) % seg, j, seg) for j in range(seg)]
+        j = np.arange(seg)
+        cf = np.stack([j, (j + 1) % seg, np.full(seg, seg)] if sgn > 0 else [(j + 1) % seg, j, np.full(seg, seg)], 1)
         verts.append(cv)
-        faces.append(np.array(cf, dtype=np.int32) + off)
+        faces.append(cf.astype(np.int32) + off)
         norms.append(np.tile([0, 0, sgn], (seg + 1, 1)).astype(float))
         off += len(cv)
     V = np.vstack(verts)
@@ -156,21 +154,19 @@ def sphere_mesh(rx: float, ry: float, rz: float, n_lat: int = 10, n_lon: int = 1
     th = np.linspace(0, 2 * np.pi, n_lon, endpoint=False)
     unit = np.stack([np.outer(np.sin(phi), np.cos(th)), np.outer(np.sin(phi), np.sin(th)),
                      np.repeat(np.cos(phi)[:, None], n_lon, 1)], -1).reshape(-1, 3)
-    F = []
-    for i in range(n_lat):
-        for j in range(n_lon):
-            a, b = i * n_lon + j, i * n_lon + (j + 1) % n_lon
-            c, d = a + n_lon, b + n_lon
-            if i > 0:
-                F.append((a, c, b))
-            if i < n_lat - 1:
-                F.append((b, c, d))
+    i = np.arange(n_lat)[:, None]
+    a = i * n_lon + np.arange(n_lon)[None, :]
+    b = i * n_lon + (np.arange(n_lon)[None, :] + 1) % n_lon
+    c, d = a + n_lon, b + n_lon
+    both = np.stack([np.stack([a, c, b], -1), np.stack([b, c, d], -1)], 2)  # (n_lat, n_lon, 2, 3)
+    keep = np.stack(np.broadcast_arrays(i > 0, i < n_lat - 1), -1)[:, :, None, :].repeat(n_lon, 1)[:, :, 0, :]
+    F = both[keep]  # the poles' rows keep one triangle per quad
     V = unit * np.array([rx, ry, rz])
     V[:, 2] += np.sign(unit[:, 2]) * stretch / 2
     # ellipsoid normal: grad of (x/rx)^2 + ... ; for a capsule the unit-sphere normal is exact
     N = unit / np.array([rx, ry, rz]) if stretch == 0 else unit.copy()
     N /= np.maximum(np.linalg.norm(N, axis=1, keepdims=True), 1e-12)
-    return V, np.array(F, dtype=np.int32), N
+    return V, F.astype(np.int32), N
 
 
 def torus_mesh(R: float, r: float, n_u: int = 24, n_v: int = 10):
@@ -180,15 +176,11 @@ def torus_mesh(R: float, r: float, n_u: int = 24, n_v: int = 10):
     ctr = np.stack([R * np.cos(U), R * np.sin(U), np.zeros_like(U)], -1)
     nrm = np.stack([np.cos(Vv) * np.cos(U), np.cos(Vv) * np.sin(U), np.sin(Vv)], -1)
     V = (ctr + r * nrm).reshape(-1, 3)
-    F = []
-    for i in range(n_u):
-        for j in range(n_v):
-            a = i * n_v + j
-            b = ((i + 1) % n_u) * n_v + j
-            c = i * n_v + (j + 1) % n_v
-            d = ((i + 1) % n_u) * n_v + (j + 1) % n_v
-            F += [(a, b, d), (a, d, c)]
-    return V, np.array(F, dtype=np.int32), nrm.reshape(-1, 3)
+    i, j = np.arange(n_u)[:, None], np.arange(n_v)[None, :]
+    a, b = i * n_v + j, ((i + 1) % n_u) * n_v + j
+    c, d = i * n_v + (j + 1) % n_v, ((i + 1) % n_u) * n_v + (j + 1) % n_v
+    F = np.stack([np.stack([a, b, d], -1), np.stack([a, d, c], -1)], 2).reshape(-1, 3)
+    return V, F.astype(np.int32), nrm.reshape(-1, 3)
 
 
 def torus_arc_mesh(R: float, r: float, a0: float, a1: float, n_u: int = 12, n_v: int = 8):
@@ -200,15 +192,11 @@ def torus_arc_mesh(R: float, r: float, a0: float, a1: float, n_u: int = 12, n_v:
     radial = np.stack([np.cos(U), np.zeros_like(U), np.sin(U)], -1)
     nrm = np.cos(Vv)[..., None] * radial + np.sin(Vv)[..., None] * np.array([0.0, 1.0, 0.0])
     V = (ctr + r * nrm).reshape(-1, 3)
-    F = []
-    for i in range(n_u - 1):
-        for j in range(n_v):
-            a = i * n_v + j
-            b = (i + 1) * n_v + j
-            c = i * n_v + (j + 1) % n_v
-            d = (i + 1) * n_v + (j + 1) % n_v
-            F += [(a, d, b), (a, c, d)]  # counter-clockwise seen from outside
-    return V, np.array(F, dtype=np.int32), nrm.reshape(-1, 3)
+    i, j = np.arange(n_u - 1)[:, None], np.arange(n_v)[None, :]
+    a, b = i * n_v + j, (i + 1) * n_v + j
+    c, d = i * n_v + (j + 1) % n_v, (i + 1) * n_v + (j + 1) % n_v
+    F = np.stack([np.stack([a, d, b], -1), np.stack([a, c, d], -1)], 2).reshape(-1, 3)  # ccw seen from outside
+    return V, F.astype(np.int32), nrm.reshape(-1, 3)
 
 
 def hull_mesh(points: np.ndarray):

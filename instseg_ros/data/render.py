@@ -197,8 +197,8 @@ def amodal_counts(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: int, hei
                   labels: np.ndarray | None = None) -> dict[int, int]:
     """Pixels each object would cover if rendered alone (no other object, no bin or table).
 
-    Rasterises every object's triangles (no depth test) and counts the pixel centres inside its projected
-    silhouette, united with its visible pixels in ``labels`` (int (H, W), optional) so that amodal >= visible.
+    Rasterises every object's camera-facing triangles (no depth test; object meshes are closed, so these
+    cover the silhouette) and counts the pixel centres inside its projected silhouette, united with its visible pixels in ``labels`` (int (H, W), optional) so that amodal >= visible.
     Same pixel convention as :func:`cast`; agrees with the exhaustive ray listing of
     :func:`amodal_counts_raycast` up to pixels whose centre lies on a silhouette edge. Falls back to that
     ray listing when an object reaches behind the camera plane. Returns {instance id: pixel count > 0}.
@@ -229,8 +229,9 @@ def amodal_counts(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: int, hei
         srt = np.argsort(kk, kind="stable")
         vis_order = vis_order[srt].astype(np.int64)
         vis_start = np.concatenate([[0], np.cumsum(np.bincount(kk, minlength=n_obj))]).astype(np.int64)
+    # object meshes are closed and wound outward: back faces are skipped (their front faces cover the silhouette)
     counts = _kernels.amodal_raster(uv, scene.obj_tris, scene.obj_tri_obj, n_obj, vis_order, vis_start,
-                                    height, width)
+                                    height, width, np.ascontiguousarray(pc))
     return {int(i): int(c) for i, c in zip(scene.obj_instances, counts) if c > 0}
 
 

@@ -183,8 +183,10 @@ def torus_mesh(R: float, r: float, n_u: int = 24, n_v: int = 10):
     return V, F.astype(np.int32), nrm.reshape(-1, 3)
 
 
-def torus_arc_mesh(R: float, r: float, a0: float, a1: float, n_u: int = 12, n_v: int = 8):
-    """Open tube along the arc a0..a1 (radians) of a circle of radius R in the xz plane (a mug handle)."""
+def torus_arc_mesh(R: float, r: float, a0: float, a1: float, n_u: int = 12, n_v: int = 8, caps: bool = False):
+    """Tube along the arc a0..a1 (radians) of a circle of radius R in the xz plane (a mug handle), open or,
+    with ``caps``, closed by flat discs at both ends (a closed mesh: its front faces cover its silhouette, and
+    an end poking out of a thin cup wall shows a disc, not a hole)."""
     u = np.linspace(a0, a1, n_u)
     v = np.linspace(0, 2 * np.pi, n_v, endpoint=False)
     U, Vv = np.meshgrid(u, v, indexing="ij")
@@ -196,7 +198,19 @@ def torus_arc_mesh(R: float, r: float, a0: float, a1: float, n_u: int = 12, n_v:
     a, b = i * n_v + j, (i + 1) * n_v + j
     c, d = i * n_v + (j + 1) % n_v, (i + 1) * n_v + (j + 1) % n_v
     F = np.stack([np.stack([a, d, b], -1), np.stack([a, c, d], -1)], 2).reshape(-1, 3)  # ccw seen from outside
-    return V, F.astype(np.int32), nrm.reshape(-1, 3)
+    if not caps:
+        return V, F.astype(np.int32), nrm.reshape(-1, 3)
+    meshes = [(V, F.astype(np.int32), nrm.reshape(-1, 3))]
+    for end, sgn in ((0, -1.0), (n_u - 1, 1.0)):
+        ring = V.reshape(n_u, n_v, 3)[end]
+        out = sgn * np.array([-np.sin(u[end]), 0.0, np.cos(u[end])])  # arc tangent, pointing out of the tube
+        cv = np.vstack([ring, ctr[end, 0]])
+        j = np.arange(n_v)
+        cf = np.stack([np.full(n_v, n_v), j, (j + 1) % n_v], 1)
+        if np.cross(cv[cf[0, 1]] - cv[cf[0, 0]], cv[cf[0, 2]] - cv[cf[0, 0]]) @ out < 0:
+            cf = cf[:, [0, 2, 1]]
+        meshes.append((cv, cf.astype(np.int32), np.tile(out, (n_v + 1, 1))))
+    return _merge(meshes)
 
 
 def hull_mesh(points: np.ndarray):
@@ -478,7 +492,7 @@ def _make_irregular(rng, s, mp=False):
         tube = max(min(hr * rng.uniform(0.15, 0.3), 0.012), 0.003)
         zc = h * rng.uniform(-0.1, 0.1)
         wall_r = (r + rb) / 2 - wall / 2  # wall radius at mid height
-        hv, hf, hn = torus_arc_mesh(hr, tube, -np.pi / 2, np.pi / 2)
+        hv, hf, hn = torus_arc_mesh(hr, tube, -np.pi / 2, np.pi / 2, caps=True)
         hv = hv + np.array([wall_r, 0.0, zc])
         v, f, n = _merge([(v, f, n), (hv, hf, hn)])
         parts.append(Part("box", np.array([hr / 2 + tube, tube, hr + tube]),

@@ -171,10 +171,10 @@ def test_inference_config_travels_with_the_checkpoint(tmp_path):
     seg = MapSegmenter.from_checkpoint(str(tmp_path / "a.pt"), device="cpu")
     assert seg.config.cluster == ClusterConfig() and seg.config.supervoxel == SupervoxelConfig()
     set_inference_config(str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), cluster={"t0": 0.2},
-                         supervoxel={"k": 0.4, "min_size": 12})
+                         supervoxel={"k": 0.4, "min_size": 12, "radius": 2.0})
     seg = MapSegmenter.from_checkpoint(str(tmp_path / "b.pt"), device="cpu")
     assert seg.config.cluster == ClusterConfig(t0=0.2)
-    assert seg.config.supervoxel == SupervoxelConfig(k=0.4, min_size=12)
+    assert seg.config.supervoxel == SupervoxelConfig(k=0.4, min_size=12, radius=2.0)
     assert seg.config.voxel_size == VOX
     with pytest.raises(ValueError, match="fields of ClusterConfig"):
         set_inference_config(str(tmp_path / "a.pt"), str(tmp_path / "c.pt"), cluster={"tzero": 0.2})

@@ -193,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--max-objects", type=int, default=30)
+    ap.add_argument("--dense-prob", type=float, default=SceneConfig.dense_prob,
+                    help="share of table scenes that are dense tabletops (8-20 packed objects, camera 0.35-0.75 m)")
+    ap.add_argument("--multipart-prob", type=float, default=SceneConfig.multipart_prob,
+                    help="probability that an object with natural parts is rendered from 2-3 differently coloured "
+                         "parts (one instance); the default gives ~35 %% multi-part objects")
     ap.add_argument("--preview", nargs="?", const="", default=None,
                     help="write a PNG grid rgb|depth|labels|occlusion (default path <out>/<split>/preview.png)")
     ap.add_argument("--preview-frames", type=int, default=6)
@@ -214,13 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--scenes/--sequences must be >= 0, --views/--views-per-scene >= 1")
     if args.workers < 1 or args.shard_size < 1:
         raise ValueError("--workers and --shard-size must be >= 1")
+    if not (0.0 <= args.dense_prob <= 1.0 and 0.0 <= args.multipart_prob <= 1.0):
+        raise ValueError("--dense-prob and --multipart-prob must be in [0, 1]")
     voxel_sizes = tuple(args.voxel_size or [0.01])
     if any(v <= 0 for v in voxel_sizes):
         raise ValueError("--voxel-size must be > 0")
     from tqdm import tqdm
 
     cfg = replace(SceneConfig(), width=args.width, height=args.height, views_per_scene=args.views_per_scene,
-                  max_objects=args.max_objects)
+                  max_objects=args.max_objects, dense_prob=args.dense_prob, multipart_prob=args.multipart_prob)
     out = Path(args.out)
     (out / args.split / "frames").mkdir(parents=True, exist_ok=True)
     shard_dir = out / args.split / "shards"

@@ -702,7 +702,8 @@ def generate_scene_frames(split: str, seed: int, index: int, cfg: SceneConfig) -
         K = sample_intrinsics(vr, cfg.width, cfg.height)
         T = sample_camera(vr, st, cfg)
         fr = render_view(scene, st, K, T, vr, cfg)
-        fr["extra"] = {"scene": int(index), "view": v, "kind": st.kind, "split": split, "seed": int(seed)}
+        fr["extra"] = {"scene": int(index), "view": v, "kind": st.kind, "dense": bool(st.info.get("dense")),
+                       "split": split, "seed": int(seed)}
         frames.append(fr)
     return frames
 
@@ -788,7 +789,8 @@ def generate_sequence(split: str, seed: int, index: int, cfg: SceneConfig, n_vie
     for k, T in enumerate(sequence_poses(rng, st, n_views)):
         vr = rng_for(split, seed, 1_000_000 + index, 1 + k)
         fr = render_view(scene, st, K, T, vr, cfg, light=light)
-        fr["extra"] = {"sequence": int(index), "view": k, "kind": st.kind, "split": split, "seed": int(seed)}
+        fr["extra"] = {"sequence": int(index), "view": k, "kind": st.kind, "dense": bool(st.info.get("dense")),
+                       "split": split, "seed": int(seed)}
         views.append(fr)
     fam = {i + 1: s.family_id for i, s in enumerate(st.shapes)}
     gt = {vs: voxel_ground_truth(views, st.bounds, vs, fam) for vs in voxel_sizes}

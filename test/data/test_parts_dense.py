@@ -339,3 +339,23 @@ def test_amodal_silhouettes_from_front_faces_equal_all_faces():
             np.testing.assert_array_equal(_kernels.amodal_raster(*args), _kernels.amodal_raster(*args, pc))
             n_views += 1
     assert n_views >= 8
+
+
+def test_cli_dense_and_multipart_options(tmp_path):
+    import json
+
+    from instseg_ros.data import generate, io
+
+    argv = ["--split", "val", "--scenes", "4", "--views-per-scene", "1", "--out", str(tmp_path), "--seed", "3",
+            "--workers", "1", "--width", "160", "--height", "120", "--max-objects", "10", "--no-progress",
+            "--dense-prob", "1", "--multipart-prob", "1"]
+    assert generate.main(argv) == 0
+    kinds = []
+    for p in io.list_frames(tmp_path, "val"):
+        with open(p + ".json") as f:
+            meta = json.load(f)
+        kinds.append((meta["kind"], meta["dense"]))
+        assert meta["dense"] == (meta["kind"] == "table")  # every table scene is dense, bins never
+    assert len(kinds) == 4 and ("table", True) in kinds
+    with pytest.raises(ValueError, match="dense-prob"):
+        generate.main(argv[:-4] + ["--dense-prob", "1.5"])

@@ -159,7 +159,7 @@ def sphere_mesh(rx: float, ry: float, rz: float, n_lat: int = 10, n_lon: int = 1
     b = i * n_lon + (np.arange(n_lon)[None, :] + 1) % n_lon
     c, d = a + n_lon, b + n_lon
     both = np.stack([np.stack([a, c, b], -1), np.stack([b, c, d], -1)], 2)  # (n_lat, n_lon, 2, 3)
-    keep = np.stack(np.broadcast_arrays(i > 0, i < n_lat - 1), -1)[:, :, None, :].repeat(n_lon, 1)[:, :, 0, :]
+    keep = np.stack([np.broadcast_to(i > 0, a.shape), np.broadcast_to(i < n_lat - 1, a.shape)], -1)
     F = both[keep]  # the poles' rows keep one triangle per quad
     V = unit * np.array([rx, ry, rz])
     V[:, 2] += np.sign(unit[:, 2]) * stretch / 2

@@ -140,3 +140,37 @@ def test_collision_hull_is_a_small_subset_spanning_the_shape():
     # every kept point is a vertex of the shape, and the kept set spans the shape's extent
     assert (np.abs(s.vertices[None] - h[:, None]).sum(2).min(1) < 1e-12).all()
     np.testing.assert_allclose(h.max(0) - h.min(0), s.vertices.max(0) - s.vertices.min(0), rtol=0.1)
+
+
+def test_mesh_builders_match_per_quad_loops():
+    """The array-built triangle lists of lathes, spheres and tori against a per-quad loop (the previous code)."""
+    from instseg_ros.data.shapes import lathe_mesh, sphere_mesh, torus_arc_mesh, torus_mesh
+
+    def quads(rows, cols, wrap_rows, pattern):
+        F = []
+        for i in range(rows):
+            for j in range(cols):
+                a, b = i * cols + j, i * cols + (j + 1) % cols
+                c, d = ((i + 1) % wrap_rows) * cols + j, ((i + 1) % wrap_rows) * cols + (j + 1) % cols
+                F += pattern(i, a, b, c, d)
+        return np.array(F, np.int32)
+
+    # lathe side (no degenerate rows): rows n - 1 over seg columns, (a, b, d), (a, d, c)
+    _, f, _ = lathe_mesh(np.array([0.1, 0.12, 0.05]), np.array([0.0, 0.1, 0.2]), 12, False, False)
+    np.testing.assert_array_equal(f, quads(2, 12, 99, lambda i, a, b, c, d: [(a, b, d), (a, d, c)]))
+    # sphere: poles keep one triangle per quad
+    _, f, _ = sphere_mesh(0.1, 0.1, 0.1, 5, 8)
+    ref = quads(5, 8, 99, lambda i, a, b, c, d: ([(a, c, b)] if i > 0 else []) + ([(b, c, d)] if i < 4 else []))
+    np.testing.assert_array_equal(f, ref)
+    # torus (u index i over n_u, v index j over n_v): a = i n_v + j, b = next u, c = next v
+    _, f, _ = torus_mesh(0.05, 0.01, 6, 4)
+    ref = []
+    for i in range(6):
+        for j in range(4):
+            a, b = i * 4 + j, ((i + 1) % 6) * 4 + j
+            c, d = i * 4 + (j + 1) % 4, ((i + 1) % 6) * 4 + (j + 1) % 4
+            ref += [(a, b, d), (a, d, c)]
+    np.testing.assert_array_equal(f, np.array(ref))
+    # capped handle: closed and wound outward
+    v, f, n = torus_arc_mesh(0.03, 0.006, -np.pi / 2, np.pi / 2, caps=True)
+    _assert_wound_outward(v, f, "capped arc", n)

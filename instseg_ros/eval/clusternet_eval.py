@@ -25,7 +25,9 @@ from .coco import (COCO_KEYS, coco_dataset, coco_metrics, dt_results, gt_annotat
 _log = logging.getLogger("instseg_ros.eval.clusternet")
 N_EXAMPLES = 3
 #: Clustering parameters searched by ``--tune-split`` (network outputs are computed once per frame).
-TUNE_GRID = {"radius_multiplier": (1.0, 1.5, 2.0, 3.0, 4.0), "fg_threshold": (0.4, 0.5), "max_radius": (0.1, 0.2)}
+#: min_size is in network pixels, so its best value grows with the network resolution.
+TUNE_GRID = {"radius_multiplier": (1.0, 1.5, 2.0, 3.0, 4.0), "fg_threshold": (0.4, 0.5), "max_radius": (0.1, 0.2),
+             "min_size": (20, 60)}
 
 
 def tune_cluster_params(predictor, frames: list, grid: dict | None = None, progress: bool = True

@@ -77,3 +77,25 @@ def rng():
 def make_scene():
     """The :func:`random_scene` builder (conftest is not importable under --import-mode=importlib)."""
     return random_scene
+
+
+#: a ClusterNet small enough to train a few steps in a test (ModelConfig fields, as in a training YAML)
+TINY_MODEL = {"base_width": 8, "c1_channels": 8, "aspp_channels": 8, "decoder_channels": 8,
+              "depth_widths": [8, 8, 8, 8], "input_height": 32, "input_width": 48}
+
+
+def write_train_split(root, n: int, seed: int) -> None:
+    """n :func:`random_scene` frames (48 x 64, 2 boxes) as ``<root>/train/frames`` in the dataset layout."""
+    from instseg_ros.data.io import write_frame
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        f = random_scene(rng, 48, 64, 2)
+        write_frame(root / "train" / "frames", f"{i:04d}", rgb=f["rgb"], depth=f["depth"], depth_gt=f["depth_gt"],
+                    labels=f["labels"], K=f["K"], T_world_camera=np.eye(4), instances=f["instances"])
+
+
+@pytest.fixture
+def train_rig():
+    """(write_train_split, TINY_MODEL) for the training-CLI tests."""
+    return write_train_split, dict(TINY_MODEL)

@@ -1,24 +1,16 @@
 """`instseg train clusternet` on a tiny on-disk split: checkpoints, resume, export, loss plot."""
-import numpy as np
 import torch
 import yaml
 
 from instseg_ros.clusternet.checkpoint import load_checkpoint
 from instseg_ros.clusternet.train import main
-from instseg_ros.data.io import write_frame
 
 
-def test_train_resume_and_export(tmp_path, make_scene):
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        f = make_scene(rng, 48, 64, 2)
-        write_frame(tmp_path / "data" / "train" / "frames", f"{i:04d}", rgb=f["rgb"], depth=f["depth"],
-                    depth_gt=f["depth_gt"], labels=f["labels"], K=f["K"], T_world_camera=np.eye(4),
-                    instances=f["instances"])
+def test_train_resume_and_export(tmp_path, train_rig):
+    write_split, model = train_rig
+    write_split(tmp_path / "data", 3, seed=0)
     cfg = {"data": str(tmp_path / "data"), "out_dir": str(tmp_path / "run"), "steps": 2, "batch_size": 2,
-           "threads": 1, "device": "cpu", "log_every": 1, "checkpoint_every": 1,
-           "model": {"base_width": 8, "c1_channels": 8, "aspp_channels": 8, "decoder_channels": 8,
-                     "depth_widths": [8, 8, 8, 8], "input_height": 32, "input_width": 48}}
+           "threads": 1, "device": "cpu", "log_every": 1, "checkpoint_every": 1, "model": model}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     torch.manual_seed(0)
@@ -57,15 +49,9 @@ def test_cosine_lr_by_hand():
         raise AssertionError(f"{bad} accepted")
 
 
-def test_init_from_keeps_weights_and_step_with_fresh_optimizer(tmp_path, make_scene):
-    rng = np.random.default_rng(1)
-    for i in range(2):
-        f = make_scene(rng, 48, 64, 2)
-        write_frame(tmp_path / "data" / "train" / "frames", f"{i:04d}", rgb=f["rgb"], depth=f["depth"],
-                    depth_gt=f["depth_gt"], labels=f["labels"], K=f["K"], T_world_camera=np.eye(4),
-                    instances=f["instances"])
-    model = {"base_width": 8, "c1_channels": 8, "aspp_channels": 8, "decoder_channels": 8,
-             "depth_widths": [8, 8, 8, 8], "input_height": 32, "input_width": 48}
+def test_init_from_keeps_weights_and_step_with_fresh_optimizer(tmp_path, train_rig):
+    write_split, model = train_rig
+    write_split(tmp_path / "data", 2, seed=1)
     base = {"data": str(tmp_path / "data"), "batch_size": 2, "threads": 1, "device": "cpu", "log_every": 1,
             "checkpoint_every": 1, "model": model}
     a = tmp_path / "a.yaml"

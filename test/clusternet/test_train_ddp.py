@@ -5,14 +5,12 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 from instseg_ros.clusternet.checkpoint import load_checkpoint
 from instseg_ros.clusternet.train import EpochShuffle
-from instseg_ros.data.io import write_frame
 
 
 def test_epoch_shuffle_gives_each_rank_a_disjoint_share_of_every_epoch():
@@ -26,17 +24,11 @@ def test_epoch_shuffle_gives_each_rank_a_disjoint_share_of_every_epoch():
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
-def test_torchrun_two_ranks_train_and_checkpoint(tmp_path, make_scene):
-    rng = np.random.default_rng(2)
-    for i in range(4):
-        f = make_scene(rng, 48, 64, 2)
-        write_frame(tmp_path / "data" / "train" / "frames", f"{i:04d}", rgb=f["rgb"], depth=f["depth"],
-                    depth_gt=f["depth_gt"], labels=f["labels"], K=f["K"], T_world_camera=np.eye(4),
-                    instances=f["instances"])
+def test_torchrun_two_ranks_train_and_checkpoint(tmp_path, train_rig):
+    write_split, model = train_rig
+    write_split(tmp_path / "data", 4, seed=2)
     cfg = {"data": str(tmp_path / "data"), "out_dir": str(tmp_path / "run"), "steps": 3, "batch_size": 1,
-           "threads": 1, "device": "cpu", "log_every": 1, "checkpoint_every": 1,
-           "model": {"base_width": 8, "c1_channels": 8, "aspp_channels": 8, "decoder_channels": 8,
-                     "depth_widths": [8, 8, 8, 8], "input_height": 32, "input_width": 48}}
+           "threads": 1, "device": "cpu", "log_every": 1, "checkpoint_every": 1, "model": model}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")

@@ -58,8 +58,8 @@ class ClusterNetNodeConfig:
 
     def __post_init__(self) -> None:
         _check_sync(self.queue_size, self.slop, self.input_reliability, self.input_history)
-        hw = (int(self.network_height), int(self.network_width))
-        if hw != (0, 0) and min(hw) < 32:
+        hw = self.network_resolution
+        if hw is not None and min(hw) < 32:
             raise ValueError(f"network_height / network_width must both be 0 (the model's own resolution) or "
                              f">= 32 pixels, got {hw}")
         _check_device(self.device)

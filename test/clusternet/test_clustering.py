@@ -129,3 +129,27 @@ def test_min_size_drops_small_clusters_and_seed_stride(rng):
     assert len(scores_s) == 4 and _same_partition(labels_s.numpy()[1:, 1:], gt[1:, 1:])
     with pytest.raises(ValueError):
         ClusterParams(gmm=False, seed_stride=2)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_score_is_fg_times_compactness_times_highest_eta(backend):
+    # two 4x4 clusters in a 4x8 image, ξ exactly at two centres 0.5 m apart (every pixel inside its sphere);
+    # fg probability 0.8 on the left object, 0.6 on the right; highest η 0.5 on the left, 1.0 on the right
+    h, w = 4, 8
+    xi = np.zeros((3, h, w), np.float32)
+    xi[2] = 1.0
+    xi[0, :, 4:] = 0.5
+    fg = np.full((h, w), 0.8, np.float32)
+    fg[:, 4:] = 0.6
+    eta = np.full((h, w), 0.1, np.float32)
+    eta[1, 1], eta[2, 6] = 0.5, 1.0
+    t = [torch.from_numpy(a) for a in (xi, eta, np.full((h, w), 0.05, np.float32), fg)]
+    labels, scores = cluster_pixels(*t, ClusterParams(min_size=1, gmm_reg=1e-6), backend=backend)
+    # with the η factor: left 0.8 * 1 * 0.5 = 0.4, right 0.6 * 1 * 1.0 = 0.6 -> the right object is id 1
+    assert scores.tolist() == pytest.approx([0.6, 0.4], abs=1e-6)
+    assert (labels.numpy()[:, 4:] == 1).all() and (labels.numpy()[:, :4] == 2).all()
+    labels, scores = cluster_pixels(*t, ClusterParams(min_size=1, gmm_reg=1e-6, score_centroid=False),
+                                    backend=backend)
+    # without it: 0.8 and 0.6 -> the left object is id 1
+    assert scores.tolist() == pytest.approx([0.8, 0.6], abs=1e-6)
+    assert (labels.numpy()[:, :4] == 1).all() and (labels.numpy()[:, 4:] == 2).all()

@@ -89,7 +89,10 @@ def reference_cluster(xi, eta, radius, fg, p: ClusterParams):
         cnt[c] = m.sum()
         mean = (x[m].astype(np.float64).sum(0) / n).astype(F32)
         inside = int((_sq_dist(x[m], mean) <= seed_r[c] * seed_r[c]).sum())
-        score[c] = F32(fgp[m].astype(np.float64).sum() / n * (inside / n))
+        sc = fgp[m].astype(np.float64).sum() / n * (inside / n)
+        if p.score_centroid and m.any():
+            sc = sc * float(e[m].max())                           # the cluster's highest centroid probability
+        score[c] = F32(sc)
     kept = [c for c in range(k) if cnt[c] >= p.min_size and score[c] >= F32(p.min_score)]
     kept = sorted(kept, key=lambda c: -score[c])                 # stable: ties stay in seeding order
     rank = np.zeros(k + 1, np.int64)

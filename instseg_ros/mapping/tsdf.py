@@ -16,6 +16,9 @@ _log = logging.getLogger("instseg_ros.mapping")
 
 #: Voxels per block edge in the VoxelBlockGrid (8^3 voxels per block).
 BLOCK_RESOLUTION = 8
+#: Largest |voxel index| the segmentation side can address (instance-id tracking packs 21 bits
+#: per axis, see :func:`~instseg_ros.mapping.stable_ids.voxel_keys`).
+VOXEL_INDEX_LIMIT = 1 << 20
 
 
 @dataclass
@@ -33,6 +36,10 @@ class TsdfConfig:
     weight_threshold: extraction keeps surface points whose accumulated weight exceeds this
         (one frame adds weight 1).
     device: "auto" | "cpu" | "cuda"; CUDA only when both torch and Open3D have it.
+    world_bound: metres; a frame whose camera centre has a world coordinate beyond +-world_bound is
+        refused, so every integrated voxel lies within world_bound + depth_max + truncation of the
+        origin. That box must fit in +-:data:`VOXEL_INDEX_LIMIT` voxels (checked here), so whatever
+        the map accepted can be segmented. None = the largest bound the voxel index range allows.
     """
 
     voxel_size: float = 0.005
@@ -43,6 +50,7 @@ class TsdfConfig:
     workspace_max: tuple[float, float, float] | None = None
     weight_threshold: float = 0.5
     device: str = "auto"
+    world_bound: float | None = None
 
     def __post_init__(self) -> None:
         if not self.voxel_size > 0:
@@ -59,6 +67,24 @@ class TsdfConfig:
             lo, hi = np.asarray(self.workspace_min, float), np.asarray(self.workspace_max, float)
             if lo.shape != (3,) or hi.shape != (3,) or not (hi > lo).all():
                 raise ValueError(f"workspace box must be 3-vectors with max > min, got {lo} / {hi}")
+        reach = self.max_world_bound()
+        if self.world_bound is not None:
+            if not 0 < self.world_bound <= reach:
+                raise ValueError(
+                    f"world_bound must be in (0, {reach:.1f}] m: beyond that, depth up to depth_max={self.depth_max} m "
+                    f"would create voxel indices outside +-{VOXEL_INDEX_LIMIT} at voxel_size={self.voxel_size} m; "
+                    f"lower world_bound or raise voxel_size, got {self.world_bound}")
+
+    def max_world_bound(self) -> float:
+        """Largest camera-centre bound (m) whose integrated voxels stay inside the voxel index range
+        (one block of margin for the block-aligned allocation around the truncation band)."""
+        margin = self.depth_max + (self.trunc_voxels + BLOCK_RESOLUTION) * self.voxel_size
+        return (VOXEL_INDEX_LIMIT - 1) * self.voxel_size - margin
+
+    @property
+    def effective_world_bound(self) -> float:
+        """``world_bound``, or :meth:`max_world_bound` when it is None (m)."""
+        return self.max_world_bound() if self.world_bound is None else float(self.world_bound)
 
 
 @dataclass
@@ -83,7 +109,7 @@ class SurfaceVoxels:
         return len(self.coords)
 
 
-def _o3d_device(device: str):
+def _o3d_device(device: str, log=_log):
     import open3d as o3d
 
     if device in ("cpu", "CPU", "CPU:0"):
@@ -96,7 +122,7 @@ def _o3d_device(device: str):
             return o3d.core.Device(f"CUDA:{dev.index or 0}")
         if device not in (None, "", "auto"):
             raise RuntimeError("CUDA requested for the TSDF map but this Open3D build has no CUDA; use 'cpu'")
-        _log.info("torch sees CUDA but Open3D has no CUDA: TSDF map on CPU:0")
+        log.info("torch sees CUDA but Open3D has no CUDA: TSDF map on CPU:0")
     return o3d.core.Device("CPU:0")
 
 
@@ -133,9 +159,13 @@ def snap_to_voxels(points: np.ndarray, colors: np.ndarray, normals: np.ndarray,
 
 
 class TsdfMap:
-    """A TSDF + colour voxel map (Open3D ``t.geometry.VoxelBlockGrid``) fused from posed RGB-D frames."""
+    """A TSDF + colour voxel map (Open3D ``t.geometry.VoxelBlockGrid``) fused from posed RGB-D frames.
 
-    def __init__(self, config: TsdfConfig | None = None, **overrides) -> None:
+    ``logger``: where the map's messages go (anything with ``info`` / ``warning`` methods taking one
+    string, e.g. a ROS node's logger); default the ``instseg_ros.mapping`` Python logger.
+    """
+
+    def __init__(self, config: TsdfConfig | None = None, logger=None, **overrides) -> None:
         import open3d as o3d
 
         if config is None:
@@ -143,10 +173,14 @@ class TsdfMap:
         elif overrides:
             raise ValueError("pass either a TsdfConfig or keyword overrides, not both")
         self.config = config
-        self.device = _o3d_device(config.device)
+        self._log = logger if logger is not None else _log
+        self.device = _o3d_device(config.device, self._log)
         self._o3d = o3d
         self.frames_integrated = 0
         self.blocks_dropped = 0
+        #: True when the last :meth:`integrate` had blocks refused by the budget.
+        self.last_budget_limited = False
+        self._budget_warned = False
         self._new_grid()
 
     def _new_grid(self) -> None:
@@ -166,6 +200,8 @@ class TsdfMap:
         self._new_grid()
         self.frames_integrated = 0
         self.blocks_dropped = 0
+        self.last_budget_limited = False
+        self._budget_warned = False
 
     @property
     def voxel_size(self) -> float:
@@ -188,11 +224,16 @@ class TsdfMap:
         Returns:
             Number of depth pixels integrated (after the workspace crop and depth_max).
         Raises:
-            ValueError: bad shapes, non-rigid or non-finite pose, bad K, or no valid depth at all.
+            ValueError: bad shapes, non-rigid or non-finite pose, a camera centre outside the world
+                bound (:attr:`TsdfConfig.world_bound`), bad K, or no valid depth at all.
         """
         o3c = self._o3d.core
         K = validate_intrinsics(K)
         T = validate_pose(T_world_camera, "T_world_camera")
+        bound = self.config.effective_world_bound
+        if np.abs(T[:3, 3]).max() > bound:
+            raise ValueError(f"camera position {T[:3, 3].tolist()} m lies outside the world bound +-{bound:g} m")
+        self.last_budget_limited = False
         depth = np.asarray(depth_m)
         if depth.ndim != 2:
             raise ValueError(f"depth_m must be (H, W) metres, got shape {depth.shape}")
@@ -249,8 +290,12 @@ class TsdfMap:
         if room > 0:
             keep[np.flatnonzero(~found)[:room]] = True
         self.blocks_dropped += n_new - max(room, 0)
-        _log.warning("TSDF block budget %d reached: %d new blocks not allocated",
-                     self.config.max_blocks, n_new - max(room, 0))
+        self.last_budget_limited = True
+        if not self._budget_warned:  # once per map: the count goes on in blocks_dropped
+            self._budget_warned = True
+            self._log.warning(f"TSDF block budget {self.config.max_blocks} reached: {n_new - max(room, 0)} new "
+                              f"blocks not allocated; parts of the scene outside the allocated blocks are not "
+                              f"integrated (raise max_blocks or crop the workspace)")
         idx = self._o3d.core.Tensor(np.flatnonzero(keep).astype(np.int64), device=blocks.device)
         return blocks[idx]
 

@@ -21,8 +21,13 @@ instance). ``/diagnostics`` carries input / output rate, latency, drops and sync
 
 Frames never queue up: the model runs in one worker thread and at most one synchronized frame
 waits; a newer frame replaces it (counted in ``dropped_busy``). A bad frame (unknown encoding,
-size mismatch, no valid depth, invalid camera_info, stamp not newer than the last frame) is
-logged, counted in ``bad_frames`` and skipped; the node carries on with the next frame.
+size mismatch, no valid depth, invalid camera_info, stamp not newer than the last frame, stamp
+ahead of the node clock, empty ``header.frame_id`` without ``default_frame_id``) is logged,
+counted in ``bad_frames`` and skipped; the node carries on with the next frame. Stamp jumps are
+handled by :class:`~instseg_ros.ros.node_common.StampGuard` (a frame from the future never blocks
+later ones; a jump back by more than ``stamp_jump_reset_s`` restarts the ordering). /diagnostics is
+ERROR while an input has been silent for ``input_timeout_s`` and WARN while frames are dropped,
+rejected or (from stamp gaps) estimated lost.
 """
 from __future__ import annotations
 
@@ -44,9 +49,9 @@ from instseg_ros.msg import ObjectInstanceArray
 from instseg_ros.ros.conversions import (array_to_image, instances_to_markers, instances_to_msg,
                                          labeled_cloud_to_msg)
 from instseg_ros.ros.graph import image_qos
-from instseg_ros.ros.node_common import (LatencyStats, LatestFrameWorker, LifecycleTeardown, RateMeter, SyncWatch,
-                                         diagnostic_status,
-                                         frame_to_arrays, resolve_model_path, run)
+from instseg_ros.ros.node_common import (CounterDelta, LatencyStats, LatestFrameWorker, LifecycleTeardown, RateMeter,
+                                         StampGuard, SyncWatch, diagnostic_status, frame_to_arrays, input_health,
+                                         resolve_model_path, run)
 from instseg_ros.ros.node_params import ClusterNetNodeConfig, declare_config, read_config
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
 
@@ -76,11 +81,13 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
         self._diag_pub = None
         self._diag_timer = None
         self._lock = threading.Lock()
-        self._last_stamp_ns = -1
+        self._stamps = StampGuard(2.0, 2.0)
+        self._frame_id_warned = False
+        self._deltas = CounterDelta()
         self._in_rate, self._out_rate = RateMeter(), RateMeter()
         self._latency, self._proc = LatencyStats(), LatencyStats()
         self.bad_frames = 0
-        self.out_of_order = 0
+        self.empty_frame_id = 0
         self._last_error = ""
 
     # ------------------------------------------------------------------ lifecycle transitions
@@ -123,7 +130,8 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
             self.get_logger().info(f"model {path} on GPU {dev} ({torch.cuda.get_device_name(dev)})")
         else:
             self.get_logger().info(f"model {path} on CPU (device={cfg.device!r}; no GPU in use)")
-        self._last_stamp_ns = -1
+        self._stamps = StampGuard(cfg.future_stamp_tolerance_s, cfg.stamp_jump_reset_s)
+        self._frame_id_warned = False
         self._worker = LatestFrameWorker(self._process, self._on_frame_error, name="clusternet-worker")
         self._sync = ApproximateTimeSynchronizer(3, self._on_synced, queue_size=cfg.queue_size, slop=cfg.slop)
         self._sync_watch = SyncWatch([COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC])
@@ -165,24 +173,37 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
 
     # ------------------------------------------------------------------ frames
     def _on_synced(self, color: Image, depth: Image, info: CameraInfo) -> None:
-        """Synchronizer callback (executor thread): order check, then hand over to the worker."""
+        """Synchronizer callback (executor thread): stamp and frame checks, then hand over to the worker."""
         self._in_rate.tick()
         t = stamp_of(color)
-        with self._lock:
-            if t <= self._last_stamp_ns:
-                self.out_of_order += 1
+        ok, msg = self._stamps.check(t, self.get_clock().now().nanoseconds)
+        if msg:
+            self.get_logger().warning(msg)
+        if not ok:
+            with self._lock:
                 self.bad_frames += 1
+            return
+        if not color.header.frame_id:
+            fallback = self.cfg.default_frame_id
+            if not self._frame_id_warned:
+                self._frame_id_warned = True
                 self.get_logger().warning(
-                    f"skipping frame stamped {t * 1e-9:.3f} s: not newer than the last frame "
-                    f"({self._last_stamp_ns * 1e-9:.3f} s) (out-of-order stamps)")
+                    f"colour image stamped {t * 1e-9:.3f} s has an empty header.frame_id: "
+                    + (f"outputs use default_frame_id {fallback!r} (logged once)" if fallback else
+                       "frames without a frame are skipped (set default_frame_id to use a fixed frame; logged once)"))
+            if not fallback:
+                with self._lock:
+                    self.bad_frames += 1
+                    self.empty_frame_id += 1
                 return
-            self._last_stamp_ns = t
+            color.header.frame_id = fallback
         worker = self._worker
         if worker is not None:
             worker.submit((color, depth, info, time.monotonic()))
 
     def _on_frame_error(self, item, exc: BaseException) -> None:
-        self.bad_frames += 1
+        with self._lock:
+            self.bad_frames += 1
         self._last_error = str(exc)
         stamp = stamp_of(item[0]) * 1e-9
         if isinstance(exc, ValueError):
@@ -227,28 +248,38 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
             "latency_mean_ms": lat["mean_ms"], "latency_max_ms": lat["max_ms"],
             "processing_mean_ms": proc["mean_ms"],
             "dropped_busy": worker.dropped if worker else 0, "bad_frames": self.bad_frames,
-            "out_of_order": self.out_of_order,
+            "out_of_order": self._stamps.out_of_order, "future_stamps": self._stamps.future,
+            "stamp_resets": self._stamps.resets, "stamp_forward_jumps": self._stamps.forward_jumps,
+            "empty_frame_id": self.empty_frame_id,
             "sync_matched": sync.matched if sync else 0,
             "sync_dropped": sum(sync.dropped) if sync else 0,
+            "lost_estimate": sum(sync.lost_estimate) if sync else 0,
+            "input_gaps": sum(sync.gaps) if sync else 0,
             "sync_received": ",".join(map(str, sync.received)) if sync else "",
             "sync_queued": ",".join(map(str, sync.queued)) if sync else "",
+            "sync_lost_estimate": ",".join(map(str, sync.lost_estimate)) if sync else "",
+            "input_silent_s": ",".join(f"{x:.1f}" for x in sync.silent_s) if sync else "",
         }
 
     def _publish_diagnostics(self) -> None:
         if self._diag_pub is None:
             return
         st = self.stats()
-        if self._sync is not None:
-            warning = self._sync_watch.check(self._sync.stats())
+        sync = self._sync
+        active = self._predictor is not None and sync is not None
+        increments = self._deltas.update({k: st[k] for k in ("bad_frames", "dropped_busy", "sync_dropped",
+                                                             "lost_estimate")})
+        if active:
+            warning = self._sync_watch.check(sync.stats())
             if warning:
                 self.get_logger().warning(warning)
                 self._last_error = warning
-        active = self._predictor is not None
-        level = DiagnosticStatus.OK
-        msg = "active" if active else "inactive"
-        if active and st["frames_in"] == 0 and self._sync is not None and sum(self._sync.stats().received):
+        names = [COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC]
+        level, msg = input_health(active, names, sync.stats().silent_s if active else [], self.cfg.input_timeout_s,
+                                  increments)
+        if active and level == DiagnosticStatus.OK and st["frames_in"] == 0 and sum(sync.stats().received):
             level, msg = DiagnosticStatus.WARN, "inputs arrive but never synchronize (check camera_info / slop)"
-        elif self._last_error:
+        if self._last_error and level != DiagnosticStatus.OK:
             msg += f"; last skipped frame: {self._last_error}"
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()

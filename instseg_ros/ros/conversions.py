@@ -133,10 +133,19 @@ def image_to_rgb(msg: Image, copy: bool = False) -> np.ndarray:
 
 
 def image_to_depth(msg: Image, copy: bool = False) -> np.ndarray:
-    """Depth Image (16UC1 mm or 32FC1 m) -> float32 (H, W) metres; 0 or NaN = invalid."""
+    """Depth Image (16UC1 mm or 32FC1 m) -> float32 (H, W) metres, finite and >= 0; 0 = invalid.
+
+    32FC1 NaN / +-inf / negative values (invalid by REP 118 or nonsense) become 0, in a copy; a
+    32FC1 image without them is returned as a view (unless ``copy``) like :func:`image_to_array`.
+    """
     if msg.encoding not in DEPTH_ENCODINGS:
         raise ValueError(f"Image.encoding {msg.encoding!r} is not a depth encoding {DEPTH_ENCODINGS}")
-    return image_to_array(msg, metres=True, copy=copy)
+    d = image_to_array(msg, metres=True, copy=copy)
+    if msg.encoding == "32FC1":
+        good = np.isfinite(d) & (d >= 0)
+        if not good.all():
+            d = np.where(good, d, np.float32(0.0)).astype(np.float32, copy=False)
+    return d
 
 
 def _uint8_buffer(nbytes: int) -> tuple[array.array, np.ndarray]:

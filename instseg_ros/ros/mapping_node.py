@@ -26,6 +26,12 @@ rgb label of the surface voxels), ``~/instances`` (ObjectInstanceArray), ``~/mar
 (std_srvs/Trigger): ``~/segment`` (segment now, reply says how many instances), ``~/reset`` (empty
 the map), ``~/save`` (``save_dir``/map.ply with a label property + instances.json). Memory is bounded
 by ``max_blocks`` (TSDF) and the single waiting frame.
+
+Bad poses are bad frames (logged, counted in ``bad_frames``, skipped): non-finite numbers, a
+quaternion whose norm is not 1 within ``quaternion_tolerance``, a camera position beyond
++-``world_bound_m`` (chosen so that everything the map accepts can be segmented). Stamps go through
+:class:`~instseg_ros.ros.node_common.StampGuard` as in the camera node; /diagnostics is ERROR while an
+input is silent for ``input_timeout_s`` and WARN while frames are dropped, rejected or lost.
 """
 from __future__ import annotations
 
@@ -48,16 +54,17 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from instseg_ros.core.geometry import quaternion_to_rotation, validate_pose
+from instseg_ros.core.geometry import validate_pose
 from instseg_ros.core.instances import Instances
 from instseg_ros.msg import ObjectInstanceArray
 from instseg_ros.ros.clusternet_node import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY
 from instseg_ros.ros.conversions import (instances_to_markers, instances_to_msg, labeled_cloud_to_msg,
                                          ns_to_stamp, oriented_extents)
 from instseg_ros.ros.graph import image_qos
-from instseg_ros.ros.node_common import (FrameError, LatencyStats, LatestFrameWorker, LifecycleTeardown, RateMeter,
-                                         SyncWatch,
-                                         diagnostic_status, frame_to_arrays, resolve_model_path, run)
+from instseg_ros.ros.node_common import (QUATERNION_TOLERANCE, CounterDelta, FrameError, LatencyStats,
+                                         LatestFrameWorker, LifecycleTeardown, RateMeter, StampGuard, SyncWatch,
+                                         diagnostic_status, frame_to_arrays, input_health, pose_from_xyz_quat,
+                                         resolve_model_path, run)
 from instseg_ros.ros.node_params import MappingNodeConfig, declare_config, read_config
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
 
@@ -69,17 +76,12 @@ DEFAULT_MODEL = "occuseg_bin5mm.pt"
 SERVICE_TIMEOUT_S = 120.0
 
 
-def pose_to_matrix(msg) -> np.ndarray:
-    """geometry_msgs/Pose -> T (4, 4); FrameError for a zero / non-finite quaternion or position."""
+def pose_to_matrix(msg, quaternion_tolerance: float = QUATERNION_TOLERANCE,
+                   world_bound: float = float("inf")) -> np.ndarray:
+    """geometry_msgs/Pose -> T (4, 4); FrameError for a non-finite position / quaternion, a quaternion
+    whose norm is not 1 within ``quaternion_tolerance``, or a position beyond +-``world_bound`` m."""
     p, q = msg.position, msg.orientation
-    qa = np.array([q.x, q.y, q.z, q.w], np.float64)
-    pa = np.array([p.x, p.y, p.z], np.float64)
-    if not (np.isfinite(qa).all() and np.isfinite(pa).all()) or np.linalg.norm(qa) < 1e-6:
-        raise FrameError(f"pose is not a valid rigid transform (position {pa.tolist()}, quaternion {qa.tolist()})")
-    T = np.eye(4)
-    T[:3, :3] = quaternion_to_rotation(qa)
-    T[:3, 3] = pa
-    return T
+    return pose_from_xyz_quat([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], quaternion_tolerance, world_bound)
 
 
 def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray, labels: np.ndarray) -> None:
@@ -135,7 +137,9 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
         self._map_lock = threading.Lock()     # TSDF map
         self._seg_lock = threading.Lock()     # one segmentation at a time
         self._state_lock = threading.Lock()   # counters / last result
-        self._last_stamp_ns = -1
+        self._stamps = StampGuard(2.0, 2.0)
+        self._deltas = CounterDelta()
+        self._no_depth_warned = False
         self._newest_stamp_ns = 0
         self._map_version = 0                 # bumps on every integrated frame / reset
         self._segmented_version = -1
@@ -144,7 +148,7 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
         self._in_rate, self._out_rate = RateMeter(), RateMeter()
         self._integrate_ms, self._segment_ms = LatencyStats(), LatencyStats()
         self.bad_frames = 0
-        self.out_of_order = 0
+        self.frames_no_depth = 0
         self.segmentations = 0
         self._last_error = ""
 
@@ -168,7 +172,7 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
                 return TransitionCallbackReturn.FAILURE
             self._tf_buffer = tf2_ros.Buffer()
             self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
-        self._map = TsdfMap(cfg.tsdf_config())
+        self._map = TsdfMap(cfg.tsdf_config(), logger=self.get_logger())
         self._tracker = InstanceIdTracker(cfg.id_match_iou)
         out_qos = QoSProfile(depth=OUTPUT_HISTORY, reliability=ReliabilityPolicy.RELIABLE)
         self._pubs = {
@@ -202,7 +206,7 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
         if abs(self._segmenter.config.voxel_size - cfg.voxel_size) > 1e-9:
             self.get_logger().warning(f"the model was trained at voxel_size {self._segmenter.config.voxel_size} m, "
                                       f"the map uses {cfg.voxel_size} m")
-        self._last_stamp_ns = -1
+        self._stamps = StampGuard(cfg.future_stamp_tolerance_s, cfg.stamp_jump_reset_s)
         self._worker = LatestFrameWorker(self._integrate, self._on_frame_error, name="mapping-integrate")
         self._seg_worker = LatestFrameWorker(lambda _: self._segment(), self._on_segment_error,
                                              name="mapping-segment")
@@ -267,16 +271,13 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
     # ------------------------------------------------------------------ integration
     def _on_synced(self, depth: Image, color: Image, info: CameraInfo, pose: PoseStamped | None = None) -> None:
         self._in_rate.tick()
-        t = stamp_of(depth)
-        with self._state_lock:
-            if t <= self._last_stamp_ns:
-                self.out_of_order += 1
+        ok, msg = self._stamps.check(stamp_of(depth), self.get_clock().now().nanoseconds)
+        if msg:
+            self.get_logger().warning(msg)
+        if not ok:
+            with self._state_lock:
                 self.bad_frames += 1
-                self.get_logger().warning(
-                    f"skipping frame stamped {t * 1e-9:.3f} s: not newer than the last frame "
-                    f"({self._last_stamp_ns * 1e-9:.3f} s) (out-of-order stamps)")
-                return
-            self._last_stamp_ns = t
+            return
         worker = self._worker
         if worker is not None:
             worker.submit((depth, color, info, pose))
@@ -285,17 +286,21 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
         cfg = self.cfg
         if cfg.pose_source == "static":
             return cfg.static_transform()
+        tol, bound = cfg.quaternion_tolerance, cfg.world_bound_m
         if cfg.pose_source == "topic":
             if pose is None:
                 raise FrameError("no camera pose for this frame")
             if pose.header.frame_id not in ("", cfg.map_frame):
                 raise FrameError(f"pose frame {pose.header.frame_id!r} is not map_frame {cfg.map_frame!r}")
-            T = pose_to_matrix(pose.pose)
+            T = pose_to_matrix(pose.pose, tol, bound)
         else:
             import rclpy.duration
             import rclpy.time
 
             child = cfg.camera_frame or depth.header.frame_id
+            if not child:
+                raise FrameError("the depth image has an empty header.frame_id and camera_frame is '': "
+                                 "no frame to look the camera pose up for (set camera_frame)")
             try:
                 tf = self._tf_buffer.lookup_transform(
                     cfg.map_frame, child, rclpy.time.Time.from_msg(depth.header.stamp),
@@ -303,9 +308,7 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
             except Exception as e:  # tf2 raises LookupException / ExtrapolationException / ...
                 raise FrameError(f"no transform {cfg.map_frame} <- {child} at the frame stamp: {e}") from None
             tr, q = tf.transform.translation, tf.transform.rotation
-            T = np.eye(4)
-            T[:3, :3] = quaternion_to_rotation([q.x, q.y, q.z, q.w])
-            T[:3, 3] = [tr.x, tr.y, tr.z]
+            T = pose_from_xyz_quat([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w], tol, bound)
         try:
             return validate_pose(T, "camera pose")
         except ValueError as e:
@@ -322,14 +325,22 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
             n = self._map.integrate(depth, rgb, K, T)
             self._map_version += 1
         self._integrate_ms.add((time.perf_counter() - t0) * 1e3)
+        if n == 0 and not self._map.last_budget_limited and not self._no_depth_warned:
+            # budget-limited frames are reported by the map itself (once) and in map_blocks_dropped
+            self._no_depth_warned = True
+            self.get_logger().warning("frame integrated no depth: all of it beyond depth_max or outside the "
+                                      "workspace (logged once; counted in 'frames_no_depth')")
         if n == 0:
-            self.get_logger().warning("frame integrated no depth (all beyond depth_max or outside the workspace)")
+            with self._state_lock:
+                self.frames_no_depth += 1
+            return
         with self._state_lock:
             self._newest_stamp_ns = max(self._newest_stamp_ns, stamp_of(depth_msg))
         self._out_rate.tick()
 
     def _on_frame_error(self, item, exc: BaseException) -> None:
-        self.bad_frames += 1
+        with self._state_lock:
+            self.bad_frames += 1
         self._last_error = str(exc)
         stamp = stamp_of(item[0]) * 1e-9
         if isinstance(exc, ValueError):
@@ -417,7 +428,7 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
             with self._state_lock:
                 self._result = None
                 self._newest_stamp_ns = 0
-                self._last_stamp_ns = -1
+            self._stamps.reset()
             self._tracker.reset()
             self._segmented_version = self._map_version
             empty = Instances(labels=np.zeros(0, np.int32), points=np.zeros((0, 3), np.float32),
@@ -468,24 +479,37 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
             "map_blocks": m.num_blocks if m is not None else 0,
             "map_blocks_dropped": m.blocks_dropped if m is not None else 0,
             "dropped_busy": self._worker.dropped if self._worker else 0,
-            "bad_frames": self.bad_frames, "out_of_order": self.out_of_order,
+            "bad_frames": self.bad_frames, "frames_no_depth": self.frames_no_depth,
+            "out_of_order": self._stamps.out_of_order, "future_stamps": self._stamps.future,
+            "stamp_resets": self._stamps.resets, "stamp_forward_jumps": self._stamps.forward_jumps,
             "sync_matched": sync.matched if sync else 0, "sync_dropped": sum(sync.dropped) if sync else 0,
+            "lost_estimate": sum(sync.lost_estimate) if sync else 0,
+            "input_gaps": sum(sync.gaps) if sync else 0,
             "sync_received": ",".join(map(str, sync.received)) if sync else "",
+            "sync_lost_estimate": ",".join(map(str, sync.lost_estimate)) if sync else "",
+            "input_silent_s": ",".join(f"{x:.1f}" for x in sync.silent_s) if sync else "",
         }
 
     def _publish_diagnostics(self) -> None:
         if self._diag_pub is None:
             return
         st = self.stats()
-        if self._sync is not None and self._segmenter is not None:
-            warning = self._sync_watch.check(self._sync.stats())
+        sync = self._sync
+        active = self._segmenter is not None and sync is not None
+        increments = self._deltas.update({k: st[k] for k in ("bad_frames", "dropped_busy", "sync_dropped",
+                                                             "lost_estimate", "map_blocks_dropped")})
+        if active:
+            warning = self._sync_watch.check(sync.stats())
             if warning:
                 self.get_logger().warning(warning)
                 self._last_error = warning
-        level, msg = DiagnosticStatus.OK, ("active" if self._segmenter is not None else "inactive")
-        if st["map_blocks_dropped"]:
-            level, msg = DiagnosticStatus.WARN, "TSDF block budget reached: raise max_blocks or crop the workspace"
-        elif self._last_error:
+        names = [DEPTH_TOPIC, COLOR_TOPIC, INFO_TOPIC, POSE_TOPIC][:sync.num_inputs] if active else []
+        level, msg = input_health(active, names, sync.stats().silent_s if active else [], self.cfg.input_timeout_s,
+                                  increments)
+        if st["map_blocks_dropped"] and level != DiagnosticStatus.ERROR:
+            level = DiagnosticStatus.WARN
+            msg += "; TSDF block budget reached: raise max_blocks or crop the workspace"
+        if self._last_error and level != DiagnosticStatus.OK:
             msg += f"; last problem: {self._last_error}"
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()

@@ -8,13 +8,21 @@
 * :func:`resolve_model_path`: "" / relative model paths -> the shipped ``models/`` file.
 * :class:`SyncWatch`: names the input that is missing when frames never synchronize.
 * :func:`frame_to_arrays` / :class:`FrameError`: one synchronized frame checked and converted.
+* :class:`StampGuard`: frame ordering that survives clock jumps (future stamps, bag loops).
+* :class:`LifecycleTeardown`: shared deactivate / cleanup / shutdown; every transition's failure is
+  logged with its reason and whatever the failed transition created is released.
+* :func:`input_health`: /diagnostics level (OK / WARN / ERROR) from silent inputs and dropped or
+  rejected frames.
+* :func:`pose_from_xyz_quat`: a camera pose checked against a quaternion-norm tolerance and a world bound.
 * :func:`run` / :func:`autostart`: a lifecycle node's ``main``.
 """
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -157,10 +165,74 @@ class LatestFrameWorker:
                     self._cond.notify_all()
 
 
+def _release_after_failure(node, transition: str, state) -> None:
+    """Undo what a failed ``transition`` may have created, so that the state the node falls back to
+    holds exactly what it held before (a retried configure / activate then creates nothing twice)."""
+    try:
+        if transition in ("on_activate", "on_deactivate"):
+            # back to (or staying) inactive: no subscriptions, workers or model; managed publishers off
+            node._stop_processing()
+            from rclpy.lifecycle import Node as _LifecycleNode
+
+            _LifecycleNode.on_deactivate(node, state)
+        else:
+            # back to unconfigured (configure / cleanup failed) or finalized (shutdown)
+            node._stop_processing()
+            node._destroy_outputs()
+    except Exception as e:  # noqa: BLE001 - reported; the transition's own failure is what matters
+        node.get_logger().error(f"releasing what the failed {transition[3:]} created also failed: "
+                                f"{type(e).__name__}: {e}")
+
+
+def _guard_transition(name: str, fn):
+    """Wrap a lifecycle transition callback: an exception is logged with its reason (rclpy would
+    swallow it silently) and turned into FAILURE; any non-SUCCESS result releases what the
+    transition created (:func:`_release_after_failure`)."""
+
+    @functools.wraps(fn)
+    def guarded(self, state):
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        try:
+            ret = fn(self, state)
+        except Exception as e:  # noqa: BLE001 - every failure is logged and cleaned up here
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            self.get_logger().error(f"{name[3:]} failed: {type(e).__name__}: {e} "
+                                    f"(at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})")
+            ret = TransitionCallbackReturn.FAILURE
+        if ret != TransitionCallbackReturn.SUCCESS:
+            _release_after_failure(self, name, state)
+            self.get_logger().warning(f"{name[3:]} did not succeed ({ret.to_label()}); "
+                                      f"what it created was released")
+        return ret
+
+    guarded._transition_guarded = True
+    return guarded
+
+
+#: Transition callbacks wrapped by :func:`_guard_transition` in every :class:`LifecycleTeardown` node.
+GUARDED_TRANSITIONS = ("on_configure", "on_activate", "on_deactivate", "on_cleanup", "on_shutdown")
+
+
 class LifecycleTeardown:
     """The deactivate / cleanup / shutdown transitions both nodes share, as a mixin placed before
     ``rclpy.lifecycle.Node``. The node provides ``_stop_processing()`` (unsubscribe, stop workers, free
-    the model) and ``_destroy_outputs()`` (publishers, services, timers)."""
+    the model) and ``_destroy_outputs()`` (publishers, services, timers); both must be safe to call
+    at any time, also on a half-built state.
+
+    Every transition callback a subclass defines (and the ones here) is wrapped when the class is
+    created: an exception is logged with its type, message and line and becomes FAILURE (rclpy
+    itself swallows it and, through ERROR, drops the node to unconfigured without a cleanup, leaking
+    publishers, timers and worker threads); a failed configure releases the outputs it created and a
+    failed activate the subscriptions, workers and model, so retrying creates nothing twice.
+    """
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in GUARDED_TRANSITIONS:
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_transition_guarded", False):
+                setattr(cls, name, _guard_transition(name, fn))
 
     def on_deactivate(self, state):
         self._stop_processing()
@@ -178,6 +250,156 @@ class LifecycleTeardown:
         self._stop_processing()
         self._destroy_outputs()
         return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state):
+        """A transition returned ERROR: release everything (the node goes to unconfigured)."""
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        self.get_logger().error(f"lifecycle error processing from {state.label}: releasing everything")
+        _release_after_failure(self, "on_cleanup", state)
+        return TransitionCallbackReturn.SUCCESS
+
+
+for _name in ("on_deactivate", "on_cleanup", "on_shutdown"):
+    setattr(LifecycleTeardown, _name, _guard_transition(_name, LifecycleTeardown.__dict__[_name]))
+
+
+class StampGuard:
+    """Which frame stamps a node processes, robust to clock jumps. Thread-safe.
+
+    * A stamp more than ``future_tolerance_s`` ahead of the node clock is rejected (``future`` += 1)
+      and does *not* become the last stamp, so one bad stamp cannot block later frames. Off when
+      ``future_tolerance_s`` is 0 or the node clock reads 0 (sim time before the first /clock).
+    * A stamp not newer than the last accepted one is out of order (``out_of_order`` += 1), unless it
+      lies more than ``reset_jump_s`` behind it: then the source's clock was reset (a bag played in a
+      loop, a driver restart) and the ordering restarts from this frame (``resets`` += 1).
+    * A forward step that exceeds the time between arrivals by more than
+      max(:data:`FORWARD_JUMP_FACTOR` x the recent period, :data:`FORWARD_JUMP_MIN_S`) is accepted but
+      reported (``forward_jumps`` += 1): the source clock jumped without the node clock seeing it.
+
+    :meth:`check` returns (accept, message); the message is a WARN text for the first frame of each
+    kind of episode (future stamps until the next accepted frame, each reset, each forward jump),
+    None otherwise, so a stuck clock does not flood the log (the counters keep counting).
+    """
+
+    def __init__(self, future_tolerance_s: float, reset_jump_s: float) -> None:
+        self.future_tolerance_ns = int(round(float(future_tolerance_s) * 1e9))
+        self.reset_jump_ns = int(round(float(reset_jump_s) * 1e9))
+        self._lock = threading.Lock()
+        self.future = self.out_of_order = self.resets = self.forward_jumps = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the last stamp (activate, map reset); counters are kept."""
+        with self._lock:
+            self._last_ns = None
+            self._last_arrival_ns = None
+            self._periods: collections.deque[int] = collections.deque(maxlen=PERIOD_WINDOW)
+            self._future_warned = False
+            self._order_warned = False
+
+    @property
+    def last_ns(self) -> int | None:
+        return self._last_ns
+
+    def check(self, stamp_ns: int, clock_ns: int, arrival_ns: int | None = None) -> tuple[bool, str | None]:
+        """Decide on a frame stamped ``stamp_ns`` arriving when the node clock reads ``clock_ns``
+        (both ns, node clock time base) and the monotonic clock reads ``arrival_ns`` (default now)."""
+        arrival_ns = time.monotonic_ns() if arrival_ns is None else int(arrival_ns)
+        with self._lock:
+            ahead = stamp_ns - clock_ns
+            if self.future_tolerance_ns > 0 and clock_ns > 0 and ahead > self.future_tolerance_ns:
+                self.future += 1
+                if self._future_warned:
+                    return False, None
+                self._future_warned = True
+                return False, (f"frame stamped {stamp_ns * 1e-9:.3f} s is {ahead * 1e-9:.3f} s ahead of the node "
+                               f"clock (future_stamp_tolerance_s={self.future_tolerance_ns * 1e-9:g}): rejected, "
+                               f"the camera clock jumped or is not synchronised; further such frames are "
+                               f"counted in 'future_stamps' without a log line")
+            last = self._last_ns
+            if last is not None and stamp_ns <= last:
+                behind = last - stamp_ns
+                if behind <= self.reset_jump_ns:
+                    self.out_of_order += 1
+                    msg = None
+                    if not self._order_warned:
+                        self._order_warned = True
+                        msg = (f"skipping frame stamped {stamp_ns * 1e-9:.3f} s: not newer than the last frame "
+                               f"({last * 1e-9:.3f} s) (out-of-order stamps; further ones are counted in "
+                               f"'out_of_order' until a frame is accepted)")
+                    return False, msg
+                self.resets += 1
+                self._accept(stamp_ns, arrival_ns, keep_period=False)
+                return True, (f"frame stamped {stamp_ns * 1e-9:.3f} s is {behind * 1e-9:.3f} s older than the last "
+                              f"frame (more than stamp_jump_reset_s={self.reset_jump_ns * 1e-9:g}): the source clock "
+                              f"was reset or a recording looped; frame order restarts here")
+            msg = None
+            if last is not None and self._last_arrival_ns is not None and len(self._periods) >= MIN_PERIODS:
+                step = stamp_ns - last
+                waited = max(arrival_ns - self._last_arrival_ns, 0)
+                period = float(np.median(self._periods))
+                excess = step - waited
+                if excess > max(FORWARD_JUMP_FACTOR * period, FORWARD_JUMP_MIN_S * 1e9):
+                    self.forward_jumps += 1
+                    msg = (f"frame stamped {stamp_ns * 1e-9:.3f} s jumped {step * 1e-9:.3f} s ahead of the last frame "
+                           f"after {waited * 1e-9:.3f} s (recent period {period * 1e-9:.3f} s): the source clock "
+                           f"jumped forward")
+            self._accept(stamp_ns, arrival_ns, keep_period=msg is None)
+            return True, msg
+
+    def _accept(self, stamp_ns: int, arrival_ns: int, keep_period: bool) -> None:
+        if keep_period and self._last_ns is not None:
+            self._periods.append(stamp_ns - self._last_ns)
+        elif not keep_period:
+            self._periods.clear()
+        self._last_ns = stamp_ns
+        self._last_arrival_ns = arrival_ns
+        self._future_warned = False
+        self._order_warned = False
+
+
+#: Stamp steps kept for the recent input period (median).
+PERIOD_WINDOW = 16
+#: Steps needed before forward jumps are judged against the period.
+MIN_PERIODS = 4
+#: A forward stamp step exceeding the arrival gap by this many periods (and by FORWARD_JUMP_MIN_S) is a jump.
+FORWARD_JUMP_FACTOR = 10.0
+FORWARD_JUMP_MIN_S = 1.0
+
+
+class CounterDelta:
+    """Increments of named counters since the previous :meth:`update` (diagnostics periods)."""
+
+    def __init__(self) -> None:
+        self._prev: dict[str, int] = {}
+
+    def update(self, counters: dict[str, int]) -> dict[str, int]:
+        out = {k: int(v) - self._prev.get(k, 0) for k, v in counters.items()}
+        self._prev = {k: int(v) for k, v in counters.items()}
+        return out
+
+
+def input_health(active: bool, names: list[str], silent_s: list[float], timeout_s: float,
+                 increments: dict[str, int]) -> tuple[int, str]:
+    """(diagnostic level, message) of an active node's inputs.
+
+    ERROR when an input has received nothing for more than ``timeout_s`` seconds (``silent_s``:
+    seconds since the last message per input, in ``names`` order); WARN when any of ``increments``
+    (frames dropped / rejected / estimated lost since the previous status, by cause) is positive;
+    OK otherwise. An inactive node is OK ("inactive").
+    """
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    if not active:
+        return DiagnosticStatus.OK, "inactive"
+    silent = [f"{n} ({s:.1f} s)" for n, s in zip(names, silent_s) if s > timeout_s]
+    if silent:
+        return DiagnosticStatus.ERROR, f"input missing: nothing received on {', '.join(silent)}"
+    causes = [f"{k}+{v}" for k, v in increments.items() if v > 0]
+    if causes:
+        return DiagnosticStatus.WARN, f"frames dropped or rejected since the last status: {', '.join(causes)}"
+    return DiagnosticStatus.OK, "active"
 
 
 def diagnostic_status(name: str, hardware_id: str, values: dict[str, Any], level: int, message: str):
@@ -290,6 +512,37 @@ def frame_to_arrays(color, depth, info) -> tuple[np.ndarray, np.ndarray, np.ndar
     if not (d > 0).any():
         raise FrameError("depth image has no valid pixel (all zero or NaN)")
     return rgb, d, intr.K
+
+
+#: Default largest deviation of a pose quaternion's norm from 1 (``quaternion_tolerance``).
+QUATERNION_TOLERANCE = 0.01
+
+
+def pose_from_xyz_quat(position, quaternion, quaternion_tolerance: float = QUATERNION_TOLERANCE,
+                       world_bound: float = float("inf"), what: str = "camera pose") -> np.ndarray:
+    """Position (x, y, z) m + quaternion (x, y, z, w) -> rigid T (4, 4) float64.
+
+    Raises FrameError (a bad pose: the frame is skipped) for non-finite numbers, a quaternion whose
+    norm differs from 1 by more than ``quaternion_tolerance`` (a near-zero quaternion would
+    otherwise be "normalised" into an arbitrary rotation), or a coordinate beyond +-``world_bound`` m.
+    """
+    from instseg_ros.core.geometry import quaternion_to_rotation
+
+    p = np.asarray(position, np.float64).reshape(-1)
+    q = np.asarray(quaternion, np.float64).reshape(-1)
+    if p.shape != (3,) or q.shape != (4,) or not (np.isfinite(p).all() and np.isfinite(q).all()):
+        raise FrameError(f"{what} is not a valid rigid transform (position {p.tolist()}, quaternion {q.tolist()})")
+    norm = float(np.linalg.norm(q))
+    if abs(norm - 1.0) > quaternion_tolerance:
+        raise FrameError(f"{what} is not a valid rigid transform: quaternion {q.tolist()} has norm {norm:.6g}, "
+                         f"not 1 within quaternion_tolerance={quaternion_tolerance:g}")
+    if np.abs(p).max() > world_bound:
+        raise FrameError(f"{what} position {p.tolist()} m lies outside the world bound +-{world_bound:g} m "
+                         f"(world_bound_m)")
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_rotation(q)
+    T[:3, 3] = p
+    return T
 
 
 def autostart(node) -> bool:

@@ -11,6 +11,7 @@ stay in step with the shipped parameter files.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +21,60 @@ import yaml
 
 RELIABILITIES = ("reliable", "best_effort")
 POSE_SOURCES = ("tf", "topic", "static")
+
+#: Documented, enforced range [low, high] of every bounded numeric parameter (both nodes). The
+#: upper bounds keep a typo from flooding the graph (diagnostics_period_s), holding frames without
+#: limit (queue_size, input_history: memory grows with each kept 640x480 frame, ~1.5 MB per set) or
+#: making the map's memory unbounded (max_blocks, ~10 kB per block). Every float parameter, and
+#: every element of a list parameter, must also be finite (inf / NaN are refused when set).
+RANGES: dict[str, tuple[float, float]] = {
+    "queue_size": (1, 100),
+    "slop": (0.0, 1.0),
+    "input_history": (1, 100),
+    "cloud_stride": (1, 64),
+    "min_valid_points": (1, 10_000_000),
+    "network_height": (32, 4096),       # or 0 (with network_width 0): the model's own resolution
+    "network_width": (32, 4096),
+    "diagnostics_period_s": (0.1, 60.0),
+    "future_stamp_tolerance_s": (0.0, 86400.0),
+    "stamp_jump_reset_s": (0.01, 86400.0),
+    "input_timeout_s": (0.1, 3600.0),
+    "tf_timeout_s": (0.0, 10.0),
+    "voxel_size": (0.0005, 0.5),
+    "trunc_voxels": (0.5, 64.0),
+    "depth_max": (0.01, 50.0),
+    "max_blocks": (1, 400_000),
+    "weight_threshold": (0.0, 1e6),
+    "segment_period_s": (0.0, 3600.0),
+    "min_segment_voxels": (1, 10_000_000),
+    "id_match_iou": (1e-6, 1.0),
+    "world_bound_m": (0.1, 100_000.0),
+    "quaternion_tolerance": (1e-6, 0.5),
+}
+#: Parameters whose value 0 is allowed outside their range (a documented "off" / "automatic").
+ZERO_ALLOWED = ("network_height", "network_width")
+
+
+def _check_ranges(cfg) -> None:
+    """ValueError naming the parameter for a non-finite float (or list element) or a value outside
+    :data:`RANGES`."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{f.name} must be a finite number, got {v}")
+        if isinstance(v, (list, tuple)):
+            try:
+                bad = [x for x in v if not math.isfinite(float(x))]
+            except (TypeError, ValueError):
+                raise ValueError(f"{f.name} must be a list of numbers, got {v!r}") from None
+            if bad:
+                raise ValueError(f"{f.name} must hold finite numbers, got {list(v)}")
+        if f.name in RANGES and not isinstance(v, bool):
+            lo, hi = RANGES[f.name]
+            if f.name in ZERO_ALLOWED and v == 0:
+                continue
+            if not lo <= v <= hi:
+                raise ValueError(f"{f.name} must be in [{lo:g}, {hi:g}], got {v}")
 
 
 def _check_device(device: str) -> None:
@@ -55,8 +110,13 @@ class ClusterNetNodeConfig:
     network_height: int = 0
     network_width: int = 0
     diagnostics_period_s: float = 1.0
+    future_stamp_tolerance_s: float = 2.0
+    stamp_jump_reset_s: float = 2.0
+    input_timeout_s: float = 3.0
+    default_frame_id: str = ""
 
     def __post_init__(self) -> None:
+        _check_ranges(self)
         _check_sync(self.queue_size, self.slop, self.input_reliability, self.input_history)
         hw = self.network_resolution
         if hw is not None and min(hw) < 32:
@@ -106,8 +166,14 @@ class MappingNodeConfig:
     id_match_iou: float = 0.3
     save_dir: str = "instseg_map"
     diagnostics_period_s: float = 1.0
+    future_stamp_tolerance_s: float = 2.0
+    stamp_jump_reset_s: float = 2.0
+    input_timeout_s: float = 3.0
+    world_bound_m: float = 1000.0
+    quaternion_tolerance: float = 0.01
 
     def __post_init__(self) -> None:
+        _check_ranges(self)
         _check_sync(self.queue_size, self.slop, self.input_reliability, self.input_history)
         _check_device(self.device)
         if self.pose_source not in POSE_SOURCES:
@@ -117,8 +183,10 @@ class MappingNodeConfig:
         self.static_pose = [float(v) for v in self.static_pose]
         if len(self.static_pose) != 7 or not np.isfinite(self.static_pose).all():
             raise ValueError(f"static_pose must be 7 finite numbers [x, y, z, qx, qy, qz, qw], got {self.static_pose}")
-        if np.linalg.norm(self.static_pose[3:]) < 1e-6:
-            raise ValueError("static_pose quaternion must not be zero")
+        if abs(np.linalg.norm(self.static_pose[3:]) - 1.0) > self.quaternion_tolerance:
+            raise ValueError(f"static_pose quaternion {self.static_pose[3:]} must have norm 1 (within "
+                             f"quaternion_tolerance={self.quaternion_tolerance}); a zero or unnormalised "
+                             f"quaternion is not a rotation")
         if not self.tf_timeout_s >= 0:
             raise ValueError(f"tf_timeout_s must be >= 0, got {self.tf_timeout_s}")
         self.workspace_min = [float(v) for v in self.workspace_min]
@@ -146,7 +214,8 @@ class MappingNodeConfig:
                           depth_max=float(self.depth_max), max_blocks=int(self.max_blocks),
                           workspace_min=tuple(self.workspace_min) if self.workspace_min else None,
                           workspace_max=tuple(self.workspace_max) if self.workspace_max else None,
-                          weight_threshold=float(self.weight_threshold), device=self.device)
+                          weight_threshold=float(self.weight_threshold), device=self.device,
+                          world_bound=float(self.world_bound_m))
 
     def static_transform(self) -> np.ndarray:
         """T_map_camera (4, 4) from ``static_pose``."""
@@ -172,6 +241,16 @@ DESCRIPTIONS: dict[str, str] = {
     "network_height": "network input rows (the frame is resized to it); 0 with network_width 0 = the model's own",
     "network_width": "network input columns; lower = faster, fewer small objects found",
     "diagnostics_period_s": "period (s) of the /diagnostics status",
+    "future_stamp_tolerance_s": "frames stamped further ahead of the node clock than this (s) are rejected as bad "
+                                "(camera clock jump); 0 = no check (unsynchronised camera clocks)",
+    "stamp_jump_reset_s": "a stamp this much (s) older than the last frame is a clock reset / bag loop: the "
+                          "ordering restarts with a WARN; smaller steps back are rejected as out-of-order",
+    "input_timeout_s": "/diagnostics reports ERROR when an input has been silent this long (s) while active",
+    "default_frame_id": "frame given to a colour image with an empty header.frame_id (WARN once); '' = refuse "
+                        "such frames",
+    "world_bound_m": "camera poses with a coordinate beyond +-this (m, map frame) are rejected as bad frames; "
+                     "(world_bound_m + depth_max) / voxel_size must stay inside the +-2^20 voxel index range",
+    "quaternion_tolerance": "a pose quaternion whose norm differs from 1 by more than this is a bad pose",
     "pose_source": "camera pose: tf (tf2_ros, ROS installs) | topic (geometry_msgs/PoseStamped on 'pose') | static",
     "map_frame": "frame of the map and of every mapping output",
     "camera_frame": "camera frame for pose_source=tf; '' = the depth image's header.frame_id",
@@ -191,6 +270,14 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 C = TypeVar("C")
+
+
+def range_text(name: str) -> str:
+    """" (range [lo, hi])" for a parameter of :data:`RANGES`, else "" (appended to its description)."""
+    if name not in RANGES:
+        return ""
+    lo, hi = RANGES[name]
+    return f" (range [{lo:g}, {hi:g}]{' or 0' if name in ZERO_ALLOWED else ''})"
 
 
 def config_fields(cls: type) -> list[dataclasses.Field]:
@@ -252,7 +339,7 @@ def declare_config(node, cls: type) -> None:
     from rclpy.parameter import Parameter
 
     for name, default in default_values(cls).items():
-        desc = ParameterDescriptor(description=DESCRIPTIONS.get(name, ""))
+        desc = ParameterDescriptor(description=DESCRIPTIONS.get(name, "") + range_text(name))
         if isinstance(default, list) and not default:
             # an empty list would be typed BYTE_ARRAY: declare the type, leave it unset (= [])
             node.declare_parameter(name, Parameter.Type.DOUBLE_ARRAY, desc)

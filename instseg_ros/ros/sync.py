@@ -13,6 +13,12 @@ Semantics (those of ``message_filters.ApproximateTimeSynchronizer``, Python flav
 * messages that never match stay until pushed out by newer ones, so memory is bounded by
   N * queue_size messages, and late (out-of-order) messages can still match.
 
+For diagnostics it also watches each input's stamps: a step between consecutive stamps of k
+recent periods (median of the last :data:`PERIOD_WINDOW` steps) means about k - 1 messages were lost
+before reaching the synchronizer (``lost_estimate``; e.g. overwritten in a full subscription
+history); a step longer than :data:`PAUSE_S` (and :data:`PAUSE_PERIODS` periods) counts as a pause of
+the source (``gaps``), not as losses. ``silent_s`` is the time since each input's last message.
+
 Stamps come from ``msg.header.stamp`` (rclpy messages), or are passed explicitly as float
 seconds / ``builtin_interfaces/Time`` / integer nanoseconds (:func:`to_ns`), which is how the
 unit tests drive it. Thread-safe: ``add`` may be called from several executor threads; the
@@ -20,11 +26,22 @@ callback runs outside the lock, in the thread whose message completed the set.
 """
 from __future__ import annotations
 
+import collections
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 _NS = 1_000_000_000
+#: Stamp steps per input kept to estimate its period (median).
+PERIOD_WINDOW = 16
+#: Steps needed before gaps are judged.
+MIN_PERIODS = 4
+#: A step longer than this many periods counts as missed messages ...
+GAP_FACTOR = 1.5
+#: ... unless it is longer than both PAUSE_S seconds and PAUSE_PERIODS periods: the source paused.
+PAUSE_S = 1.0
+PAUSE_PERIODS = 10
 
 
 def to_ns(stamp: Any) -> int:
@@ -64,12 +81,18 @@ class SyncStats:
         matched: sets delivered to the callback.
         dropped: messages that left a queue without being matched (overflow or replaced), per input.
         queued: messages waiting now, per input.
+        lost_estimate: messages estimated lost upstream from gaps in the stamps, per input.
+        gaps: pauses of the source (stamp steps over PAUSE_S and PAUSE_PERIODS periods), per input.
+        silent_s: seconds since the last message (since creation if none), per input.
     """
 
     received: list[int]
     matched: int
     dropped: list[int]
     queued: list[int]
+    lost_estimate: list[int] = field(default_factory=list)
+    gaps: list[int] = field(default_factory=list)
+    silent_s: list[float] = field(default_factory=list)
 
 
 class ApproximateTimeSynchronizer:
@@ -91,8 +114,8 @@ class ApproximateTimeSynchronizer:
             raise ValueError(f"num_inputs must be >= 2, got {num_inputs}")
         if int(queue_size) < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        if not (float(slop) >= 0.0):
-            raise ValueError(f"slop must be >= 0 seconds, got {slop}")
+        if not (0.0 <= float(slop) < float("inf")):
+            raise ValueError(f"slop must be a finite number >= 0 seconds, got {slop}")
         self.num_inputs = int(num_inputs)
         self.queue_size = int(queue_size)
         self.slop = float(slop)
@@ -103,6 +126,12 @@ class ApproximateTimeSynchronizer:
         self._received = [0] * self.num_inputs
         self._dropped = [0] * self.num_inputs
         self._matched = 0
+        self._created = time.monotonic()
+        self._last_arrival: list[float | None] = [None] * self.num_inputs
+        self._last_stamp: list[int | None] = [None] * self.num_inputs
+        self._steps = [collections.deque(maxlen=PERIOD_WINDOW) for _ in range(self.num_inputs)]
+        self._lost = [0] * self.num_inputs
+        self._gaps = [0] * self.num_inputs
 
     # -- counters ---------------------------------------------------------------------------
     @property
@@ -116,9 +145,34 @@ class ApproximateTimeSynchronizer:
         return sum(self._dropped)
 
     def stats(self) -> SyncStats:
+        now = time.monotonic()
         with self._lock:
             return SyncStats(received=list(self._received), matched=self._matched,
-                             dropped=list(self._dropped), queued=[len(q) for q in self._queues])
+                             dropped=list(self._dropped), queued=[len(q) for q in self._queues],
+                             lost_estimate=list(self._lost), gaps=list(self._gaps),
+                             silent_s=[now - (a if a is not None else self._created) for a in self._last_arrival])
+
+    def _watch_gaps(self, index: int, t: int) -> None:
+        """Update the lost-message estimate of input ``index`` with stamp ``t`` (lock held)."""
+        self._last_arrival[index] = time.monotonic()
+        prev = self._last_stamp[index]
+        steps = self._steps[index]
+        if prev is None or t < prev - PAUSE_S * _NS:   # first message, or the source clock restarted
+            self._last_stamp[index] = t
+            steps.clear()
+            return
+        if t <= prev:  # duplicate / slightly out of order: no step
+            return
+        step = t - prev
+        if len(steps) >= MIN_PERIODS:
+            period = sorted(steps)[len(steps) // 2]
+            if period > 0 and step > GAP_FACTOR * period:
+                if step > max(PAUSE_S * _NS, PAUSE_PERIODS * period):
+                    self._gaps[index] += 1
+                else:
+                    self._lost[index] += int(round(step / period)) - 1
+        steps.append(step)
+        self._last_stamp[index] = t
 
     def reset(self) -> None:
         """Empty the queues (queued messages count as dropped); counters otherwise kept."""
@@ -146,6 +200,7 @@ class ApproximateTimeSynchronizer:
         t = stamp_of(msg) if stamp is None else to_ns(stamp)
         with self._lock:
             self._received[index] += 1
+            self._watch_gaps(index, t)
             queue = self._queues[index]
             if t in queue:
                 self._dropped[index] += 1

@@ -133,6 +133,7 @@ class CameraRig:
 
     def send(self, rgb, depth, K, stamp_ns=None, wait=True, depth_encoding="16UC1") -> tuple[int, dict]:
         s = stamp_ns if stamp_ns is not None else time.time_ns()
+        self.last_stamp = s
         self.pub.publish_frame(rgb, depth, K, s, depth_encoding=depth_encoding)
         got = {}
         if wait:
@@ -281,7 +282,8 @@ def test_bad_inputs_are_logged_skipped_and_the_next_frame_is_published(rig):
     _bad_then_good(rig, missing_info, "nothing arrived on color/camera_info", settle=1.2)
 
     def out_of_order():
-        old = time.time_ns() - 5_000_000_000
+        # a step back smaller than stamp_jump_reset_s (2 s): out of order, not a clock reset
+        old = rig.last_stamp - 500_000_000
         h = make_header(old, frame)
         send(array_to_image(rgb, "rgb8", h), array_to_image(depth, "16UC1", h), intrinsics_to_camera_info(K, W, H, h))
 

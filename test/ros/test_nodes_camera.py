@@ -347,3 +347,198 @@ def test_lifecycle_transitions(graph, ros_env):
     finally:
         code = r.proc.stop()
     assert code == 0, r.proc.output()
+
+
+# ------------------------------------------------------------------------------ reliability (#17)
+
+def test_stamp_jumps_do_not_block_the_pipeline(rig):
+    """A frame stamped 1 h ahead used to make every later frame "out of order" until reactivation."""
+    rgb, depth, K = scene_frame()
+    now = time.time_ns()
+    _, out = rig.send(rgb, depth, K, stamp_ns=now)
+    assert len(out) == 4, rig.proc.output()[-2000:]
+    _, out = rig.send(rgb, depth, K, stamp_ns=now + 3600 * 1_000_000_000, wait=False)
+    assert spin_until(rig.ex, lambda: "ahead of the node clock" in rig.proc.output(), 10.0), rig.proc.output()[-2000:]
+    spin_until(rig.ex, lambda: False, 0.5)
+    assert rig.outputs_for(now + 3600 * 1_000_000_000) == {}, "a frame from the future was published"
+    # the next frame with a sane stamp is published
+    _, out = rig.send(rgb, depth, K)
+    assert len(out) == 4, rig.proc.output()[-2000:]
+    # a recording played in a loop: the stamps step back 60 s, the ordering restarts with a WARN
+    looped = time.time_ns() - 60 * 1_000_000_000
+    _, out = rig.send(rgb, depth, K, stamp_ns=looped)
+    assert len(out) == 4, rig.proc.output()[-2000:]
+    assert "frame order restarts" in rig.proc.output()
+    _, out = rig.send(rgb, depth, K, stamp_ns=looped + 33_000_000)
+    assert len(out) == 4
+    assert rig.proc.output().count("ahead of the node clock") == 1
+
+
+def test_empty_frame_id_is_refused_with_one_warning(rig):
+    from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info
+    from instseg_ros.ros.launcher import make_header
+
+    rgb, depth, K = scene_frame()
+    n_before = rig.col.count(rig.topics["instances"])
+    for _ in range(3):
+        h = make_header(time.time_ns(), "")
+        rig.pub.publish_msgs(array_to_image(rgb, "rgb8", h), array_to_image(depth, "16UC1", h),
+                             intrinsics_to_camera_info(K, W, H, h))
+        time.sleep(0.2)
+    assert spin_until(rig.ex, lambda: "empty header.frame_id" in rig.proc.output(), 10.0), rig.proc.output()[-2000:]
+    spin_until(rig.ex, lambda: False, 0.6)
+    assert rig.col.count(rig.topics["instances"]) == n_before, "a frame without a frame_id was published"
+    assert rig.proc.output().count("empty header.frame_id") == 1
+    _, out = rig.send(rgb, depth, K)
+    assert len(out) == 4
+
+
+def test_empty_frame_id_replaced_by_default_frame_id(graph, ros_env):
+    from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info
+    from instseg_ros.ros.launcher import make_header
+
+    model = geometric_clusternet(str(graph[2] / "geometric_fid.pt"))
+    r = CameraRig(graph, ros_env, f"/fid{os.getpid()}", model, default_frame_id="cam_fallback")
+    try:
+        assert r.wait_connected(), r.proc.output()
+        rgb, depth, K = scene_frame()
+        s = time.time_ns()
+        h = make_header(s, "")
+        r.pub.publish_msgs(array_to_image(rgb, "rgb8", h), array_to_image(depth, "16UC1", h),
+                           intrinsics_to_camera_info(K, W, H, h))
+        assert spin_until(r.ex, lambda: len(r.outputs_for(s)) == 4), r.proc.output()[-2000:]
+        out = r.outputs_for(s)
+        assert {out[k].header.frame_id for k in ("instances", "labels", "cloud")} == {"cam_fallback"}
+        assert "outputs use default_frame_id 'cam_fallback'" in r.proc.output()
+    finally:
+        code = r.proc.stop()
+    assert code == 0, r.proc.output()
+
+
+def _set_param(graph, fqn: str, name: str, value):
+    from rcl_interfaces.msg import Parameter as ParamMsg, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    node, ex, _ = graph
+    cli = node.create_client(SetParameters, f"{fqn}/set_parameters")
+    try:
+        assert spin_until(ex, cli.service_is_ready)
+        if isinstance(value, bool):
+            pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+        elif isinstance(value, int):
+            pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+        elif isinstance(value, float):
+            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+        else:
+            pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+        req = SetParameters.Request()
+        req.parameters = [ParamMsg(name=name, value=pv)]
+        fut = cli.call_async(req)
+        assert spin_until(ex, fut.done)
+        return fut.result().results[0]
+    finally:
+        node.destroy_client(cli)
+
+
+def _process_figures(pid: int) -> tuple[int, float]:
+    """(threads, RSS MB) of a process, from /proc."""
+    threads = len(os.listdir(f"/proc/{pid}/task"))
+    with open(f"/proc/{pid}/status") as f:
+        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return threads, rss_kb / 1024.0
+
+
+def bogus_clusternet(path: str) -> str:
+    """The hand-set model, saved with a clustering-parameter field the predictor does not know."""
+    import torch
+
+    geometric_clusternet(path)
+    ck = torch.load(path, weights_only=True)
+    ck["meta"]["cluster_params"] = {"bogus_key": 1}
+    torch.save(ck, path)
+    return path
+
+
+CHURN_CYCLES = 8
+
+
+def test_lifecycle_churn_with_failing_transitions_leaks_nothing(graph, ros_env):
+    """Items 4 / 5 of #17 and the churn test: parameters that would break activation are refused when
+    set; an activation that raises (a checkpoint with an unknown meta field) is logged with its
+    reason; after many cycles of failing and succeeding transitions the node has one publisher per
+    output, one diagnostics timer, and as many threads and about as much memory as after the first."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from lifecycle_msgs.msg import State, Transition
+
+    from instseg_ros.ros.launcher import Collector
+
+    node, ex, tmp = graph
+    good = geometric_clusternet(str(tmp / "geometric_churn.pt"))
+    bogus = bogus_clusternet(str(tmp / "bogus_churn.pt"))
+    r = CameraRig(graph, ros_env, f"/churn{os.getpid()}", bogus, autostart=False)
+    fqn = f"{r.ns}/clusternet_node"
+    diag = Collector(node, {"/diagnostics": DiagnosticArray})
+
+    def diag_rate(window: float = 3.0) -> float:
+        t0 = time.time_ns()
+        spin_until(ex, lambda: False, window)
+        n = sum(1 for t, a in diag.get("/diagnostics") if t >= t0 and any(s.hardware_id == fqn for s in a.status))
+        return n / window
+
+    def publishers(topic: str) -> int:
+        return sum(1 for i in node.get_publishers_info_by_topic(topic)
+                   if i.node_name == "clusternet_node" and i.node_namespace == r.ns)
+
+    def change(transition) -> bool:
+        return lifecycle_call(graph, fqn, transition).success
+
+    def state() -> int:
+        return lifecycle_call(graph, fqn, None).current_state.id
+
+    try:
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED, r.proc.output()
+        # parameters that used to pass and break later are refused when set, with the reason
+        for name, value, word in [("slop", float("inf"), "finite"), ("diagnostics_period_s", 1e-6, "[0.1, 60]"),
+                                  ("queue_size", 1_000_000_000, "[1, 100]"), ("slop", float("nan"), "finite")]:
+            res = _set_param(graph, fqn, name, value)
+            assert not res.successful and name in res.reason and word in res.reason, (name, res.reason)
+
+        figures = []
+        for cycle in range(CHURN_CYCLES):
+            assert _set_param(graph, fqn, "model_path", bogus).successful
+            assert change(Transition.TRANSITION_CONFIGURE)
+            n_logged = r.proc.output().count("bogus_key")
+            assert not change(Transition.TRANSITION_ACTIVATE)
+            assert spin_until(ex, lambda: r.proc.output().count("bogus_key") > n_logged, 10.0), \
+                f"the failed activation was not logged with its reason:\n{r.proc.output()[-3000:]}"
+            assert state() == State.PRIMARY_STATE_INACTIVE
+            assert change(Transition.TRANSITION_CLEANUP)
+            assert _set_param(graph, fqn, "model_path", good).successful
+            assert change(Transition.TRANSITION_CONFIGURE)
+            assert change(Transition.TRANSITION_ACTIVATE), r.proc.output()[-3000:]
+            # graph information follows discovery: wait for it to settle, then it must show exactly one
+            assert spin_until(ex, lambda: publishers(f"{fqn}/instances") == 1 and publishers("/diagnostics") == 1,
+                              10.0), (publishers(f"{fqn}/instances"), publishers("/diagnostics"))
+            if cycle == 0:
+                assert r.wait_connected(), r.proc.output()[-3000:]
+            rgb, depth, K = scene_frame()
+            _, out = r.send(rgb, depth, K)
+            assert len(out) == 4, r.proc.output()[-3000:]
+            spin_until(ex, lambda: False, 0.5)
+            figures.append(_process_figures(r.proc.proc.pid))
+            if cycle in (0, CHURN_CYCLES - 1):
+                figures[-1] = figures[-1] + (diag_rate(),)
+            assert change(Transition.TRANSITION_DEACTIVATE)
+            assert change(Transition.TRANSITION_CLEANUP)
+            assert spin_until(ex, lambda: publishers(f"{fqn}/instances") == 0 and publishers("/diagnostics") == 0,
+                              10.0), (publishers(f"{fqn}/instances"), publishers("/diagnostics"))
+        (threads0, rss0, rate0), (threads1, rss1, rate1) = figures[0], figures[-1]
+        print(f"churn: threads {threads0} -> {threads1}, RSS {rss0:.1f} -> {rss1:.1f} MB, "
+              f"diagnostics {rate0:.2f} -> {rate1:.2f} Hz over {CHURN_CYCLES} cycles")
+        assert threads1 <= threads0, figures
+        assert rss1 - rss0 < 40.0, figures
+        # one diagnostics timer (period 0.5 s): ~2 Hz, never twice that
+        assert 1.0 <= rate1 <= 3.0 and 1.0 <= rate0 <= 3.0, (rate0, rate1)
+    finally:
+        code = r.proc.stop()
+    assert code == 0, r.proc.output()

@@ -265,3 +265,112 @@ def test_pose_source_tf_without_tf2_refuses_to_configure(graph, ros_env):
     finally:
         code = r.proc.stop()
     assert code == 0, r.proc.output()
+
+
+# ------------------------------------------------------------------------------ reliability (#17)
+
+def _status(rig):
+    """(level, message, values) of the newest /diagnostics status of this rig's node, or None."""
+    for _, arr in reversed(rig.col.get("/diagnostics")):
+        for st in arr.status:
+            if st.hardware_id == rig.fqn:
+                return st.level[0] if isinstance(st.level, bytes) else st.level, st.message, \
+                    {kv.key: kv.value for kv in st.values}
+    return None
+
+
+def test_far_poses_and_unnormalised_quaternions_are_rejected_and_the_map_stays_segmentable(rig):
+    """A pose 1e6 m away used to be integrated and break every later ~/segment; a quaternion of norm
+    1.4e-5 used to be normalised into a 90 degree yaw."""
+    from instseg_ros.ros.launcher import make_header, pose_msg
+
+    assert rig.call("reset").success
+    vs = views(4)
+    for rgb, depth, K, T in vs:
+        n = rig.stat("frames_integrated")
+        rig.pub.publish_frame(rgb, depth, K, time.time_ns(), T_map_camera=T)
+        assert spin_until(rig.ex, lambda: rig.stat("frames_integrated") > n, 30.0), rig.proc.output()[-3000:]
+    rgb, depth, K, T = vs[0]
+
+    def rejected(T_bad, quaternion=None, stamp=None, log_text=""):
+        from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info
+
+        before, bad_before = rig.stat("frames_integrated"), rig.stat("bad_frames")
+        s = stamp if stamp is not None else time.time_ns()
+        h = make_header(s, "cam")
+        p = pose_msg(T_bad, make_header(s, "map"))
+        if quaternion is not None:
+            o = p.pose.orientation
+            o.x, o.y, o.z, o.w = quaternion
+        rig.pub.publish_msgs(array_to_image(rgb, "rgb8", h), array_to_image(depth, "16UC1", h),
+                             intrinsics_to_camera_info(K, W, H, h), pose=p)
+        assert spin_until(rig.ex, lambda: log_text in rig.proc.output() and rig.stat("bad_frames") > bad_before,
+                          15.0), rig.proc.output()[-3000:]
+        assert rig.stat("frames_integrated") == before
+
+    far = T.copy()
+    far[:3, 3] = [1e6, 0.0, 0.4]
+    rejected(far, log_text="outside the world bound")
+    rejected(T, quaternion=(0.0, 0.0, 1e-5, 1e-5), log_text="has norm")
+    rejected(T, stamp=time.time_ns() + 3600 * 1_000_000_000, log_text="ahead of the node clock")
+    # the next good frame is integrated (the future stamp did not become the last stamp)
+    n = rig.stat("frames_integrated")
+    rig.pub.publish_frame(rgb, depth, K, time.time_ns(), T_map_camera=T)
+    assert spin_until(rig.ex, lambda: rig.stat("frames_integrated") > n, 30.0), rig.proc.output()[-3000:]
+    res = rig.call("segment")
+    assert res.success, res.message
+
+
+def test_budget_and_missing_inputs_show_in_the_node_log_and_diagnostics(graph, ros_env):
+    """The TSDF budget message goes through the node's logger once, with no misleading "frame
+    integrated no depth"; a gap in the stamps is counted as lost messages (WARN); a silent input
+    turns /diagnostics to ERROR."""
+    from diagnostic_msgs.msg import DiagnosticStatus as D
+
+    class DiagnosticStatus:  # the message constants are bytes; the statuses read back as ints
+        WARN, ERROR = ord(D.WARN), ord(D.ERROR)
+
+    model = random_occuseg(str(graph[2] / "occuseg_budget.pt"))
+    r = MapRig(graph, ros_env, f"/budget{os.getpid()}", model_path=model, max_blocks=20, input_timeout_s=1.0)
+    try:
+        assert r.wait_connected(), r.proc.output()
+        vs = views(4)
+        for rgb, depth, K, T in vs[:2]:
+            n = r.stat("bad_frames") + r.stat("frames_integrated")
+            r.pub.publish_frame(rgb, depth, K, time.time_ns(), T_map_camera=T)
+            assert spin_until(r.ex, lambda: r.stat("bad_frames") + r.stat("frames_integrated") > n
+                              and r.stat("map_blocks") >= 0, 30.0), r.proc.output()[-3000:]
+        assert spin_until(r.ex, lambda: r.stat("map_blocks_dropped") > 0, 10.0), r.proc.output()[-3000:]
+        out = r.proc.output()
+        budget = [ln for ln in out.splitlines() if "TSDF block budget 20 reached" in ln]
+        assert len(budget) == 1 and "[WARN]" in budget[0] and "occuseg_mapping_node]" in budget[0], out[-3000:]
+        assert "integrated no depth" not in out
+
+        # 10 Hz frames with one stamp missing: one message lost on each of the four inputs
+        rgb, depth, K, T = vs[0]
+        lost0 = r.stat("lost_estimate")
+        base = time.time_ns()
+        for k in [0, 1, 2, 3, 4, 5, 7, 8, 9]:
+            target = base + k * 100_000_000
+            time.sleep(max(0.0, (target - time.time_ns()) * 1e-9))
+            r.pub.publish_frame(rgb, depth, K, target, T_map_camera=T)
+            r.ex.spin_once(timeout_sec=0.0)
+        assert spin_until(r.ex, lambda: r.stat("lost_estimate") - lost0 == 4, 10.0), \
+            (r.stat("lost_estimate"), lost0, _status(r))
+        assert any(_status_level_message(a, r.fqn)[0] == DiagnosticStatus.WARN
+                   and "lost_estimate+" in _status_level_message(a, r.fqn)[1]
+                   for _, a in r.col.get("/diagnostics") if _status_level_message(a, r.fqn)), \
+            [_status_level_message(a, r.fqn) for _, a in r.col.get("/diagnostics")][-12:]
+        # nothing arrives any more: ERROR naming the inputs within input_timeout_s + a period or two
+        assert spin_until(r.ex, lambda: (_status(r) or (0,))[0] == DiagnosticStatus.ERROR, 10.0), _status(r)
+        assert "input missing" in _status(r)[1] and "pose" in _status(r)[1]
+    finally:
+        code = r.proc.stop()
+    assert code == 0, r.proc.output()
+
+
+def _status_level_message(arr, fqn):
+    for st in arr.status:
+        if st.hardware_id == fqn:
+            return (st.level[0] if isinstance(st.level, bytes) else st.level), st.message
+    return None

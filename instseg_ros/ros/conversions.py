@@ -467,7 +467,9 @@ def msg_to_labeled_cloud(msg: PointCloud2) -> CloudArrays:
     """PointCloud2 with x, y, z (+ optional rgb/rgba, label) -> :class:`CloudArrays`.
 
     Works with any field order, padding and byte order (fields located by name); the rgb field may
-    be FLOAT32 (ROS convention) or UINT32. ValueError if x, y or z is missing.
+    be FLOAT32 (ROS convention) or UINT32. ValueError if x, y or z is missing or holds float64
+    values beyond the float32 range. Non-finite coordinates (invalid points of an organised cloud)
+    are passed through as they are; the conversion itself never creates one.
     """
     s = cloud_structured(msg)
     names = s.dtype.names or ()
@@ -475,9 +477,14 @@ def msg_to_labeled_cloud(msg: PointCloud2) -> CloudArrays:
         if axis not in names:
             raise ValueError(f"PointCloud2.fields has no {axis!r} field (fields: {list(names)})")
     points = np.empty((s.shape[0], 3), np.float32)
-    points[:, 0] = s["x"]
-    points[:, 1] = s["y"]
-    points[:, 2] = s["z"]
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k, axis in enumerate("xyz"):
+            points[:, k] = s[axis]
+            if s[axis].dtype.itemsize == 8 and s[axis].dtype.kind == "f":
+                # float64 coordinates beyond the float32 range would turn into inf here
+                src = s[axis]
+                if (np.isfinite(src) & ~np.isfinite(points[:, k])).any():
+                    raise ValueError(f"PointCloud2.fields[{axis!r}] holds values beyond the float32 range")
     colors = None
     for cname in ("rgb", "rgba"):
         if cname in names:

@@ -22,6 +22,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "clusternet"): ("instseg_ros.clusternet.bench", "ClusterNet per-stage timing"),
     ("bench", "occuseg"): ("instseg_ros.occuseg.bench", "OccuSeg + TSDF timing"),
     ("bench", "nodes"): ("instseg_ros.ros.bench_nodes", "end-to-end node latency and throughput"),
+    ("bench", "soak"): ("instseg_ros.ros.bench_soak", "a node at a fixed input rate for minutes: RSS slope, latency, drops"),
 }
 
 

@@ -248,3 +248,12 @@ def test_diagnostics_level_from_silent_inputs_and_drops():
 def test_infinite_slop_is_refused_by_the_synchronizer():
     with pytest.raises(ValueError, match="slop"):
         ApproximateTimeSynchronizer(3, lambda *m: None, queue_size=5, slop=math.inf)
+
+
+def test_soak_rss_slope_is_megabytes_per_minute():
+    from instseg_ros.ros.bench_soak import slope_per_min
+
+    t = np.arange(0.0, 120.0, 1.0)               # two minutes of 1 s samples
+    assert slope_per_min(t, 500.0 + 0.05 * t) == pytest.approx(3.0)   # 0.05 MB/s = 3 MB/min
+    assert slope_per_min(t, np.full_like(t, 500.0)) == pytest.approx(0.0, abs=1e-9)
+    assert slope_per_min(t[:1], t[:1]) == 0.0

@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--bag", default=str(rec.DEMO_BAG), help="recording whose views are sent")
     ap.add_argument("--log", default="bench_soak.log", help="node output")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra node parameter (repeatable), e.g. network_height=240")
     a = ap.parse_args(argv)
 
     from instseg_ros.ros.demo import load_views
@@ -90,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         params["model_path"] = str(Path(a.model).resolve())
     if a.node == "mapping":
         params["segment_period_s"] = 5.0
+    for item in a.param:
+        key, _, value = item.partition("=")
+        params[key] = value
     remaps = {t: f"{PREFIX}/{t}" for t in ("color/image_raw", "aligned_depth_to_color/image_raw",
                                            "color/camera_info", "pose")}
     cmd = node_command(name, params_file=package_root() / "config" / f"{name}.yaml", params=params, remaps=remaps)
@@ -175,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "outputs": answered if a.node == "camera" else int(float(diag.get("frames_integrated", 0))),
         "rss_mb_start": float(y[after][0]) if after.any() else None, "rss_mb_end": float(y[-1]) if len(y) else None,
         "rss_slope_mb_per_min": slope_per_min(t[after], y[after]), "warmup_s": a.warmup_s,
+        "params": params,
         "per_minute": minutes, "drops": drops, "node_alive_at_end": alive, "node_exit_code": code,
         "load_avg": [load0, os.getloadavg()[0]], "cpus": os.cpu_count(),
         "bar_rss_slope_below_1": bool(after.any() and slope_per_min(t[after], y[after]) < 1.0),

@@ -442,7 +442,10 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
         with self._state_lock:
             inst, stamp = self._result, self._result_stamp_ns
         if inst is None or self._segmented_version != self._map_version:
-            ok, msg = self._segment() if self._segmenter is not None else (False, "the node is not active")
+            try:
+                ok, msg = self._segment() if self._segmenter is not None else (False, "the node is not active")
+            except Exception as e:  # noqa: BLE001 - the reason goes back to the caller; the node stays up
+                ok, msg = False, f"segmentation failed: {type(e).__name__}: {e}"
             if not ok:
                 response.success, response.message = False, f"nothing to save: {msg}"
                 return response

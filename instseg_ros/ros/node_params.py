@@ -48,7 +48,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "segment_period_s": (0.0, 3600.0),
     "min_segment_voxels": (1, 10_000_000),
     "id_match_iou": (1e-6, 1.0),
-    "world_bound_m": (0.1, 100_000.0),
+    "world_bound_m": (1.0, 100_000.0),
     "quaternion_tolerance": (1e-6, 0.5),
 }
 #: Parameters whose value 0 is allowed outside their range (a documented "off" / "automatic").
@@ -187,6 +187,8 @@ class MappingNodeConfig:
             raise ValueError(f"static_pose quaternion {self.static_pose[3:]} must have norm 1 (within "
                              f"quaternion_tolerance={self.quaternion_tolerance}); a zero or unnormalised "
                              f"quaternion is not a rotation")
+        if max(abs(v) for v in self.static_pose[:3]) > self.world_bound_m:
+            raise ValueError(f"static_pose position {self.static_pose[:3]} lies outside world_bound_m={self.world_bound_m}")
         if not self.tf_timeout_s >= 0:
             raise ValueError(f"tf_timeout_s must be >= 0, got {self.tf_timeout_s}")
         self.workspace_min = [float(v) for v in self.workspace_min]

@@ -191,6 +191,7 @@ def test_non_finite_float_parameters_are_refused(cls, bad):
     (MappingNodeConfig, {"quaternion_tolerance": 0.0}, "quaternion_tolerance"),
     (MappingNodeConfig, {"world_bound_m": 0.0}, "world_bound_m"),
     (MappingNodeConfig, {"static_pose": [0, 0, 0, 0, 0, 1e-5, 1e-5]}, "static_pose"),
+    (MappingNodeConfig, {"static_pose": [2000.0, 0, 0, 0, 0, 0, 1]}, "world_bound_m"),
 ])
 def test_out_of_range_parameters_are_refused_naming_the_range(cls, values, word):
     with pytest.raises(ValueError, match=word):

@@ -2,7 +2,8 @@
 
 The node (``clusternet_node`` or ``occuseg_mapping_node``, parameters from ``config/``) runs in its own
 process; this process publishes the views of the demo recording (colour rgb8, depth 16UC1, camera_info
-and, for the mapping node, the camera pose), stamped with the wall clock at publish, at ``--rate`` Hz
+and, for the mapping node, the camera pose), stamped with the wall clock at publish (never closer
+than one period apart), at ``--rate`` Hz
 for ``--minutes``. It samples the node's resident memory (``/proc/<pid>/status`` VmRSS) every second
 and reads the node's /diagnostics counters.
 
@@ -131,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         next_t, next_rss, k = t0, t0, 0
         minute_start, minute_sent0, minute_out0 = t0, 0, 0
         integ: list[float] = []
+        period_ns = int(round(period * 1e9))
         while time.monotonic() - t0 < a.minutes * 60.0:
-            s = time.time_ns()
+            # wall-clock stamps, but never closer than one period: when this loop runs late, stamps
+            # within ``slop`` of each other would let the synchronizer pair a view with the next
+            # view's pose, which a camera at this rate never does
+            s = max(time.time_ns(), sent[-1] + period_ns) if sent else time.time_ns()
             v = views[k % len(views)]
             for key in ("color", "depth", "info", "pose"):
                 v[key].header.stamp = ns_to_stamp(s)
@@ -148,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                     integ.append(float(diag["integrate_mean_ms"]))
             if now - minute_start >= 60.0:
                 minutes.append(_minute(col, out_topic, sent, minute_start, now, minute_sent0, minute_out0, integ))
+                if "map_blocks" in diag:   # map growth is expected until the views are covered
+                    minutes[-1]["map_blocks"] = int(float(diag["map_blocks"]))
+                minutes[-1]["rss_mb"] = rss[-1][1]
                 print(f"minute {len(minutes)}: {minutes[-1]}  RSS {rss[-1][1]:.1f} MB", flush=True)
                 minute_start, minute_sent0, minute_out0, integ = now, len(sent), col.count(out_topic), []
             while True:

@@ -64,7 +64,7 @@ from instseg_ros.ros.graph import image_qos
 from instseg_ros.ros.node_common import (QUATERNION_TOLERANCE, CounterDelta, FrameError, LatencyStats,
                                          LatestFrameWorker, LifecycleTeardown, RateMeter, StampGuard, SyncWatch,
                                          diagnostic_status, frame_to_arrays, input_health, pose_from_xyz_quat,
-                                         resolve_model_path, run)
+                                         release_free_heap, resolve_model_path, run)
 from instseg_ros.ros.node_params import MappingNodeConfig, declare_config, read_config
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
 
@@ -390,7 +390,10 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
                 self.segmentations += 1
             self._segmented_version = version
             self._publish_map(inst, stamp)
-            return True, f"{len(inst)} instances over {len(sv)} surface voxels"
+            message = f"{len(inst)} instances over {len(sv)} surface voxels"
+            del inst, sv, pos, col, nrm
+            release_free_heap()
+            return True, message
 
     def _header(self, stamp_ns: int) -> Header:
         return Header(stamp=ns_to_stamp(stamp_ns), frame_id=self.cfg.map_frame)

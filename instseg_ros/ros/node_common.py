@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import threading
 import time
 import traceback
@@ -184,6 +185,45 @@ def _release_after_failure(node, transition: str, state) -> None:
                                 f"{type(e).__name__}: {e}")
 
 
+class NodeLogHandler(logging.Handler):
+    """Forwards Python ``logging`` records (library code such as ``instseg_ros.core.device``) to a ROS
+    node's logger, so every line a node process prints carries the node's name and ROS severity."""
+
+    def __init__(self, node_logger) -> None:
+        super().__init__(level=logging.INFO)
+        self.node_logger = node_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{record.name}: {record.getMessage()}"
+            if record.levelno >= logging.ERROR:
+                self.node_logger.error(text)
+            elif record.levelno >= logging.WARNING:
+                self.node_logger.warning(text)
+            else:
+                self.node_logger.info(text)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
+#: Python logger whose records a node forwards (the package's root logger).
+PACKAGE_LOGGER = "instseg_ros"
+
+
+def route_package_logging(node_logger) -> NodeLogHandler:
+    """Send the package's Python logging (INFO and above) to ``node_logger`` instead of stderr;
+    replaces a previous node's handler (one node per process in the shipped executables)."""
+    log = logging.getLogger(PACKAGE_LOGGER)
+    for h in list(log.handlers):
+        if isinstance(h, NodeLogHandler):
+            log.removeHandler(h)
+    handler = NodeLogHandler(node_logger)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return handler
+
+
 def _guard_transition(name: str, fn):
     """Wrap a lifecycle transition callback: an exception is logged with its reason (rclpy would
     swallow it silently) and turned into FAILURE; any non-SUCCESS result releases what the
@@ -193,6 +233,8 @@ def _guard_transition(name: str, fn):
     def guarded(self, state):
         from rclpy.lifecycle import TransitionCallbackReturn
 
+        if name == "on_configure":
+            route_package_logging(self.get_logger())
         try:
             ret = fn(self, state)
         except Exception as e:  # noqa: BLE001 - every failure is logged and cleaned up here

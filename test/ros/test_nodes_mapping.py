@@ -345,6 +345,9 @@ def test_budget_and_missing_inputs_show_in_the_node_log_and_diagnostics(graph, r
         budget = [ln for ln in out.splitlines() if "TSDF block budget 20 reached" in ln]
         assert len(budget) == 1 and "[WARN]" in budget[0] and "occuseg_mapping_node]" in budget[0], out[-3000:]
         assert "integrated no depth" not in out
+        # library code's Python logging goes through the node's logger too
+        device_lines = [ln for ln in out.splitlines() if "instseg_ros.device: device=" in ln]
+        assert device_lines and all("[INFO]" in ln and "occuseg_mapping_node]" in ln for ln in device_lines), out[:3000]
 
         # 10 Hz frames with one stamp missing: one message lost on each of the four inputs
         rgb, depth, K, T = vs[0]

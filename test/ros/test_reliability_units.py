@@ -258,3 +258,27 @@ def test_soak_rss_slope_is_megabytes_per_minute():
     assert slope_per_min(t, 500.0 + 0.05 * t) == pytest.approx(3.0)   # 0.05 MB/s = 3 MB/min
     assert slope_per_min(t, np.full_like(t, 500.0)) == pytest.approx(0.0, abs=1e-9)
     assert slope_per_min(t[:1], t[:1]) == 0.0
+
+
+def test_package_logging_is_forwarded_to_the_node_logger():
+    import logging
+
+    from instseg_ros.ros.node_common import PACKAGE_LOGGER, route_package_logging
+
+    log = ListLogger()
+    handler = route_package_logging(log)
+    try:
+        logging.getLogger("instseg_ros.core.device").info("device=cpu")
+        logging.getLogger("instseg_ros.mapping").warning("budget")
+        logging.getLogger("instseg_ros.mapping").debug("not forwarded")
+        assert log.lines == [("info", "instseg_ros.core.device: device=cpu"), ("warning", "instseg_ros.mapping: budget")]
+        # a second node replaces the first one's handler
+        log2 = ListLogger()
+        handler = route_package_logging(log2)
+        logging.getLogger("instseg_ros.x").warning("w")
+        assert log2.lines == [("warning", "instseg_ros.x: w")] and len(log.lines) == 2
+    finally:
+        pkg = logging.getLogger(PACKAGE_LOGGER)
+        pkg.removeHandler(handler)
+        pkg.propagate = True
+        pkg.setLevel(logging.NOTSET)

@@ -51,7 +51,7 @@ from instseg_ros.ros.conversions import (array_to_image, instances_to_markers, i
 from instseg_ros.ros.graph import image_qos
 from instseg_ros.ros.node_common import (CounterDelta, LatencyStats, LatestFrameWorker, LifecycleTeardown, RateMeter,
                                          StampGuard, SyncWatch, diagnostic_status, frame_to_arrays, input_health,
-                                         resolve_model_path, run)
+                                         release_free_heap, resolve_model_path, run)
 from instseg_ros.ros.node_params import ClusterNetNodeConfig, declare_config, read_config
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
 
@@ -286,6 +286,7 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
         arr.status = [diagnostic_status(f"{self.get_name()}: clusternet", self.get_fully_qualified_name(),
                                         st, level, msg)]
         self._diag_pub.publish(arr)
+        release_free_heap()  # once per period: freed worker-thread arenas back to the OS (flat RSS)
 
 
 def main(args=None) -> int:

@@ -522,6 +522,7 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
         arr.status = [diagnostic_status(f"{self.get_name()}: occuseg mapping", self.get_fully_qualified_name(),
                                         st, level, msg)]
         self._diag_pub.publish(arr)
+        release_free_heap()  # once per period: freed worker-thread arenas back to the OS (flat RSS)
 
 
 def main(args=None) -> int:

@@ -542,3 +542,42 @@ def test_lifecycle_churn_with_failing_transitions_leaks_nothing(graph, ros_env):
     finally:
         code = r.proc.stop()
     assert code == 0, r.proc.output()
+
+
+def test_diagnostics_turn_error_while_an_input_is_missing(rig, graph):
+    """/diagnostics used to stay OK while camera_info had been missing for 10 s."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    from instseg_ros.ros.conversions import array_to_image
+    from instseg_ros.ros.launcher import Collector, make_header
+
+    node, ex, _ = graph
+    fqn = f"{rig.ns}/clusternet_node"
+    diag = Collector(node, {"/diagnostics": DiagnosticArray})
+
+    def latest():
+        for _, arr in reversed(diag.get("/diagnostics")):
+            for st in arr.status:
+                if st.hardware_id == fqn:
+                    return ord(st.level) if isinstance(st.level, bytes) else st.level, st.message
+        return None
+
+    rgb, depth, K = scene_frame()
+    _, out = rig.send(rgb, depth, K)
+    assert len(out) == 4
+    # colour and depth keep coming for longer than input_timeout_s (3 s), camera_info does not
+    t_end = time.monotonic() + 4.5
+    while time.monotonic() < t_end:
+        h = make_header(time.time_ns(), "camera_color_optical_frame")
+        rig.pub.color.publish(array_to_image(rgb, "rgb8", h))
+        rig.pub.depth.publish(array_to_image(depth, "16UC1", h))
+        spin_until(ex, lambda: False, 0.2)
+    assert spin_until(ex, lambda: (latest() or (0,))[0] == ord(DiagnosticStatus.ERROR), 5.0), latest()
+    level, message = latest()
+    missing = message.split(";")[0]
+    assert missing.startswith("input missing") and "color/camera_info" in missing and "image_raw" not in missing
+    # the camera_info comes back: the status leaves ERROR
+    _, out = rig.send(rgb, depth, K)
+    assert len(out) == 4
+    assert spin_until(ex, lambda: (latest() or (2,))[0] != ord(DiagnosticStatus.ERROR), 5.0), latest()
+    node.destroy_subscription(diag.subs[0])

@@ -218,10 +218,13 @@ def unseen_object_metrics(gt: np.ndarray, pred: np.ndarray, boundary_tol: int | 
         n_bp += pb[k].sum()
     for k in gids:
         n_br += gb[k].sum()
+    def grow(m: np.ndarray) -> np.ndarray:   # scipy dilates until nothing changes when iterations < 1
+        return m if boundary_tol == 0 else ndimage.binary_dilation(m, se, iterations=boundary_tol)
+
     for r_, c_ in zip(rows, cols):
         bpk, bgk = pb[pids[r_]], gb[gids[c_]]
-        bp_tp += (bpk & ndimage.binary_dilation(bgk, se, iterations=boundary_tol)).sum()
-        br_tp += (bgk & ndimage.binary_dilation(bpk, se, iterations=boundary_tol)).sum()
+        bp_tp += (bpk & grow(bgk)).sum()
+        br_tp += (bgk & grow(bpk)).sum()
     bP, bR, bF = _prf(bp_tp, n_bp, br_tp, n_br)
     return {**out, "overlap_P": P, "overlap_R": R, "overlap_F": Fm, "boundary_P": bP, "boundary_R": bR,
             "boundary_F": bF, "obj_f75": float((matched_f >= f_threshold).mean())}

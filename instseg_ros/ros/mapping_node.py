@@ -372,7 +372,7 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
                 self._segmented_version = version
                 return False, f"the map has {len(sv)} surface voxels, fewer than min_segment_voxels={cfg.min_segment_voxels}"
             inst = segmenter.segment(sv)
-            inst = self._tracker.assign(sv.coords, inst)
+            inst = self._tracker.assign(sv.coords, inst, stamp_ns=stamp)
             self._segment_ms.add((time.perf_counter() - t0) * 1e3)
             with self._state_lock:
                 self._result, self._result_stamp_ns = inst, stamp

@@ -10,13 +10,23 @@ Association (one frame, T live tracks x N instances):
   covariance are first moved to the world (map) frame, so a moving camera over static objects gives
   static tracks. Without a pose the camera frame is used and objects and camera are assumed to move
   little between frames (the gate below bounds how little).
-* Gate. A pair is allowed only if the centroid distance d (m) is at most ``gate_distance_m`` and its
-  Mahalanobis length sqrt(d^T S^-1 d) is at most ``gate_mahalanobis``, with
-  S = C_track + C_instance + ``position_noise_m``^2 I: the covariances are the second moments of
-  the objects' points, so a large object tolerates a larger centroid shift (a moving camera sees
-  another part of its surface) than a small one, and the noise term keeps flat or tiny objects
-  (near-singular covariances) gateable.
-* Cost of an allowed pair = (1 - w) * mahalanobis / gate_mahalanobis + w * (1 - overlap), with
+* Distance. Track and instance are two Gaussians, N(c_t, C_t + n^2 I) and N(c, C + n^2 I) with the
+  covariances = second moments of the objects' points and n = ``position_noise_m``; their
+  Bhattacharyya distance (unitless)
+
+      D_B = 1/8 d^T S^-1 d + 1/2 ln(det S / sqrt(det(C_t + n^2 I) det(C + n^2 I))),
+      d = c - c_t, S = (C_t + C + 2 n^2 I) / 2,
+
+  has a position term (a Mahalanobis distance: a large object tolerates a larger centroid shift,
+  e.g. a moving camera seeing another part of its surface, than a small one) and a shape term that
+  grows when the spreads differ, so a whole object and a fragment of it at the same place are kept
+  apart (a Mahalanobis distance alone, with summed covariances, calls them compatible). The noise
+  term keeps flat or tiny objects (near-singular covariances) comparable. For equal shapes
+  D_B = m^2 / 8 with m the Mahalanobis distance in one object's spread: the default gate 1.5 is a
+  shift of 3.5 standard deviations.
+* Gate. A pair is allowed only if D_B <= ``gate_bhattacharyya`` and the centroid distance |d| (m) is
+  at most ``gate_distance_m``.
+* Cost of an allowed pair = (1 - w) * D_B / gate_bhattacharyya + w * (1 - overlap), with
   w = ``overlap_weight`` and the overlap in [0, 1]:
 
   - camera frame: mask IoU between the instance and the track's mask in the previous processed
@@ -70,12 +80,12 @@ class TrackerConfig:
         min_hits: consecutive observations (processed frames) that confirm a track; 1 = every
             instance is confirmed at once (no fragment filtering).
         max_age_s: a confirmed track is deleted when unseen for longer than this (s, stamp time).
-        gate_mahalanobis: largest Mahalanobis length (unitless, in standard deviations of
-            S = C_track + C_instance + position_noise_m^2 I) of an assignable pair.
+        gate_bhattacharyya: largest Bhattacharyya distance (unitless) between the track's and the
+            instance's Gaussians of an assignable pair (1.5 = a 3.5-sigma shift for equal shapes).
         gate_distance_m: largest centroid distance of an assignable pair (m), whatever the
             covariances (keeps large objects from swallowing their neighbours).
-        position_noise_m: isotropic centroid uncertainty added to S (m): segmentation jitter, pose
-            error and object / camera motion between frames.
+        position_noise_m: isotropic centroid uncertainty added to both covariances (m):
+            segmentation jitter, pose error and object / camera motion between frames.
         overlap_weight: weight in [0, 1] of the overlap term (mask IoU in the camera frame,
             point-count ratio in the world frame) against the Mahalanobis term in the cost.
         smoothing: weight in (0, 1] of a new observation in the track's smoothed centroid and
@@ -86,7 +96,7 @@ class TrackerConfig:
 
     min_hits: int = 2
     max_age_s: float = 1.0
-    gate_mahalanobis: float = 3.0
+    gate_bhattacharyya: float = 1.5
     gate_distance_m: float = 0.08
     position_noise_m: float = 0.01
     overlap_weight: float = 0.3
@@ -98,8 +108,8 @@ class TrackerConfig:
             raise ValueError(f"min_hits must be >= 1, got {self.min_hits}")
         if not self.max_age_s >= 0:
             raise ValueError(f"max_age_s must be >= 0 seconds, got {self.max_age_s}")
-        if not self.gate_mahalanobis > 0:
-            raise ValueError(f"gate_mahalanobis must be > 0, got {self.gate_mahalanobis}")
+        if not self.gate_bhattacharyya > 0:
+            raise ValueError(f"gate_bhattacharyya must be > 0, got {self.gate_bhattacharyya}")
         if not self.gate_distance_m > 0:
             raise ValueError(f"gate_distance_m must be > 0 metres, got {self.gate_distance_m}")
         if not self.position_noise_m >= 0:
@@ -170,6 +180,22 @@ def transform_moments(centroids: np.ndarray, covariances: np.ndarray,
     c' = R c + t, C' = R C R^T (metres, m^2)."""
     R, t = T[:3, :3], T[:3, 3]
     return centroids @ R.T + t, np.einsum("ij,njk,lk->nil", R, covariances, R)
+
+
+def bhattacharyya(c_a: np.ndarray, C_a: np.ndarray, c_b: np.ndarray, C_b: np.ndarray,
+                  noise_m: float = 0.0) -> np.ndarray:
+    """Bhattacharyya distance (len(c_a), len(c_b)) between Gaussians N(c_a, C_a + noise^2 I) and
+    N(c_b, C_b + noise^2 I): centroids (N, 3) m, covariances (N, 3, 3) m^2 (formula in the module
+    docstring; 0 for identical Gaussians, unitless)."""
+    eye = np.eye(3)
+    # a tiny ridge keeps single-point instances (zero covariance) with noise 0 finite
+    A = np.asarray(C_a, np.float64)[:, None] + (noise_m ** 2 + 1e-12) * eye
+    B = np.asarray(C_b, np.float64)[None, :] + (noise_m ** 2 + 1e-12) * eye
+    S = 0.5 * (A + B)
+    d = np.asarray(c_b, np.float64)[None, :, :] - np.asarray(c_a, np.float64)[:, None, :]
+    position = np.einsum("abi,abi->ab", d, np.linalg.solve(S, d[..., None])[..., 0]) / 8.0
+    shape = 0.5 * (np.linalg.slogdet(S)[1] - 0.5 * (np.linalg.slogdet(A)[1] + np.linalg.slogdet(B)[1]))
+    return np.maximum(position, 0.0) + np.maximum(shape, 0.0)
 
 
 def mask_iou(labels_a: np.ndarray, keys_a: np.ndarray, labels_b: np.ndarray, keys_b: np.ndarray) -> np.ndarray:
@@ -328,13 +354,9 @@ class Tracker:
             return np.zeros(0, int), np.zeros(0, int)
         tc = np.stack([t.centroid for t in self._tracks])
         tC = np.stack([t.covariance for t in self._tracks])
-        d = cent[None, :, :] - tc[:, None, :]                                   # (T, N, 3)
-        S = tC[:, None] + cov[None, :] + (cfg.position_noise_m ** 2) * np.eye(3)
-        # a zero-noise singular S (two single-point instances) gets a tiny ridge instead of failing
-        S = S + 1e-12 * np.eye(3)
-        maha = np.sqrt(np.maximum(np.einsum("tni,tni->tn", d, np.linalg.solve(S, d[..., None])[..., 0]), 0.0))
-        dist = np.linalg.norm(d, axis=2)
-        allowed = (maha <= cfg.gate_mahalanobis) & (dist <= cfg.gate_distance_m)
+        dist_b = bhattacharyya(tc, tC, cent, cov, cfg.position_noise_m)
+        dist = np.linalg.norm(cent[None, :, :] - tc[:, None, :], axis=2)
+        allowed = (dist_b <= cfg.gate_bhattacharyya) & (dist <= cfg.gate_distance_m)
         if frame == "camera":
             prev = self._prev_labels
             lab = np.asarray(instances.labels)
@@ -348,7 +370,7 @@ class Tracker:
             with np.errstate(invalid="ignore", divide="ignore"):
                 overlap = np.where(np.maximum(tn, dn) > 0, np.minimum(tn, dn) / np.maximum(tn, dn), 0.0)
         w = cfg.overlap_weight
-        cost = (1 - w) * maha / cfg.gate_mahalanobis + w * (1.0 - overlap)
+        cost = (1 - w) * dist_b / cfg.gate_bhattacharyya + w * (1.0 - overlap)
         cost = np.where(allowed, cost, _INFEASIBLE)
         rows, cols = linear_sum_assignment(cost)
         ok = allowed[rows, cols]

@@ -92,6 +92,30 @@ def match_instances(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = MAT
     return out
 
 
+def track_metrics(pairs_per_frame: list[list[tuple[int, int, float]]]) -> dict:
+    """Identity consistency of tracked instances against the ground truth over a frame sequence.
+
+    Args:
+        pairs_per_frame: for each processed frame in stamp order, its (published id, ground-truth id,
+            IoU) matches (``match_instances(...)["pairs"]``; one-to-one within a frame).
+    Returns:
+        dict: ``id_switches`` = over all ground-truth objects, the number of times the id matched to
+        the object differs from the id matched in the previous frame where the object was matched
+        (frames where it is unmatched are skipped, not counted as a switch);
+        ``tracks_per_object`` = distinct ids matched to an object, averaged over the objects matched
+        in at least one frame (None when there are none); ``objects_seen`` = that number of objects;
+        ``ids_per_object`` = {ground-truth id: [matched id per frame where matched]}.
+    """
+    seq: dict[int, list[int]] = {}
+    for pairs in pairs_per_frame:
+        for pid, gid, _ in pairs:
+            seq.setdefault(int(gid), []).append(int(pid))
+    switches = sum(sum(a != b for a, b in zip(ids, ids[1:])) for ids in seq.values())
+    per_obj = [len(set(ids)) for ids in seq.values()]
+    return {"id_switches": int(switches), "tracks_per_object": float(np.mean(per_obj)) if per_obj else None,
+            "objects_seen": len(seq), "ids_per_object": {str(g): ids for g, ids in sorted(seq.items())}}
+
+
 def centroid_errors(inst_msg, pairs, gt_labels: np.ndarray, depth_msg, info_msg) -> list[float]:
     """Distance (m) between each matched instance's published centroid and the centroid of its
     ground-truth object's visible pixels back-projected with the same input depth (camera frame)."""

@@ -7,7 +7,8 @@ import pytest
 
 from instseg_ros.core.geometry import quaternion_to_rotation
 from instseg_ros.core.instances import Instances
-from instseg_ros.core.tracking import Tracker, TrackerConfig, mask_iou, tracked_instances, transform_moments
+from instseg_ros.core.tracking import (Tracker, TrackerConfig, bhattacharyya, mask_iou, tracked_instances,
+                                      transform_moments)
 
 S = 1_000_000_000  # ns per second
 SIGMA = 0.02       # m, object point spread used in the sequences
@@ -37,7 +38,8 @@ A, B, C = np.array([0.0, 0.0, 0.5]), np.array([0.1, 0.0, 0.5]), np.array([0.0, 0
 
 def test_objects_moving_by_known_offsets_keep_their_ids():
     # A moves +1 cm in x per frame, B +1 cm in y, C 1.5 cm in z (towards the camera): every move is
-    # well inside the gate (1.5 cm / sqrt(2 * 0.02^2 + 0.01^2) = 0.5 sigma), far below the 10 cm spacing.
+    # well inside the gate (Bhattacharyya 0.015^2 / (8 * (0.02^2 + 0.01^2)) = 0.06 < 1.5) and far below
+    # the 10 cm spacing (0.1^2 / 0.004 = 2.5 > 1.5 and 10 cm > the 8 cm distance gate).
     frames = [frame([A + [0.01 * k, 0, 0], B + [0, 0.01 * k, 0], C - [0, 0, 0.015 * k]]) for k in range(6)]
     ids = run(Tracker(TrackerConfig(min_hits=2)), frames)
     # frame 0: three tentative tracks (no id yet); frame 1 confirms them, ids in instance order
@@ -77,7 +79,7 @@ def test_two_objects_swapping_score_order_keep_their_ids():
 
 
 def test_one_frame_fragment_is_never_confirmed_nor_published_and_uses_no_id():
-    # 10.7 cm from A and B: beyond the 8 cm distance gate and 3.6 sigma (S = 2 * 0.02^2 + 0.01^2 m^2)
+    # 10.7 cm from A and B: beyond the 8 cm distance gate and the Bhattacharyya gate (0.107^2 / 0.004 = 2.9)
     frag = np.array([0.05, 0.05, 0.42])
     seq = [frame([A, B]), frame([A, B, frag], num_points=[500, 500, 40]), frame([A, B]), frame([C, A, B])]
     tr = Tracker(TrackerConfig(min_hits=2))
@@ -142,6 +144,31 @@ def test_camera_frame_mask_overlap_decides_between_equidistant_tracks():
     assert tr.update(f1, PERIOD).track_ids.tolist() == [2]
 
 
+def test_bhattacharyya_by_hand():
+    s2 = 0.02 ** 2
+    c0 = np.zeros((1, 3))
+    iso = lambda v: (v * np.eye(3))[None]  # noqa: E731
+    # equal shapes: D = d^2 / (8 sigma^2): 4 cm at sigma 2 cm -> 16 / 32 = 0.5
+    np.testing.assert_allclose(bhattacharyya(c0, iso(s2), [[0.04, 0, 0]], iso(s2)), [[0.5]])
+    # same centroid, sigma and 2 sigma: 1/2 ln(det S / sqrt(det A det B)) = 3/2 ln(2.5 / 2) = 0.3347
+    np.testing.assert_allclose(bhattacharyya(c0, iso(s2), c0, iso(4 * s2)), [[1.5 * np.log(1.25)]])
+    # the noise term is added to both: sigma^2 + n^2 = 2 * 0.02^2 with n = 2 cm -> 16 / 64 = 0.25
+    np.testing.assert_allclose(bhattacharyya(c0, iso(s2), [[0.04, 0, 0]], iso(s2), noise_m=0.02), [[0.25]])
+
+
+def test_whole_object_wins_over_a_fragment_at_the_track_centroid():
+    # a track of a 3 cm-sigma object; next frame: the object moved 1 cm and a 0.5 cm-sigma fragment
+    # sits exactly at the old centroid. Bhattacharyya (n = 1 cm, A = 10e-4, fragment B = 1.25e-4 m^2):
+    # whole: 0.01^2 / (8 * 10e-4) = 0.0125; fragment: 3/2 ln(5.625e-4 / sqrt(10e-4 * 1.25e-4)) = 0.696.
+    # (A Mahalanobis distance with summed covariances would pick the fragment: distance 0.)
+    tr = Tracker(TrackerConfig(min_hits=1))
+    assert tr.update(frame([A], sigma=0.03), 0).track_ids.tolist() == [1]
+    nxt = frame([A, A + [0.01, 0, 0]], num_points=[500, 500])
+    nxt.covariances[0] = 0.005 ** 2 * np.eye(3)
+    nxt.covariances[1] = 0.03 ** 2 * np.eye(3)
+    assert tr.update(nxt, PERIOD).track_ids.tolist() == [2, 1]
+
+
 def test_mask_iou_by_hand():
     a = np.array([[1, 1, 0], [2, 2, 2]])
     b = np.array([[5, 0, 0], [5, 5, 0]])
@@ -159,7 +186,7 @@ def test_bad_calls_raise_with_the_reason():
     tr.reset()
     with pytest.raises(ValueError, match="4x4"):
         tr.update(frame([A]), 30, np.eye(3))
-    for bad in ({"min_hits": 0}, {"max_age_s": -1.0}, {"gate_mahalanobis": 0.0}, {"overlap_weight": 1.5},
+    for bad in ({"min_hits": 0}, {"max_age_s": -1.0}, {"gate_bhattacharyya": 0.0}, {"overlap_weight": 1.5},
                 {"smoothing": 0.0}, {"gate_distance_m": -0.1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             TrackerConfig(**bad)

@@ -47,6 +47,13 @@ def test_shipped_yaml_sets_every_parameter_to_its_documented_default(cls, name):
     (ClusterNetNodeConfig, {"cloud_stride": 0}, "cloud_stride"),
     (ClusterNetNodeConfig, {"network_height": 240}, "network_height"),   # width left at 0
     (ClusterNetNodeConfig, {"network_height": 16, "network_width": 16}, "network_height"),
+    (ClusterNetNodeConfig, {"min_hits": 0}, "min_hits"),
+    (ClusterNetNodeConfig, {"max_age_s": -1.0}, "max_age_s"),
+    (ClusterNetNodeConfig, {"gate_bhattacharyya": 0.0}, "gate_bhattacharyya"),
+    (ClusterNetNodeConfig, {"gate_distance_m": 0.0}, "gate_distance_m"),
+    (ClusterNetNodeConfig, {"pose_source": "gps"}, "pose_source"),
+    (ClusterNetNodeConfig, {"static_pose": [0, 0, 1, 0, 0, 0, 0]}, "quaternion"),
+    (MappingNodeConfig, {"pose_source": "none"}, "pose_source"),   # the map needs a pose
     (MappingNodeConfig, {"pose_source": "gps"}, "pose_source"),
     (MappingNodeConfig, {"static_pose": [0.0, 0.0, 1.0]}, "static_pose"),
     (MappingNodeConfig, {"static_pose": [0, 0, 1, 0, 0, 0, 0]}, "quaternion"),

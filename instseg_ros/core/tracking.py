@@ -38,8 +38,12 @@ Association (one frame, T live tracks x N instances):
     pose compensates; how many points an object shows changes slowly with the viewpoint and tells
     a whole object from a fragment at the same place.
 
-* Assignment: the optimal one-to-one assignment over the cost matrix (Hungarian algorithm,
-  :func:`scipy.optimize.linear_sum_assignment`); pairs outside the gate are never assigned.
+* Assignment: the optimal one-to-one assignment (Hungarian algorithm,
+  :func:`scipy.optimize.linear_sum_assignment`) over the cost matrix extended by one "unassigned"
+  option per track and per instance, each costing :data:`UNASSIGNED_COST` (half the largest pair
+  cost). Pairs outside the gate are never assigned; any allowed pair beats leaving both unassigned,
+  but one good pair plus two unassigned beats two poor pairs (a plain assignment would maximise the
+  number of pairs first, and a split object would drag a whole object's track onto a fragment).
 
 Track life:
 
@@ -68,6 +72,8 @@ from instseg_ros.core.instances import BACKGROUND, Instances
 
 #: Cost of a pair outside the gate (never assigned; a finite value keeps the assignment feasible).
 _INFEASIBLE = 1e6
+#: Cost of leaving a track or an instance unassigned; pair costs lie in [0, 1].
+UNASSIGNED_COST = 0.5
 #: Nanoseconds per second.
 _NS = 1_000_000_000
 
@@ -371,8 +377,14 @@ class Tracker:
                 overlap = np.where(np.maximum(tn, dn) > 0, np.minimum(tn, dn) / np.maximum(tn, dn), 0.0)
         w = cfg.overlap_weight
         cost = (1 - w) * dist_b / cfg.gate_bhattacharyya + w * (1.0 - overlap)
-        cost = np.where(allowed, cost, _INFEASIBLE)
-        rows, cols = linear_sum_assignment(cost)
+        full = np.full((nt + nd, nd + nt), _INFEASIBLE)
+        full[:nt, :nd] = np.where(allowed, cost, _INFEASIBLE)
+        full[np.arange(nt), nd + np.arange(nt)] = UNASSIGNED_COST      # track i unassigned
+        full[nt + np.arange(nd), np.arange(nd)] = UNASSIGNED_COST      # instance j unassigned
+        full[nt:, nd:] = 0.0                                           # dummy with dummy
+        rows, cols = linear_sum_assignment(full)
+        ok = (rows < nt) & (cols < nd)
+        rows, cols = rows[ok], cols[ok]
         ok = allowed[rows, cols]
         return rows[ok], cols[ok]
 

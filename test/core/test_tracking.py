@@ -169,6 +169,23 @@ def test_whole_object_wins_over_a_fragment_at_the_track_centroid():
     assert tr.update(nxt, PERIOD).track_ids.tolist() == [2, 1]
 
 
+def test_one_good_pair_beats_two_poor_ones():
+    # tracks: X (sigma 2 cm, 1000 points) and a fragment F (sigma 0.5 cm, 15 points) 3 cm to its right.
+    # Next frame: X' (X moved 0.5 cm, 900 points) and a fragment G (12 points) 3 cm to X's left, 6 cm
+    # from F (D_B = 0.06^2 / (8 * 1.25e-4) = 3.6: outside the gate). Allowed pairs, D_B by hand
+    # (n = 1 cm): X-X' 0.00625, X-G 0.695, F-X' 0.585; cost = 0.7 D_B / 1.5 + 0.3 (1 - count ratio)
+    # (world frame: identity pose): X-X' 0.033, X-G 0.62, F-X' 0.568. Two pairs X-G + F-X' = 1.19;
+    # X-X' with F and G unassigned = 0.033 + 2 * 0.5 = 1.033: X keeps id 1, G starts track 3.
+    cfg = TrackerConfig(min_hits=1)
+    f0 = frame([A, A + [0.03, 0, 0]], num_points=[1000, 15])
+    f0.covariances[1] = 0.005 ** 2 * np.eye(3)
+    f1 = frame([A + [0.005, 0, 0], A - [0.03, 0, 0]], num_points=[900, 12])
+    f1.covariances[1] = 0.005 ** 2 * np.eye(3)
+    tr = Tracker(cfg)
+    assert tr.update(f0, 0, np.eye(4)).track_ids.tolist() == [1, 2]
+    assert tr.update(f1, PERIOD, np.eye(4)).track_ids.tolist() == [1, 3]
+
+
 def test_mask_iou_by_hand():
     a = np.array([[1, 1, 0], [2, 2, 2]])
     b = np.array([[5, 0, 0], [5, 5, 0]])

@@ -51,7 +51,10 @@ Track life:
   observed in ``min_hits`` consecutive processed frames (a one-frame fragment never is); a tentative
   track that misses a frame is deleted. Once confirmed, a track stays confirmed and survives
   frames without observation until it was unseen for more than ``max_age_s`` seconds (stamp time):
-  an object briefly occluded or missed by the segmenter comes back with its id.
+  an object briefly occluded or missed by the segmenter comes back with its id. A track observed in
+  the previous processed frame always takes part in the next association, however late that frame
+  comes: a segmenter slower than ``max_age_s`` per frame (a CPU, dropped frames) still tracks,
+  instead of deleting every track between two frames.
 * Matched tracks smooth their centroid and covariance exponentially (``smoothing`` = weight of the
   new observation); the reported instance keeps its own measured centroid.
 * Ids are positive integers, never reused (until :meth:`Tracker.reset`). With ``id_on_confirm`` a
@@ -85,7 +88,8 @@ class TrackerConfig:
     Attributes:
         min_hits: consecutive observations (processed frames) that confirm a track; 1 = every
             instance is confirmed at once (no fragment filtering).
-        max_age_s: a confirmed track is deleted when unseen for longer than this (s, stamp time).
+        max_age_s: a confirmed track that missed a processed frame is deleted once unseen for longer
+            than this (s, stamp time).
         gate_bhattacharyya: largest Bhattacharyya distance (unitless) between the track's and the
             instance's Gaussians of an assignable pair (1.5 = a 3.5-sigma shift for equal shapes).
         gate_distance_m: largest centroid distance of an assignable pair (m), whatever the
@@ -294,9 +298,10 @@ class Tracker:
         self._frame = frame
         self._last_stamp_ns = stamp_ns
 
-        # confirmed tracks unseen for longer than max_age_s are gone before this frame is associated
+        # tracks that missed a processed frame and are unseen for longer than max_age_s are gone
+        # before this frame is associated (those seen in the previous frame stay candidates)
         max_age_ns = cfg.max_age_s * _NS
-        self._tracks = [t for t in self._tracks if stamp_ns - t.last_seen_ns <= max_age_ns]
+        self._tracks = [t for t in self._tracks if t.misses == 0 or stamp_ns - t.last_seen_ns <= max_age_ns]
 
         rows, cols = self._associate(instances, cent, cov, frame)
         n = len(instances)

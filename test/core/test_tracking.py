@@ -72,6 +72,16 @@ def test_disappearing_object_returns_with_its_id_within_max_age_and_a_new_one_af
     assert run(tr2, seq) == [[0, 0], [1, 2], [1], [1], [1], [1], [1, 0], [1, 3]]
 
 
+def test_frames_slower_than_max_age_still_track():
+    # a segmenter that needs 2 s per frame with max_age_s = 1: every track was seen in the previous
+    # processed frame, so none is deleted for its age; a track that then misses a frame is
+    tr = Tracker(TrackerConfig(min_hits=2, max_age_s=1.0))
+    ids = [tr.update(f, k * 2 * S).track_ids.tolist() for k, f in enumerate([frame([A, B])] * 3 + [frame([A])])]
+    assert ids == [[0, 0], [1, 2], [1, 2], [1]]
+    u = tr.update(frame([A, B]), 8 * S)   # B unseen since t = 4 s, missed the frame at 6 s: deleted
+    assert u.track_ids.tolist() == [1, 0] and u.hits.tolist() == [5, 1]
+
+
 def test_two_objects_swapping_score_order_keep_their_ids():
     # the segmenter lists A first, then B first, then A first again (ids 1..N follow the scores)
     seq = [frame([A, B]), frame([A, B]), frame([B, A]), frame([A, B]), frame([B + [0.01, 0, 0], A])]

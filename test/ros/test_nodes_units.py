@@ -82,6 +82,48 @@ def test_static_pose_becomes_the_camera_transform():
     assert tc.voxel_size == 0.005 and tc.workspace_min is None
 
 
+def test_pose_sources_none_static_topic():
+    from geometry_msgs.msg import PoseStamped
+
+    from instseg_ros.ros.node_common import FrameError
+    from instseg_ros.ros.pose_source import CameraPoseSource
+
+    image = SimpleNamespace(header=SimpleNamespace(frame_id="cam"))
+    assert CameraPoseSource(None, "none", "map").pose(image) is None
+    # static: 0.6 m above (0.1, 0.2), looking down (rotation of pi about x), quaternion not normalised
+    st = CameraPoseSource(None, "static", "map", static_pose=[0.1, 0.2, 0.6, 2.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(st.pose(image), [[1, 0, 0, 0.1], [0, -1, 0, 0.2], [0, 0, -1, 0.6], [0, 0, 0, 1]],
+                               atol=1e-12)
+    top = CameraPoseSource(None, "topic", "map")
+    assert top.needs_topic and not st.needs_topic
+    msg = PoseStamped()
+    msg.header.frame_id = "map"
+    msg.pose.position.x, msg.pose.orientation.z, msg.pose.orientation.w = 1.5, np.sin(np.pi / 4), np.cos(np.pi / 4)
+    np.testing.assert_allclose(top.pose(image, msg), [[0, -1, 0, 1.5], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+                               atol=1e-12)
+    with pytest.raises(FrameError, match="no camera pose"):
+        top.pose(image, None)
+    msg.header.frame_id = "odom"
+    with pytest.raises(FrameError, match="not map_frame"):
+        top.pose(image, msg)
+    msg.header.frame_id = ""
+    msg.pose.orientation.z = msg.pose.orientation.w = 0.0
+    with pytest.raises(FrameError, match="not a valid rigid transform"):
+        top.pose(image, msg)
+
+
+def test_pose_source_tf_without_tf2_says_what_to_do():
+    from instseg_ros.ros.pose_source import CameraPoseSource
+
+    try:
+        import tf2_ros  # noqa: F401
+        pytest.skip("tf2_ros is installed here (a ROS 2 install)")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match="pose_source:=topic"):
+        CameraPoseSource(None, "tf", "map").start()
+
+
 # ------------------------------------------------------------------------------ stable ids
 
 def _map_instances(labels):

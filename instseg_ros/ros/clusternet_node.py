@@ -24,8 +24,8 @@ cloud labels.
 
 Outputs, each with the colour image's header (stamp and camera optical frame):
 ``~/instances`` (instseg_ros/ObjectInstanceArray), ``~/labels`` (16UC1 instance ids aligned to
-colour, 0 = background; ids above 65535 wrap to 1..65535 there, with a warning), ``~/cloud`` (PointCloud2 x y z rgb label of the valid-depth pixels, every
-``cloud_stride``-th pixel), ``~/markers`` (MarkerArray, DELETEALL first, one ellipsoid + id text per
+colour, 0 = background; ids above 65535 wrap to 1..65535 there, with a warning), ``~/cloud``
+(PointCloud2 x y z rgb label of the valid-depth pixels, every ``cloud_stride``-th pixel), ``~/markers`` (MarkerArray, DELETEALL first, one ellipsoid + id text per
 instance). ``/diagnostics`` carries input / output rate, latency, drops and synchronizer counters.
 
 Frames never queue up: the model runs in one worker thread and at most one synchronized frame
@@ -161,7 +161,8 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
         self._last_stamp_ns = -1
         self._tracker = Tracker(cfg.tracker_config()) if cfg.tracking else None
         if cfg.tracking:
-            where = "the camera frame" if cfg.pose_source == "none" else f"{cfg.map_frame} (pose_source={cfg.pose_source})"
+            where = ("the camera frame" if cfg.pose_source == "none"
+                     else f"{cfg.map_frame} (pose_source={cfg.pose_source})")
             self.get_logger().info(f"tracking in {where}: min_hits={cfg.min_hits}, max_age_s={cfg.max_age_s}, "
                                    f"publish_unconfirmed={cfg.publish_unconfirmed}")
         else:

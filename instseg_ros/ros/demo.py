@@ -6,8 +6,9 @@
    domain limited to this machine.
 2. Plays the recording (``instseg_ros/data/demo/bin_sequence``, rosbag2 MCAP read with ``rosbags``)
    with rclpy publishers at ``--rate`` views per second at most; each view waits for the camera
-   node's output of the previous one (unless ``--free-run``), so every view is segmented and tracked. Headers are restamped with the wall clock
-   at publish time, as a live camera would stamp them, so latency = arrival of the output - stamp.
+   node's output of the previous one (unless ``--free-run``), so every view is segmented and
+   tracked. Headers are restamped with the wall clock at publish time, as a live camera would stamp
+   them, so latency = arrival of the output - stamp.
 3. Asks the mapping node for a final segmentation (``~/segment``) and a save (``~/save``).
 4. Writes to ``--out``: ``outputs/`` (rosbag2 MCAP of every output message and /diagnostics),
    ``overlays/view_XX.png`` (colour | ClusterNet labels | ground truth), ``map.png`` (rendered

@@ -40,7 +40,8 @@ def _check_sync(queue_size: int, slop: float, reliability: str, history: int) ->
         raise ValueError(f"input_history must be >= 1, got {history}")
 
 
-def _check_pose(pose_source: str, allowed: tuple[str, ...], map_frame: str, static_pose, tf_timeout_s: float) -> list[float]:
+def _check_pose(pose_source: str, allowed: tuple[str, ...], map_frame: str, static_pose,
+                tf_timeout_s: float) -> list[float]:
     """Validate the pose parameters shared by both nodes; returns static_pose as floats."""
     if pose_source not in allowed:
         raise ValueError(f"pose_source must be one of {allowed}, got {pose_source!r}")
@@ -207,7 +208,8 @@ DESCRIPTIONS: dict[str, str] = {
     "tracking": "clusternet_node: ids follow objects across frames (tracker); false = ids numbered per frame",
     "min_hits": "consecutive frames that confirm a track (1 = no confirmation)",
     "max_age_s": "a confirmed track unseen for longer than this (s) is deleted; its id is never reused",
-    "gate_bhattacharyya": "largest Bhattacharyya distance between a track's and an instance's point Gaussians of a match (1.5 = 3.5 sigma for equal shapes)",
+    "gate_bhattacharyya": "largest Bhattacharyya distance between a track's and an instance's point Gaussians "
+                          "of a match (1.5 = a 3.5 sigma shift for equal shapes)",
     "gate_distance_m": "largest centroid distance (m) of a match between a track and an instance",
     "publish_unconfirmed": "also publish instances whose track is not confirmed yet (confirmed=false)",
     "map_frame": "frame of the map and of every mapping output (clusternet_node: frame of its tracks)",

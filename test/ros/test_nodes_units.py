@@ -82,6 +82,14 @@ def test_static_pose_becomes_the_camera_transform():
     assert tc.voxel_size == 0.005 and tc.workspace_min is None
 
 
+def test_label_image_ids_wrap_above_16_bits():
+    from instseg_ros.ros.clusternet_node import label_image_ids
+
+    lab = np.array([[0, 1, 65535], [65536, 65537, 131071]])
+    out = label_image_ids(lab)
+    assert out.dtype == np.uint16 and out.tolist() == [[0, 1, 65535], [1, 2, 1]]
+
+
 def test_pose_sources_none_static_topic():
     from geometry_msgs.msg import PoseStamped
 

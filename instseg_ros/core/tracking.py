@@ -345,12 +345,12 @@ class Tracker:
                 det_track[c] = t
         self._tracks = survivors
 
-        # the frame's labels with track keys, for the next frame's mask overlap
-        lab = _iou_view(instances.labels)
-        lut = np.zeros(int(max(lab.max(initial=0), instances.ids.max(initial=0))) + 1, np.int64)
-        for c in range(n):
-            lut[instances.ids[c]] = det_track[c].key
-        self._prev_labels = lut[np.clip(lab, 0, None)]
+        if frame == "camera":  # the frame's labels with track keys, for the next frame's mask overlap
+            lab = _iou_view(instances.labels)
+            lut = np.zeros(int(max(lab.max(initial=0), instances.ids.max(initial=0))) + 1, np.int64)
+            for c in range(n):
+                lut[instances.ids[c]] = det_track[c].key
+            self._prev_labels = lut[np.clip(lab, 0, None)]
 
         return TrackUpdate(
             track_ids=np.array([t.id for t in det_track], np.int64),

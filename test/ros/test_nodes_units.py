@@ -14,7 +14,7 @@ import yaml
 
 from instseg_ros.core.instances import Instances
 from instseg_ros.mapping.stable_ids import InstanceIdTracker, overlap_iou, voxel_keys
-from instseg_ros.ros.demo import match_instances, transfer_gt_to_points
+from instseg_ros.ros.demo import match_instances, track_metrics, transfer_gt_to_points
 from instseg_ros.ros.grasp_consumer import most_graspable
 from instseg_ros.ros.node_common import LatestFrameWorker, SyncWatch
 from instseg_ros.ros.node_params import (ClusterNetNodeConfig, MappingNodeConfig, config_from_values,
@@ -47,6 +47,13 @@ def test_shipped_yaml_sets_every_parameter_to_its_documented_default(cls, name):
     (ClusterNetNodeConfig, {"cloud_stride": 0}, "cloud_stride"),
     (ClusterNetNodeConfig, {"network_height": 240}, "network_height"),   # width left at 0
     (ClusterNetNodeConfig, {"network_height": 16, "network_width": 16}, "network_height"),
+    (ClusterNetNodeConfig, {"min_hits": 0}, "min_hits"),
+    (ClusterNetNodeConfig, {"max_age_s": -1.0}, "max_age_s"),
+    (ClusterNetNodeConfig, {"gate_bhattacharyya": 0.0}, "gate_bhattacharyya"),
+    (ClusterNetNodeConfig, {"gate_distance_m": 0.0}, "gate_distance_m"),
+    (ClusterNetNodeConfig, {"pose_source": "gps"}, "pose_source"),
+    (ClusterNetNodeConfig, {"static_pose": [0, 0, 1, 0, 0, 0, 0]}, "quaternion"),
+    (MappingNodeConfig, {"pose_source": "none"}, "pose_source"),   # the map needs a pose
     (MappingNodeConfig, {"pose_source": "gps"}, "pose_source"),
     (MappingNodeConfig, {"static_pose": [0.0, 0.0, 1.0]}, "static_pose"),
     (MappingNodeConfig, {"static_pose": [0, 0, 1, 0, 0, 0, 0]}, "quaternion"),
@@ -75,6 +82,56 @@ def test_static_pose_becomes_the_camera_transform():
     assert tc.voxel_size == 0.005 and tc.workspace_min is None
 
 
+def test_label_image_ids_wrap_above_16_bits():
+    from instseg_ros.ros.clusternet_node import label_image_ids
+
+    lab = np.array([[0, 1, 65535], [65536, 65537, 131071]])
+    out = label_image_ids(lab)
+    assert out.dtype == np.uint16 and out.tolist() == [[0, 1, 65535], [1, 2, 1]]
+
+
+def test_pose_sources_none_static_topic():
+    from geometry_msgs.msg import PoseStamped
+
+    from instseg_ros.ros.node_common import FrameError
+    from instseg_ros.ros.pose_source import CameraPoseSource
+
+    image = SimpleNamespace(header=SimpleNamespace(frame_id="cam"))
+    assert CameraPoseSource(None, "none", "map").pose(image) is None
+    # static: 0.6 m above (0.1, 0.2), looking down (rotation of pi about x), quaternion not normalised
+    st = CameraPoseSource(None, "static", "map", static_pose=[0.1, 0.2, 0.6, 2.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(st.pose(image), [[1, 0, 0, 0.1], [0, -1, 0, 0.2], [0, 0, -1, 0.6], [0, 0, 0, 1]],
+                               atol=1e-12)
+    top = CameraPoseSource(None, "topic", "map")
+    assert top.needs_topic and not st.needs_topic
+    msg = PoseStamped()
+    msg.header.frame_id = "map"
+    msg.pose.position.x, msg.pose.orientation.z, msg.pose.orientation.w = 1.5, np.sin(np.pi / 4), np.cos(np.pi / 4)
+    np.testing.assert_allclose(top.pose(image, msg), [[0, -1, 0, 1.5], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+                               atol=1e-12)
+    with pytest.raises(FrameError, match="no camera pose"):
+        top.pose(image, None)
+    msg.header.frame_id = "odom"
+    with pytest.raises(FrameError, match="not map_frame"):
+        top.pose(image, msg)
+    msg.header.frame_id = ""
+    msg.pose.orientation.z = msg.pose.orientation.w = 0.0
+    with pytest.raises(FrameError, match="not a valid rigid transform"):
+        top.pose(image, msg)
+
+
+def test_pose_source_tf_without_tf2_says_what_to_do():
+    from instseg_ros.ros.pose_source import CameraPoseSource
+
+    try:
+        import tf2_ros  # noqa: F401
+        pytest.skip("tf2_ros is installed here (a ROS 2 install)")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match="pose_source:=topic"):
+        CameraPoseSource(None, "tf", "map").start()
+
+
 # ------------------------------------------------------------------------------ stable ids
 
 def _map_instances(labels):
@@ -96,18 +153,23 @@ def test_overlap_iou_by_hand():
 def test_ids_survive_renumbering_and_new_objects_get_fresh_ids():
     tr = InstanceIdTracker(iou_threshold=0.3)
     coords = np.array([[i, 0, 0] for i in range(10)])
-    first = tr.assign(coords, _map_instances([1, 1, 1, 2, 2, 2, 0, 0, 0, 0]))
+    first = tr.assign(coords, _map_instances([1, 1, 1, 2, 2, 2, 0, 0, 0, 0]), stamp_ns=10_000_000_000)
     assert first.ids.tolist() == [1, 2]
+    assert first.hits.tolist() == [1, 1] and first.age_s.tolist() == [0, 0] and first.confirmed.all()
     # the map grew by one voxel; the segmenter numbered the objects the other way round and found a
     # third one: the old objects keep ids 1 and 2 (IoU 1 and 3/4), the new one gets 3
     coords2 = np.array([[i, 0, 0] for i in range(11)])
-    second = tr.assign(coords2, _map_instances([2, 2, 2, 1, 1, 1, 1, 0, 3, 3, 3]))
+    second = tr.assign(coords2, _map_instances([2, 2, 2, 1, 1, 1, 1, 0, 3, 3, 3]), stamp_ns=12_500_000_000)
     np.testing.assert_array_equal(second.labels, [1, 1, 1, 2, 2, 2, 2, 0, 3, 3, 3])
     assert sorted(second.ids.tolist()) == [1, 2, 3]
+    # runs found in, and seconds since the first run (2.5 s for the old objects, 0 for the new one)
+    by_id = {i: (h, a) for i, h, a in zip(second.ids.tolist(), second.hits.tolist(), second.age_s.tolist())}
+    assert by_id == {1: (2, 2.5), 2: (2, 2.5), 3: (1, 0.0)}
     # object 1 vanishes, object 2 stays (as 5), a new object appears at an unused voxel (as 6): it
     # gets 4, not the freed id 1
-    third = tr.assign(coords2, _map_instances([0, 0, 0, 5, 5, 5, 5, 6, 0, 0, 0]))
+    third = tr.assign(coords2, _map_instances([0, 0, 0, 5, 5, 5, 5, 6, 0, 0, 0]), stamp_ns=13_000_000_000)
     np.testing.assert_array_equal(third.labels, [0, 0, 0, 2, 2, 2, 2, 4, 0, 0, 0])
+    assert dict(zip(third.ids.tolist(), third.hits.tolist())) == {2: 3, 4: 1}
 
 
 def test_id_match_respects_the_threshold():
@@ -119,6 +181,31 @@ def test_id_match_respects_the_threshold():
 
 
 # ------------------------------------------------------------------------------ demo metrics
+
+def test_track_metrics_by_hand():
+    # gt 1: ids 5, 5, (unmatched), 5 -> 0 switches, 1 track; gt 2: 6, 7, 6, 6 -> 2 switches, 2 tracks;
+    # gt 3: seen once (9) -> 0, 1. Switches 2, tracks per object (1 + 2 + 1) / 3.
+    frames = [[(5, 1, 0.9), (6, 2, 0.8)], [(5, 1, 0.9), (7, 2, 0.7)], [(6, 2, 0.8)],
+              [(5, 1, 0.9), (6, 2, 0.8), (9, 3, 0.6)]]
+    m = track_metrics(frames)
+    assert m["id_switches"] == 2 and m["tracks_per_object"] == pytest.approx(4 / 3) and m["objects_seen"] == 3
+    assert m["ids_per_object"] == {"1": [5, 5, 5], "2": [6, 7, 6, 6], "3": [9]}
+    assert track_metrics([]) == {"id_switches": 0, "tracks_per_object": None, "objects_seen": 0,
+                                 "ids_per_object": {}}
+
+
+def test_track_metrics_from_label_sequences():
+    # two objects; the prediction swaps their ids in frame 2, misses object 2 in frame 3 and puts a
+    # half-size mask (IoU 0.5 -> still a match) with a new id 8 on object 1 in frame 4
+    gt = np.array([[1, 1, 1, 1, 0, 2, 2]])
+    preds = [np.array([[3, 3, 3, 3, 0, 4, 4]]), np.array([[3, 3, 3, 3, 0, 4, 4]]),
+             np.array([[4, 4, 4, 4, 0, 3, 3]]), np.array([[4, 4, 4, 4, 0, 0, 0]]),
+             np.array([[8, 8, 0, 0, 0, 3, 3]])]
+    m = track_metrics([match_instances(p, gt)["pairs"] for p in preds])
+    # object 1: 3, 3, 4, 4, 8 -> 2 switches, 3 tracks; object 2: 4, 4, 3, 3 -> 1 switch, 2 tracks
+    assert m["ids_per_object"] == {"1": [3, 3, 4, 4, 8], "2": [4, 4, 3, 3]}
+    assert m["id_switches"] == 3 and m["tracks_per_object"] == pytest.approx(2.5)
+
 
 def test_match_instances_by_hand():
     gt = np.array([[1, 1, 1, 0], [2, 2, 0, 0]])

@@ -310,8 +310,12 @@ def autostart(node) -> bool:
 #: Longest wait of the spin loop before it looks at the stop flag again (s): bounds how long a
 #: SIGINT / SIGTERM waits before the ordered shutdown starts.
 SPIN_PERIOD_S = 0.1
-#: ``executor.shutdown`` waits this long for callbacks still running (s).
-EXECUTOR_SHUTDOWN_TIMEOUT_S = 2.0
+#: At shutdown, how long the work in flight (a frame, a map segmentation: seconds on a CPU) may
+#: take to finish and publish (s). Past it the process exits without it: launch escalates SIGINT
+#: to SIGTERM after 5 s and logs that as an ERROR.
+STOP_BUDGET_S = 3.0
+#: ``executor.shutdown`` waits this long for callbacks still running (a service call) (s).
+EXECUTOR_SHUTDOWN_TIMEOUT_S = 0.5
 
 
 def run(node_cls, args=None, exit_process: bool = True) -> int:
@@ -325,6 +329,9 @@ def run(node_cls, args=None, exit_process: bool = True) -> int:
     flight finish and frees the model, the executor and node are shut down and destroyed, and only
     then is the context shut down. Exit code 0 after a signal, as launch expects of a clean stop;
     the process ends right there (:func:`_exit_now`) rather than after seconds of module teardown.
+    Work that takes longer than :data:`STOP_BUDGET_S` (a map segmentation on a busy CPU) is not
+    waited for: the process ends with the node and context still valid under it, so that work
+    never publishes into a dead context.
 
     ``node_cls`` must provide ``_stop_processing()`` (workers and model released before exit)."""
     import signal
@@ -355,10 +362,15 @@ def run(node_cls, args=None, exit_process: bool = True) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
-            node._stop_processing()
+        stopped = node is None or _within(node._stop_processing, STOP_BUDGET_S)
         if executor is not None:
-            executor.shutdown(timeout_sec=EXECUTOR_SHUTDOWN_TIMEOUT_S)
+            stopped = executor.shutdown(timeout_sec=EXECUTOR_SHUTDOWN_TIMEOUT_S) and stopped
+        if not stopped and exit_process and stop.is_set():
+            # Work still running would publish into a destroyed node or a shut-down context (an
+            # ERROR line): leave both alive and end the process, which ends that work too.
+            node.get_logger().warning(f"work in flight did not finish within {STOP_BUDGET_S:.0f} s "
+                                      "(a segmentation?): exiting without waiting for it")
+            _exit_now(0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
@@ -367,6 +379,27 @@ def run(node_cls, args=None, exit_process: bool = True) -> int:
     if exit_process:
         _exit_now(0)
     return 0
+
+
+def _within(fn: Callable[[], None], budget_s: float) -> bool:
+    """Run ``fn`` in a helper thread; True when it returned within ``budget_s`` seconds (its
+    exception, if any, is re-raised here), False when it is still running."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            errors.append(e)
+
+    t = threading.Thread(target=target, name="instseg-shutdown", daemon=True)
+    t.start()
+    t.join(budget_s)
+    if t.is_alive():
+        return False
+    if errors:
+        raise errors[0]
+    return True
 
 
 def _exit_now(code: int) -> None:

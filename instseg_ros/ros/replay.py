@@ -158,6 +158,8 @@ class Player:
     # ------------------------------------------------------------------ readiness
     def not_ready(self, states: dict[str, int | None]) -> str | None:
         """Why playback cannot start yet (None when it can). ``states``: node fqn -> lifecycle state id."""
+        from rclpy.node import NodeNameNonExistentError
+
         for fqn in self.cfg.wait_for:
             if states.get(fqn) != STATE_ACTIVE:
                 return f"{fqn} is not active yet (state {states.get(fqn)})"
@@ -166,8 +168,8 @@ class Player:
             ns, _, name = fqn.rpartition("/")
             try:
                 subs = self.node.get_subscriber_names_and_types_by_node(name, ns or "/")
-            except Exception as e:  # noqa: BLE001 - rclpy raises NodeNameNonExistentError before discovery
-                return f"{fqn} is not discovered yet ({type(e).__name__})"
+            except NodeNameNonExistentError:
+                return f"{fqn} is not discovered yet"
             for topic, _types in subs:
                 if topic in self.pubs:
                     need[topic] = need.get(topic, 0) + 1

@@ -376,10 +376,33 @@ def test_replay_waits_for_the_nodes_then_sigint_stops_everything_cleanly(ros_env
             assert exit_s[n] < EXIT_BUDGET_S
             bad = [line for line in text.splitlines() if any(b in line for b in BAD_LINES)]
             assert not bad, f"{n}: {bad}"
-            assert "signal received: stopping" in text and "model freed" in text
+            # the frame in flight finished and the model was freed, or (a map segmentation on a
+            # busy CPU) the node said it would not wait for it
+            assert "signal received: stopping" in text
+            assert "model freed" in text or "exiting without waiting for it" in text
         print(f"exit after SIGINT: {', '.join(f'{n} {s:.2f} s' for n, s in exit_s.items())}")
     finally:
         for p in [player, *procs.values()]:
             p.stop()
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+# ------------------------------------------------------------------------------ shutdown budget
+
+def test_shutdown_budget_reports_work_that_overruns_and_passes_errors_on():
+    from instseg_ros.ros.node_common import _within
+
+    done = threading.Event()
+    assert _within(done.set, 5.0) and done.is_set()
+    release = threading.Event()
+    t0 = time.monotonic()
+    assert not _within(lambda: release.wait(10.0), 0.2)
+    assert time.monotonic() - t0 < 5.0  # did not wait for the work
+    release.set()
+
+    def fail():
+        raise RuntimeError("stop failed")
+
+    with pytest.raises(RuntimeError, match="stop failed"):
+        _within(fail, 5.0)

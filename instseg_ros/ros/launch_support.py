@@ -30,6 +30,12 @@ NODES = ("clusternet_node", "occuseg_mapping_node")
 DEFAULT_PREFIX = "/camera/camera"
 #: Environment variable Fast DDS 2.x (Jazzy) reads its XML profile from, and the 3.x name.
 PROFILE_ENV = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
+#: Seconds launch waits after SIGINT before it escalates to SIGTERM (and logs an ERROR), for the
+#: two nodes (launch's default: 5). A node finishes the work in flight for up to
+#: node_common.STOP_BUDGET_S = 3 s, but during a map segmentation on a busy CPU the node saw the
+#: signal 2.1 s late (measured; Python runs signal handlers only when the main thread gets the GIL,
+#: which native segmentation code can hold) and exited 5.8 s after SIGINT.
+NODE_SIGTERM_TIMEOUT_S = 8
 #: Launch arguments forwarded as node parameters when given (""= not given): name -> nodes.
 COMMAND_LINE_PARAMETERS = {"pose_source": ("occuseg_mapping_node",), "device": NODES}
 
@@ -214,7 +220,8 @@ def camera_actions(prefix: str, camera_name: str, mode: str, params_file: str, g
     overrides = write_command_line_overrides(prefix, given, tmp)
     for node in NODES:
         actions.append(Node(package="instseg_ros", executable=node, name=node, namespace=prefix,
-                            parameters=parameter_files(share, node, mode, params_file, overrides), output="screen"))
+                            parameters=parameter_files(share, node, mode, params_file, overrides), output="screen",
+                            sigterm_timeout=str(NODE_SIGTERM_TIMEOUT_S)))
     pose_args = parse_camera_pose(camera_pose)
     if pose_args is not None:
         if missing_packages(["tf2_ros"]):

@@ -10,7 +10,7 @@ node sees only its own camera: /camera/cam1/clusternet_node/instances, /camera/c
 parameters are those of realsense.launch.py for both cameras; a block keyed
 /<camera_namespace>/<camera_namek>/<node> in params_file sets one camera's node only. RViz shows
 both cameras (config/instseg.rviz repeated per camera); with camera_poseK (or the robot's tf) both
-are placed in map. More cameras: copy a camera block below.
+are placed in map. More cameras: add numbers to CAMERAS (arguments serial_no3, ... follow).
 """
 import os
 import tempfile

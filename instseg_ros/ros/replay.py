@@ -170,9 +170,12 @@ class Player:
                 subs = self.node.get_subscriber_names_and_types_by_node(name, ns or "/")
             except NodeNameNonExistentError:
                 return f"{fqn} is not discovered yet"
-            for topic, _types in subs:
-                if topic in self.pubs:
-                    need[topic] = need.get(topic, 0) + 1
+            mine = [topic for topic, _types in subs if topic in self.pubs]
+            if not mine:
+                # also what a wrong --remap looks like: the wait then ends in the timeout's error
+                return f"{fqn} subscribes to none of the played topics (yet)"
+            for topic in mine:
+                need[topic] = need.get(topic, 0) + 1
         for topic, n in sorted(need.items()):
             if self.pubs[topic].get_subscription_count() < n:
                 return f"{topic}: {self.pubs[topic].get_subscription_count()} of {n} subscriptions matched"

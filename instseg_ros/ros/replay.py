@@ -113,6 +113,20 @@ def playback_schedule(t_ns: list[int], rate: float, start_ns: int, passes: int =
     return out
 
 
+def pose_to_transform(pose, child_frame: str):
+    """geometry_msgs/PoseStamped of ``child_frame`` in ``pose.header.frame_id`` (T_parent_child, m)
+    -> the same transform as geometry_msgs/TransformStamped (parent -> child), same header."""
+    from geometry_msgs.msg import TransformStamped
+
+    t = TransformStamped()
+    t.header = pose.header
+    t.child_frame_id = child_frame
+    p = pose.pose.position
+    t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = p.x, p.y, p.z
+    t.transform.rotation = pose.pose.orientation
+    return t
+
+
 def set_stamp(msg, stamp_ns: int) -> None:
     """Rewrite ``msg.header.stamp`` (no-op for messages without a header)."""
     from instseg_ros.ros.conversions import ns_to_stamp
@@ -217,16 +231,9 @@ class Player:
             k += 1
 
     def _tf(self, pose):
-        from geometry_msgs.msg import TransformStamped
         from tf2_msgs.msg import TFMessage
 
-        t = TransformStamped()
-        t.header = pose.header
-        t.child_frame_id = self.tf_child
-        p, q = pose.pose.position, pose.pose.orientation
-        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = p.x, p.y, p.z
-        t.transform.rotation = q
-        return TFMessage(transforms=[t])
+        return TFMessage(transforms=[pose_to_transform(pose, self.tf_child)])
 
     def wait_acked(self) -> bool:
         """True when every reliable subscriber acknowledged what was published (bounded wait)."""

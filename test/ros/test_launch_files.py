@@ -275,6 +275,21 @@ def test_playback_schedule_keeps_spacing_and_increases_across_passes():
         playback_schedule(t, 0.0, 0)
 
 
+def test_recorded_pose_becomes_the_map_to_camera_transform():
+    """What the player sends on /tf (where tf2_msgs exists): the recorded T_map_camera unchanged."""
+    from instseg_ros.ros.demo import load_views
+    from instseg_ros.ros.recording import CAMERA_FRAME, DEMO_BAG, MAP_FRAME
+    from instseg_ros.ros.replay import pose_to_transform
+
+    pose = load_views(DEMO_BAG)[0][2]["pose"]
+    t = pose_to_transform(pose, CAMERA_FRAME)
+    assert (t.header.frame_id, t.child_frame_id, t.header.stamp) == (MAP_FRAME, CAMERA_FRAME, pose.header.stamp)
+    p, q = pose.pose.position, pose.pose.orientation
+    assert (t.transform.translation.x, t.transform.translation.y, t.transform.translation.z) == (p.x, p.y, p.z)
+    assert (t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z, t.transform.rotation.w) == \
+        (q.x, q.y, q.z, q.w)
+
+
 def test_player_refuses_loop_without_restamp():
     from instseg_ros.ros.replay import parse_args
 

@@ -325,7 +325,8 @@ def run(node_cls, args=None, exit_process: bool = True) -> int:
     Shutdown is ordered so that nothing is published or logged on a dead context: rclpy's own
     signal handlers are not installed (they invalidate the context the moment the signal arrives,
     while a worker thread may still be publishing a frame: "publisher's context is invalid"), so a
-    signal only sets a flag; the spin loop then stops, ``_stop_processing()`` lets the frame in
+    signal only sets a flag (during start-up, before anything is in flight, it interrupts the model
+    loading instead); the spin loop then stops, ``_stop_processing()`` lets the frame in
     flight finish and frees the model, the executor and node are shut down and destroyed, and only
     then is the context shut down. Exit code 0 after a signal, as launch expects of a clean stop;
     the process ends right there (:func:`_exit_now`) rather than after seconds of module teardown.
@@ -345,22 +346,33 @@ def run(node_cls, args=None, exit_process: bool = True) -> int:
     def on_signal(signum, _frame) -> None:
         stop.set()
 
-    # rclpy 7.1 (Jazzy) has no context-manager form of init: shut down explicitly.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    def interrupt(signum, _frame) -> None:
+        raise KeyboardInterrupt
+
+    signals = {signal.SIGINT, signal.SIGTERM}
+    # A signal must not interrupt rclpy.init half-way: hold it back until the handlers are in place.
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        # rclpy 7.1 (Jazzy) has no context-manager form of init: shut down explicitly.
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        # While the model loads (seconds) nothing is in flight: a signal interrupts the start-up at once.
+        previous = {s: signal.signal(s, interrupt) for s in signals}
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     node = executor = None
     try:
         node = node_cls()
-        if not stop.is_set():
-            autostart(node)
+        autostart(node)
         executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(node)
+        for s in previous:
+            signal.signal(s, on_signal)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=SPIN_PERIOD_S)
         if stop.is_set():
             node.get_logger().info("signal received: stopping (finishing the frame in flight)")
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        stop.set()
     finally:
         stopped = node is None or _within(node._stop_processing, STOP_BUDGET_S)
         if executor is not None:

@@ -420,3 +420,29 @@ def test_shutdown_budget_reports_work_that_overruns_and_passes_errors_on():
 
     with pytest.raises(RuntimeError, match="stop failed"):
         _within(fail, 5.0)
+
+
+@pytest.mark.graph
+def test_sigint_while_the_model_loads_ends_the_node_at_once(ros_env, tmp_path):
+    """Ctrl-C right after start-up (nothing in flight yet) does not wait for the model to load."""
+    from instseg_ros.ros.graph import wait_until
+    from instseg_ros.ros.launcher import NodeProcess
+
+    p = NodeProcess(node_cmd("clusternet_node", "realsense"), dict(ros_env, OMP_NUM_THREADS="1"),
+                    tmp_path / "clusternet_node.log")
+    try:
+        # configure logs "configured: ..." and activate then loads the model (seconds on a CPU)
+        assert wait_until(lambda: "configured:" in p.output() or not p.alive(), 120.0), p.output()
+        loading = "model " not in p.output()
+        t0 = time.monotonic()
+        p.proc.send_signal(signal.SIGINT)
+        p.proc.wait(EXIT_BUDGET_S)
+        took = time.monotonic() - t0
+    finally:
+        p.stop()
+    text = p.output()
+    assert p.proc.returncode == 0, text[-3000:]
+    assert not [line for line in text.splitlines() if any(b in line for b in BAD_LINES)], text[-3000:]
+    print(f"SIGINT {'while the model loaded' if loading else 'after activation'}: exit after {took:.2f} s")
+    if loading:
+        assert "model freed" not in text  # it never finished loading: interrupted, not waited for

@@ -374,6 +374,8 @@ def run(node_cls, args=None, exit_process: bool = True) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         stop.set()
     finally:
+        for s in previous:  # a second Ctrl-C must not interrupt the shutdown itself
+            signal.signal(s, on_signal)
         stopped = node is None or _within(node._stop_processing, STOP_BUDGET_S)
         if executor is not None:
             stopped = executor.shutdown(timeout_sec=EXECUTOR_SHUTDOWN_TIMEOUT_S) and stopped

@@ -1,4 +1,5 @@
-"""What ``launch/*.launch.py`` compute, as plain functions (no ``launch`` import, tested without it).
+"""What ``launch/*.launch.py`` compute: plain functions (tested without the launch stack) and, at
+the end, the launch actions built from them (importing launch / launch_ros only when called).
 
 * :func:`camera_prefix`: ``/<camera_namespace>/<camera_name>``, the namespace of one camera's topics
   (realsense2_camera 4.x) and of the two nodes that process it.
@@ -10,6 +11,8 @@
   ``/camera/camera``) re-pointed at one or more cameras, with a chosen fixed frame.
 * :func:`fastdds_profile_value`: the Fast DDS profile the launch files set unless the user set one.
 * :func:`missing_packages`: optional packages (realsense2_camera, rviz2, tf2_ros) not installed.
+* :func:`camera_actions`, :func:`rviz_actions`, :func:`profile_actions`: one camera's driver, nodes
+  and static transform; RViz; the Fast DDS profile variables (what the three launch files share).
 
 Why files and not ``parameters=[{...}]`` dicts: launch_ros writes a dict under ``/**``, and rclpy
 applies parameter-file blocks in the order their keys first appear, so a ``/**`` block that comes

@@ -2,7 +2,6 @@
 the one-slot worker, launch files and the RViz config."""
 from __future__ import annotations
 
-import py_compile
 import threading
 import time
 from pathlib import Path
@@ -31,11 +30,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_shipped_yaml_sets_every_parameter_to_its_documented_default(cls, name):
     path = ROOT / "config" / f"{name}.yaml"
     doc = yaml.safe_load(path.read_text())
-    params = doc[name]["ros__parameters"]
+    key = f"/**/{name}"  # matches the node in any namespace (test_launch_files checks this with rclpy)
+    params = doc[key]["ros__parameters"]
     known = set(default_values(cls)) | {"autostart"}
     assert set(params) - known == set(), f"{path} has keys the node does not declare"
     # the YAML and the dataclass defaults agree (workspace_* is optional in the YAML)
-    assert config_from_yaml(cls, path, name) == cls()
+    assert config_from_yaml(cls, path, key) == cls()
     assert set(default_values(cls)) - set(params) <= {"workspace_min", "workspace_max"}
 
 
@@ -279,30 +279,11 @@ def test_sync_watch_names_the_silent_input():
 
 # ------------------------------------------------------------------------------ launch / rviz
 
-@pytest.mark.parametrize("name", ["realsense.launch.py", "replay.launch.py"])
-def test_launch_files_compile_and_expose_the_documented_arguments(name, tmp_path):
-    path = ROOT / "launch" / name
-    py_compile.compile(str(path), cfile=str(tmp_path / "x.pyc"), doraise=True)
-    text = path.read_text()
-    for arg in ("params_file", "use_rviz", "camera_namespace", "camera_name"):
-        assert f'DeclareLaunchArgument("{arg}"' in text
-    for exe in ("clusternet_node", "occuseg_mapping_node", "rviz2"):
-        assert f'executable="{exe}"' in text
-    for f in ("clusternet_node.yaml", "occuseg_mapping_node.yaml", "site_overrides.yaml", "instseg.rviz"):
-        assert (ROOT / "config" / f).is_file() and f in text
-
-
-def test_rviz_config_shows_every_output_topic():
-    doc = yaml.safe_load((ROOT / "config" / "instseg.rviz").read_text())
-    topics = {d["Topic"]["Value"] for d in doc["Visualization Manager"]["Displays"] if "Topic" in d}
-    assert topics == {"/clusternet_node/cloud", "/clusternet_node/markers", "/clusternet_node/labels",
-                      "/occuseg_mapping_node/map_cloud", "/occuseg_mapping_node/markers"}
-
-
 def test_colcon_launchers_import_the_node_mains():
     for exe, mod in [("clusternet_node", "instseg_ros.ros.clusternet_node"),
                      ("occuseg_mapping_node", "instseg_ros.ros.mapping_node"),
-                     ("grasp_consumer", "instseg_ros.ros.grasp_consumer")]:
+                     ("grasp_consumer", "instseg_ros.ros.grasp_consumer"),
+                     ("replay_player", "instseg_ros.ros.replay")]:
         text = (ROOT / "scripts" / exe).read_text()
         assert text.startswith("#!/usr/bin/env python3") and f"from {mod} import main" in text
         assert (ROOT / "scripts" / exe).stat().st_mode & 0o111

@@ -35,6 +35,7 @@ logged, counted in ``bad_frames`` and skipped; the node carries on with the next
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import sys
 import threading
@@ -148,6 +149,8 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
                                                                   precision=cfg.precision,
                                                                   channels_last=cfg.channels_last,
                                                                   resolution=cfg.network_resolution)
+            self._predictor.refine = dataclasses.replace(self._predictor.refine, enabled=bool(cfg.refine),
+                                                         min_extent_m=float(cfg.min_object_size_m))
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             self.get_logger().error(f"activate failed: cannot load the model: {e}")
             return TransitionCallbackReturn.FAILURE

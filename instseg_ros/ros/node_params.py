@@ -57,6 +57,10 @@ def _check_pose(pose_source: str, allowed: tuple[str, ...], map_frame: str, stat
     return pose
 
 
+#: Upper bound of ``min_object_size_m``: nothing a bin holds is bigger.
+MAX_OBJECT_SIZE_M = 1.0
+
+
 @dataclass
 class ClusterNetNodeConfig:
     """Parameters of ``clusternet_node`` (see :data:`DESCRIPTIONS`)."""
@@ -74,6 +78,8 @@ class ClusterNetNodeConfig:
     network_height: int = 0
     network_width: int = 0
     diagnostics_period_s: float = 1.0
+    refine: bool = True
+    min_object_size_m: float = 0.0
     tracking: bool = True
     min_hits: int = 2
     max_age_s: float = 1.0
@@ -102,6 +108,8 @@ class ClusterNetNodeConfig:
             raise ValueError(f"cloud_stride must be >= 1, got {self.cloud_stride}")
         if int(self.min_valid_points) < 1:
             raise ValueError(f"min_valid_points must be >= 1, got {self.min_valid_points}")
+        if not (np.isfinite(self.min_object_size_m) and 0.0 <= self.min_object_size_m <= MAX_OBJECT_SIZE_M):
+            raise ValueError(f"min_object_size_m must lie in [0, {MAX_OBJECT_SIZE_M}] m, got {self.min_object_size_m}")
         if not self.diagnostics_period_s > 0:
             raise ValueError(f"diagnostics_period_s must be > 0, got {self.diagnostics_period_s}")
 
@@ -200,6 +208,8 @@ DESCRIPTIONS: dict[str, str] = {
     "input_history": "QoS history depth of the input subscriptions",
     "cloud_stride": "publish every n-th pixel (both axes) in ~/cloud",
     "min_valid_points": "instances with fewer valid-depth pixels are dropped",
+    "refine": "snap label boundaries to depth steps, join fragments, drop flying-pixel slivers (clusternet.refine)",
+    "min_object_size_m": "m, instances smaller along their longest axis (4 sigma) are dropped; 0 = keep all",
     "network_height": "network input rows (the frame is resized to it); 0 with network_width 0 = the model's own",
     "network_width": "network input columns; lower = faster, fewer small objects found",
     "diagnostics_period_s": "period (s) of the /diagnostics status",

@@ -45,6 +45,8 @@ def test_shipped_yaml_sets_every_parameter_to_its_documented_default(cls, name):
     (ClusterNetNodeConfig, {"input_reliability": "sometimes"}, "input_reliability"),
     (ClusterNetNodeConfig, {"device": "tpu"}, "device"),
     (ClusterNetNodeConfig, {"cloud_stride": 0}, "cloud_stride"),
+    (ClusterNetNodeConfig, {"min_object_size_m": -0.01}, "min_object_size_m"),
+    (ClusterNetNodeConfig, {"min_object_size_m": float("nan")}, "min_object_size_m"),
     (ClusterNetNodeConfig, {"network_height": 240}, "network_height"),   # width left at 0
     (ClusterNetNodeConfig, {"network_height": 16, "network_width": 16}, "network_height"),
     (ClusterNetNodeConfig, {"min_hits": 0}, "min_hits"),

@@ -131,38 +131,29 @@ def depth_edges(depth: np.ndarray, step_abs: float, step_rel: float) -> np.ndarr
 
 
 @njit(cache=True)
-def _within(mask, k):
-    """bool (H, W): pixels within Chebyshev distance k (>= 0) of a True pixel of ``mask``."""
+def _grow_rows(mask, k):
+    """bool (H, W): pixels within k columns of a True pixel of ``mask`` on the same row."""
     h, w = mask.shape
-    tmp = np.zeros((h, w), np.bool_)
     out = np.zeros((h, w), np.bool_)
     for v in range(h):
         last = -(1 << 30)
         for u in range(w):
             if mask[v, u]:
                 last = u
-            if u - last <= k:
-                tmp[v, u] = True
+            out[v, u] = u - last <= k
         last = 1 << 30
         for u in range(w - 1, -1, -1):
             if mask[v, u]:
                 last = u
-            if last - u <= k:
-                tmp[v, u] = True
-    for u in range(w):
-        last = -(1 << 30)
-        for v in range(h):
-            if tmp[v, u]:
-                last = v
-            if v - last <= k:
-                out[v, u] = True
-        last = 1 << 30
-        for v in range(h - 1, -1, -1):
-            if tmp[v, u]:
-                last = v
-            if last - v <= k:
-                out[v, u] = True
+            out[v, u] |= last - u <= k
     return out
+
+
+@njit(cache=True)
+def _within(mask, k):
+    """bool (H, W): pixels within Chebyshev distance k (>= 0) of a True pixel of ``mask`` (a square
+    dilation is a row dilation followed by a column dilation)."""
+    return _grow_rows(np.ascontiguousarray(_grow_rows(mask, k).T), k).T.copy()
 
 
 @njit(cache=True)

@@ -112,7 +112,8 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
                                                                   min_valid_points=cfg.min_valid_points,
                                                                   precision=cfg.precision,
                                                                   channels_last=cfg.channels_last,
-                                                                  resolution=cfg.network_resolution)
+                                                                  resolution=cfg.network_resolution,
+                                                                  backend=cfg.backend, log=self.get_logger().info)
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             self.get_logger().error(f"activate failed: cannot load the model: {e}")
             return TransitionCallbackReturn.FAILURE
@@ -120,9 +121,11 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
         if dev.type == "cuda":
             import torch
 
-            self.get_logger().info(f"model {path} on GPU {dev} ({torch.cuda.get_device_name(dev)})")
+            self.get_logger().info(f"model {path} on GPU {dev} ({torch.cuda.get_device_name(dev)}), "
+                                   f"network: {self._predictor.backend}")
         else:
-            self.get_logger().info(f"model {path} on CPU (device={cfg.device!r}; no GPU in use)")
+            self.get_logger().info(f"model {path} on CPU (device={cfg.device!r}; no GPU in use), "
+                                   f"network: {self._predictor.backend}")
         self._last_stamp_ns = -1
         self._worker = LatestFrameWorker(self._process, self._on_frame_error, name="clusternet-worker")
         self._sync = ApproximateTimeSynchronizer(3, self._on_synced, queue_size=cfg.queue_size, slop=cfg.slop)

@@ -59,6 +59,12 @@ CACHE_ENV = "INSTSEG_CACHE_DIR"
 #: frames used to check an export against torch, and the default int8 calibration set size
 CHECK_FRAMES = 2
 CALIB_FRAMES = 16
+#: submodules of ClusterNetModel whose operators are quantized to int8: the encoders and the 1/8 - 1/4 decoder, where
+#: almost all the arithmetic is. Everything else stays float: the input preparation, the heads, and the full-resolution
+#: ξ branch, whose output is the measured 3-D point plus an offset: uint8 over its metre range would round centroids
+#: to about a centimetre
+INT8_MODULES = ("rgb_enc", "xyz_enc", "depth_enc", "c1_fuse", "c4_aspp", "depth_aspp", "skip", "dec8", "dec4",
+                "xi_up2")
 #: seed of the generated calibration scenes (train-split scenes: disjoint from val / test)
 CALIB_SEED = 7
 
@@ -441,13 +447,14 @@ def _ort_version() -> str:
 
 # ------------------------------------------------------------------------------------------ int8
 def quantize_int8(fp32_path: str | os.PathLike, out: str | os.PathLike, calib: list[dict],
-                  log: Callable[[str], None] = _log.info) -> dict[str, Any]:
+                  log: Callable[[str], None] = _log.info, modules: tuple[str, ...] | None = INT8_MODULES
+                  ) -> dict[str, Any]:
     """Static QDQ int8 quantization of an fp32 export, calibrated on frames.
 
     Weights int8 per output channel, activations uint8 with MinMax ranges collected over ``calib`` (dicts with
-    rgb, depth, K at any size: resized like the predictor does). The input preparation (hole filling,
-    backprojection, normalisation) and the softmax heads stay float: only convolutions and their neighbours are
-    quantized (ONNX Runtime's default op set for QDQ).
+    rgb, depth, K at any size: resized like the predictor does). Only the operators inside ``modules`` (submodule
+    names of ClusterNetModel, :data:`INT8_MODULES`; None = every operator ONNX Runtime can quantize) are
+    quantized; the rest of the graph stays float.
 
     Returns:
         {"path", "calib_frames", "seconds", "bytes"}.
@@ -480,11 +487,19 @@ def quantize_int8(fp32_path: str | os.PathLike, out: str | os.PathLike, calib: l
     try:
         # shape inference + graph clean-up first, as ONNX Runtime recommends before static quantization
         quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
+        exclude = []
+        if modules is not None:
+            import onnx
+
+            # the TorchScript exporter names nodes by module path: /net/net/<submodule>/.../<Op>
+            prefixes = tuple(f"/net/net/{m}/" for m in modules)
+            exclude = [n.name for n in onnx.load(pre).graph.node if not n.name.startswith(prefixes)]
         quantize_static(pre, tmp, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
         meta.precision = "int8"
         meta.extra = dict(meta.extra, calib_frames=len(feeds), calibration="MinMax, generated train-split frames",
+                          int8_modules=list(modules) if modules is not None else "all",
                           quant_format="QDQ, per-channel int8 weights, uint8 activations")
         _write_meta(tmp, meta)
         os.replace(tmp, out)

@@ -146,10 +146,10 @@ def test_onnx_file_alone_rebuilds_the_predictor_and_matches_torch(tmp_path, make
 
 
 # ---------------------------------------------------------------------------------- int8
-#: measured on this tiny model (random_tiny(2), 4 calibration frames of seed 10, 3 frames of seed 11):
-#: max |int8 - fp32| xi 0.0092 m, centroid_prob 0.0051, fg_prob 0.0041, radius 0.00012 m (ORT 1.32, AVX2 CPU);
-#: the bounds are about twice that (quantization and ORT's int8 kernels are deterministic)
-INT8_TOLERANCE = {"xi": 0.02, "centroid_prob": 0.01, "fg_prob": 0.01, "radius": 3e-4}
+#: measured on this tiny model (random_tiny(2), 4 calibration frames of seed 10, 3 frames of seed 11, the default
+#: INT8_MODULES): max |int8 - fp32| xi 3.6e-6 m, centroid_prob 9.3e-4, fg_prob 3.6e-4, radius 4.6e-5 m (ORT 1.32,
+#: AVX2 CPU); the bounds are about twice that (calibration and ORT's int8 kernels are deterministic)
+INT8_TOLERANCE = {"xi": 1e-5, "centroid_prob": 2e-3, "fg_prob": 1e-3, "radius": 1e-4}
 
 
 def test_int8_quantization_is_real_and_within_its_measured_tolerance(tmp_path, make_scene):
@@ -171,7 +171,8 @@ def test_int8_quantization_is_real_and_within_its_measured_tolerance(tmp_path, m
         for k in diffs:
             diffs[k] = max(diffs[k], float(np.abs(a[k] - b[k]).max()))
     assert all(diffs[k] <= INT8_TOLERANCE[k] for k in diffs), diffs
-    assert max(diffs.values()) > 0.0                  # the quantized graph really computes something else
+    # the quantized graph really computes something else: far above float32 rounding (~1e-7 here)
+    assert diffs["centroid_prob"] > 1e-5 and diffs["fg_prob"] > 1e-5
 
 
 # ---------------------------------------------------------------------------------- backend choice

@@ -54,6 +54,9 @@ CPU_PROVIDER = "CPUExecutionProvider"
 #: ONNX Runtime's intra-op threads busy-wait for work by default; on a CPU shared with other processes (the node
 #: next to the camera driver, other nodes) that burns the cores the others need, so they sleep instead
 ALLOW_SPINNING = "0"
+#: exports kept in the cache; older ones are deleted when a new one is written (every retrained or test checkpoint
+#: has its own hash, so the cache would otherwise only grow)
+CACHE_KEEP = 8
 #: environment variable overriding the cache directory
 CACHE_ENV = "INSTSEG_CACHE_DIR"
 #: frames used to check an export against torch, and the default int8 calibration set size
@@ -537,6 +540,7 @@ def find_or_export(checkpoint: str, sha256: str, resolution: tuple[int, int], pr
         check_meta(meta, p, sha256, resolution, precision)
         return str(p)
     target = candidates[-1]
+    prune_cache(target.parent, CACHE_KEEP - 1)
     log(f"no {precision} ONNX export of {checkpoint} at {resolution[0]}x{resolution[1]} yet: exporting it once "
         f"into {target}")
     if precision == "fp32":
@@ -545,6 +549,15 @@ def find_or_export(checkpoint: str, sha256: str, resolution: tuple[int, int], pr
         fp32 = find_or_export(checkpoint, sha256, resolution, "fp32", log=log)
         quantize_int8(fp32, target, generated_frames(calib_frames), log=log)
     return str(target)
+
+
+def prune_cache(directory: Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` most recently modified .onnx files in ``directory``; returns the deleted."""
+    files = sorted(directory.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True) if directory.is_dir() else []
+    gone = files[max(0, keep):]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def read_meta(path: str | os.PathLike) -> OnnxMeta:

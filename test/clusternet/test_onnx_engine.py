@@ -275,6 +275,20 @@ def test_providers_go_tensorrt_cuda_cpu_keeping_only_available_ones(tmp_path):
     assert oe.select_providers(all3, "cuda")[0][1]["trt_engine_cache_path"] == str(oe.cache_dir() / "tensorrt")
 
 
+def test_cache_keeps_only_the_newest_exports(tmp_path):
+    import os
+
+    d = tmp_path / "c"
+    d.mkdir()
+    for i in range(5):
+        (d / f"{i}.onnx").write_bytes(b"x")
+        os.utime(d / f"{i}.onnx", (1000 + i, 1000 + i))
+    (d / "notes.txt").write_text("kept")
+    gone = oe.prune_cache(d, 2)
+    assert sorted(p.name for p in gone) == ["0.onnx", "1.onnx", "2.onnx"]
+    assert sorted(p.name for p in d.iterdir()) == ["3.onnx", "4.onnx", "notes.txt"]
+
+
 def test_cache_dir_follows_xdg_when_not_overridden(tmp_path, monkeypatch):
     monkeypatch.delenv(oe.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

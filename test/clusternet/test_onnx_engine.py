@@ -147,7 +147,7 @@ def test_onnx_file_alone_rebuilds_the_predictor_and_matches_torch(tmp_path, make
 
 # ---------------------------------------------------------------------------------- int8
 #: measured on this tiny model (random_tiny(2), 4 calibration frames of seed 10, 3 frames of seed 11, the default
-#: INT8_MODULES): max |int8 - fp32| xi 3.6e-6 m, centroid_prob 9.3e-4, fg_prob 3.6e-4, radius 4.6e-5 m (ORT 1.32,
+#: INT8_MODULES): max |int8 - fp32| xi 3.4e-6 m, centroid_prob 9.1e-4, fg_prob 3.7e-4, radius 3.8e-5 m (ORT 1.32,
 #: AVX2 CPU); the bounds are about twice that (calibration and ORT's int8 kernels are deterministic)
 INT8_TOLERANCE = {"xi": 1e-5, "centroid_prob": 2e-3, "fg_prob": 1e-3, "radius": 1e-4}
 
@@ -161,7 +161,8 @@ def test_int8_quantization_is_real_and_within_its_measured_tolerance(tmp_path, m
     q = oe.quantize_int8(tmp_path / "q.onnx", tmp_path / "q.int8.onnx", frames(4, 10, make_scene))
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q.int8.onnx")).graph.node]
     assert ops.count("QuantizeLinear") > 10 and "DequantizeLinear" in ops
-    assert q["bytes"] < 0.5 * (tmp_path / "q.onnx").stat().st_size     # int8 weights
+    # int8 weights where quantized (the float XYZ encoder and heads keep the file at 66 % of the fp32 one here)
+    assert q["bytes"] < 0.8 * (tmp_path / "q.onnx").stat().st_size
     fp, i8 = oe.OnnxEngine(tmp_path / "q.onnx"), oe.OnnxEngine(tmp_path / "q.int8.onnx", expected_precision="int8")
     assert i8.meta.precision == "int8" and i8.meta.checkpoint_sha256 == fp.meta.checkpoint_sha256
     diffs = {k: 0.0 for k in oe.OUTPUT_NAMES}

@@ -119,6 +119,15 @@ def test_fp32_export_equals_torch_within_float32_rounding(tmp_path, make_scene):
     assert max(eng.meta.extra["max_abs_diff_vs_torch"].values()) < 1e-4
 
 
+def test_an_export_that_disagrees_with_torch_is_not_written(tmp_path, monkeypatch):
+    ck = save(random_tiny(11), tmp_path / "t.pt")
+    # a bound below float32 rounding: the real (correct) graph then counts as disagreeing
+    monkeypatch.setattr(oe, "EXPORT_TOLERANCE", 1e-12)
+    with pytest.raises(oe.OnnxModelError, match="differs from torch"):
+        oe.export_onnx(ck, tmp_path / "t.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("t.onnx")) == []   # nor a temporary
+
+
 def test_onnx_file_alone_rebuilds_the_predictor_and_matches_torch(tmp_path, make_scene):
     model = geometric_tiny()
     params = {"fg_threshold": 0.5, "min_size": 4}

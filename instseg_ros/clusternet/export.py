@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .onnx_engine import CALIB_FRAMES, CHECK_FRAMES, onnx_name
 
-DEFAULT_CHECKPOINT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "models", "clusternet_lite.pt"))
+DEFAULT_CHECKPOINT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "models",
+                                                  "clusternet_lite.pt"))
 
 
 def int8_difference(fp32_path: str, int8_path: str, frames: list[dict]) -> dict[str, float]:

@@ -573,7 +573,9 @@ def find_or_export(checkpoint: str, sha256: str, resolution: tuple[int, int], pr
 
 def prune_cache(directory: Path, keep: int) -> list[Path]:
     """Delete all but the ``keep`` most recently modified .onnx files in ``directory``; returns the deleted."""
-    files = sorted(directory.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True) if directory.is_dir() else []
+    if not directory.is_dir():
+        return []
+    files = sorted(directory.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
     gone = files[max(0, keep):]
     for p in gone:
         p.unlink(missing_ok=True)

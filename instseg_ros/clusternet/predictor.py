@@ -232,8 +232,9 @@ class ClusterNetPredictor:
             if not (isinstance(res, (list, tuple)) and len(res) == 2 and all(isinstance(v, int) for v in res)):
                 raise ValueError(f"{path}: meta 'resolution' must be [height, width] in pixels, got {res!r}")
             kw["resolution"] = tuple(res)
+        mcfg = ck["model_config"]
         engine = cls._onnx_engine(path, dev, backend, kw, log,
-                                  kw.get("resolution") or (ck["model_config"].input_height, ck["model_config"].input_width))
+                                  kw.get("resolution") or (mcfg.input_height, mcfg.input_width))
         pred = cls(None if engine else build_model(ck, "cpu"), dev, engine=engine, **kw)
         pred.meta = dict(ck.get("meta", {}))
         log(f"ClusterNet network runs on {engine.describe() if engine else 'torch ' + str(dev)}")

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
            "model": first["model"], "rates": first["rates"]}
     if backends != [""]:
         out["backends"] = per_backend
-        out["throughput_hz"] = {b: {r: v["throughput_hz"] for r, v in d["rates"].items()} for b, d in per_backend.items()}
+        out["throughput_hz"] = {b: {r: v["throughput_hz"] for r, v in d["rates"].items()}
+                                for b, d in per_backend.items()}
     print(json.dumps(out))
     return 0
 

@@ -18,6 +18,7 @@ from instseg_ros.core.instances import Instances
 from .checkpoint import build_model, load_checkpoint
 from .clustering import ClusterParams, cluster_pixels, warm_up
 from .model import ClusterNet
+from .refine import RefineParams, refine_labels
 
 _log = logging.getLogger("instseg_ros.clusternet")
 #: ``backend="auto"`` on a CPU runs the int8 graph only when its measured accuracy cost is within the bar of
@@ -126,6 +127,18 @@ def _warm_up_kernels() -> None:
                       np.float32(1), np.float32(1), np.float32(0), np.float32(0), 1)
 
 
+def _mean_per_label(lab: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Mean of ``values`` (C, h, w) over the pixels of each label 1..n of ``lab`` (h, w): float64 (n, C)
+    (NaN for a label without pixels)."""
+    flat = lab.reshape(-1)
+    m = flat > 0
+    idx = flat[m]
+    cnt = np.bincount(idx, minlength=n + 1)[1:n + 1].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([np.bincount(idx, weights=values[c].reshape(-1)[m], minlength=n + 1)[1:n + 1]
+                         for c in range(values.shape[0])], 1) / cnt[:, None]
+
+
 #: precision option -> autocast dtype (None = plain float32, no autocast)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -145,13 +158,17 @@ class ClusterNetPredictor:
         engine: an :class:`~instseg_ros.clusternet.onnx_engine.OnnxEngine` that runs the network (and its input
             preparation) instead of ``model``, which may then be None; precision / channels_last must keep their
             defaults and resolution must be the engine's.
+        refine: geometric refinement of the labels at the input resolution from the measured depth
+            (boundary snapping, fragment merging, sliver rejection; :mod:`.refine`); None = the defaults,
+            ``RefineParams(enabled=False)`` = the network's labels as they are.
     After each :meth:`predict`, ``last_timings`` holds milliseconds of "preprocess", "network",
     "clustering", "postprocess" (CUDA-synchronised).
     """
 
     def __init__(self, model: ClusterNet, device: str | torch.device = "auto", params: ClusterParams | None = None,
                  resolution: tuple[int, int] | None = None, min_valid_points: int = 10,
-                 precision: str = "fp32", channels_last: bool = False, engine=None) -> None:
+                 precision: str = "fp32", channels_last: bool = False, refine: RefineParams | None = None,
+                 engine=None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -181,6 +198,7 @@ class ClusterNetPredictor:
         #: "torch" or "onnxruntime <precision> <provider>" (what runs the network)
         self.backend = "torch" if engine is None else f"onnxruntime {engine.meta.precision} {engine.provider}"
         self.min_valid_points = int(min_valid_points)
+        self.refine = refine if refine is not None else RefineParams()
         self.last_timings: dict[str, float] = {}
         self.meta: dict[str, Any] = {}
         _warm_up_kernels()
@@ -227,6 +245,8 @@ class ClusterNetPredictor:
         ck = load_checkpoint(path, map_location="cpu")
         if kw.get("params") is None and isinstance(ck["meta"].get("cluster_params"), dict):
             kw["params"] = ClusterParams(**ck["meta"]["cluster_params"])
+        if kw.get("refine") is None and isinstance(ck["meta"].get("refine_params"), dict):
+            kw["refine"] = RefineParams(**ck["meta"]["refine_params"])
         res = ck["meta"].get("resolution")
         if kw.get("resolution") is None and res is not None:
             if not (isinstance(res, (list, tuple)) and len(res) == 2 and all(isinstance(v, int) for v in res)):
@@ -355,14 +375,18 @@ class ClusterNetPredictor:
         lab = lab.cpu().numpy()
         scores = scores.cpu().numpy()
         t2 = time.perf_counter()
-        inst = self._postprocess(lab, scores, depth, K)
+        inst = self._postprocess(lab, scores, depth, K, out["xi"][0, :3])
         t3 = time.perf_counter()
         self.last_timings = {"preprocess": (self._t_pre - t0) * 1e3, "network": (t1 - self._t_pre) * 1e3,
                              "clustering": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
         return inst
 
-    def _postprocess(self, lab: np.ndarray, scores: np.ndarray, depth: np.ndarray, K: np.ndarray) -> Instances:
-        """Labels (h, w) 0..N at network resolution, scores (N,) -> Instances at the input resolution."""
+    def _postprocess(self, lab: np.ndarray, scores: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                     xi: torch.Tensor | np.ndarray | None = None) -> Instances:
+        """Labels (h, w) 0..N at network resolution, scores (N,) -> Instances at the input resolution.
+
+        ``xi``: the network's predicted object centroids (3, h, w) metres, used by the fragment merge's
+        centroid check (None: no check)."""
         h0, w0 = depth.shape
         h, w = lab.shape
         n = len(scores)
@@ -370,8 +394,18 @@ class ClusterNetPredictor:
             return Instances.empty((h0, w0))
         K = validate_intrinsics(K)
         fx, fy, cx, cy = (np.float32(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
-        lab, cnt, cen, cov = _upsample_moments(np.ascontiguousarray(lab, dtype=np.int64), nearest_index(h, h0),
-                                               nearest_index(w, w0), np.ascontiguousarray(depth, dtype=np.float32),
+        rows, cols = nearest_index(h, h0), nearest_index(w, w0)
+        lab = np.ascontiguousarray(lab, dtype=np.int64)
+        if self.refine.enabled:
+            pred_c = None if xi is None else _mean_per_label(lab, np.asarray(torch.as_tensor(xi).cpu(), np.float64), n)
+            up = lab[rows[:, None], cols[None, :]] if (h, w) != (h0, w0) else lab
+            lab, scores = refine_labels(up, scores, depth, K, self.refine, pred_c)
+            lab = lab.astype(np.int64)
+            n = len(scores)
+            if n == 0:
+                return Instances.empty((h0, w0))
+            rows, cols = np.arange(h0), np.arange(w0)
+        lab, cnt, cen, cov = _upsample_moments(lab, rows, cols, np.ascontiguousarray(depth, dtype=np.float32),
                                                fx, fy, cx, cy, n)
         keep = cnt >= max(1, self.min_valid_points)
         new_id = np.zeros(n + 1, np.int32)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -19,6 +20,10 @@ from .clustering import ClusterParams, cluster_pixels, warm_up
 from .model import ClusterNet
 from .refine import RefineParams, refine_labels
 
+_log = logging.getLogger("instseg_ros.clusternet")
+#: ``backend="auto"`` on a CPU runs the int8 graph only when its measured accuracy cost is within the bar of
+#: issue #14 (<= 1 AP, <= 1 point overlap F; models/clusternet_MODEL_CARD.md, "ONNX Runtime")
+AUTO_INT8_ON_CPU = False
 
 def scale_intrinsics(K: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
     """K of an image resized from src (H, W) to dst (H, W) (pixel-centre convention)."""
@@ -150,6 +155,9 @@ class ClusterNetPredictor:
             meant for CUDA; bf16 also runs on recent CPUs); its outputs are cast back to float32 before
             clustering, so only the network's arithmetic changes. channels_last: NHWC memory layout for
             the convolutions (faster on GPUs and with oneDNN on CPUs; same results up to rounding).
+        engine: an :class:`~instseg_ros.clusternet.onnx_engine.OnnxEngine` that runs the network (and its input
+            preparation) instead of ``model``, which may then be None; precision / channels_last must keep their
+            defaults and resolution must be the engine's.
         refine: geometric refinement of the labels at the input resolution from the measured depth
             (boundary snapping, fragment merging, sliver rejection; :mod:`.refine`); None = the defaults,
             ``RefineParams(enabled=False)`` = the network's labels as they are.
@@ -159,20 +167,36 @@ class ClusterNetPredictor:
 
     def __init__(self, model: ClusterNet, device: str | torch.device = "auto", params: ClusterParams | None = None,
                  resolution: tuple[int, int] | None = None, min_valid_points: int = 10,
-                 precision: str = "fp32", channels_last: bool = False, refine: RefineParams | None = None) -> None:
+                 precision: str = "fp32", channels_last: bool = False, refine: RefineParams | None = None,
+                 engine=None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.precision = precision
         self.channels_last = bool(channels_last)
-        self.model = model.to(self.device).eval()
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.cfg = model.cfg
+        self.engine = engine
+        if engine is None:
+            if model is None:
+                raise ValueError("ClusterNetPredictor needs a model or an ONNX engine")
+            self.model = model.to(self.device).eval()
+            if self.channels_last:
+                self.model = self.model.to(memory_format=torch.channels_last)
+            self.cfg = model.cfg
+        else:
+            if precision != "fp32" or self.channels_last:
+                raise ValueError("precision / channels_last are torch options; the ONNX engine runs its own graph")
+            from .config import model_config_from_dict
+
+            self.model = None
+            self.cfg = model_config_from_dict(engine.meta.model_config)
         self.params = params or ClusterParams()
         self.resolution = tuple(resolution) if resolution else (self.cfg.input_height, self.cfg.input_width)
         if min(self.resolution) < 32:
             raise ValueError(f"network resolution {self.resolution} is below 32 pixels")
+        if engine is not None and self.resolution != tuple(engine.resolution):
+            raise ValueError(f"network resolution {self.resolution} differs from the ONNX graph's {engine.resolution}")
+        #: "torch" or "onnxruntime <precision> <provider>" (what runs the network)
+        self.backend = "torch" if engine is None else f"onnxruntime {engine.meta.precision} {engine.provider}"
         self.min_valid_points = int(min_valid_points)
         self.refine = refine if refine is not None else RefineParams()
         self.last_timings: dict[str, float] = {}
@@ -180,14 +204,43 @@ class ClusterNetPredictor:
         _warm_up_kernels()
 
     @classmethod
-    def from_checkpoint(cls, path: str, device: str = "auto", **kw) -> "ClusterNetPredictor":
+    def from_onnx(cls, path: str, device: str = "auto", threads: int = 0, **kw) -> "ClusterNetPredictor":
+        """A predictor from an ``instseg export clusternet`` file alone: config, resolution and tuned clustering
+        parameters come from its metadata. OnnxModelError (a RuntimeError) names an unusable file."""
+        from .onnx_engine import OnnxEngine
+
+        dev = resolve_device(device)
+        engine = OnnxEngine(path, dev.type, dev.index or 0, threads=threads)
+        if kw.get("params") is None and isinstance(engine.meta.cluster_params, dict):
+            kw["params"] = ClusterParams(**engine.meta.cluster_params)
+        kw.setdefault("resolution", engine.resolution)
+        pred = cls(None, dev, engine=engine, **kw)
+        pred.meta = dict(engine.meta.checkpoint_meta)
+        return pred
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str = "auto", backend: str = "auto",
+                        log: Callable[[str], None] | None = None, **kw) -> "ClusterNetPredictor":
         """Load ``path`` (see :mod:`instseg_ros.clusternet.checkpoint`); RuntimeError names a missing/corrupt file.
 
         Without ``params``, the clustering parameters tuned for this checkpoint (meta "cluster_params",
         chosen on validation frames by ``instseg evaluate clusternet --tune-split``) are used if present;
         without ``resolution``, the network resolution recorded with them (meta "resolution", [H, W]), else
         the training resolution.
+
+        ``backend`` chooses what runs the network: "torch"; "onnxruntime" / "onnxruntime-int8" (the fp32 / int8
+        ONNX export of this checkpoint at this resolution: ``<checkpoint dir>/<stem>[.int8].onnx`` when its
+        metadata matches, else the per-user cache, exported there once when missing; RuntimeError if onnxruntime
+        is missing or the file found is corrupt / from another checkpoint); "auto" = ONNX Runtime (int8 on a CPU
+        when :data:`AUTO_INT8_ON_CPU`) when it is installed and the torch-only options (precision, channels_last)
+        are at their defaults, else torch, and torch with a logged reason when the ONNX file is unusable.
+        ``log`` receives the lines saying which backend runs and why (default: this module's logger).
         """
+        from .onnx_engine import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        log = log or _log.info
         dev = resolve_device(device)
         ck = load_checkpoint(path, map_location="cpu")
         if kw.get("params") is None and isinstance(ck["meta"].get("cluster_params"), dict):
@@ -199,9 +252,47 @@ class ClusterNetPredictor:
             if not (isinstance(res, (list, tuple)) and len(res) == 2 and all(isinstance(v, int) for v in res)):
                 raise ValueError(f"{path}: meta 'resolution' must be [height, width] in pixels, got {res!r}")
             kw["resolution"] = tuple(res)
-        pred = cls(build_model(ck, "cpu"), dev, **kw)
+        mcfg = ck["model_config"]
+        engine = cls._onnx_engine(path, dev, backend, kw, log,
+                                  kw.get("resolution") or (mcfg.input_height, mcfg.input_width))
+        pred = cls(None if engine else build_model(ck, "cpu"), dev, engine=engine, **kw)
         pred.meta = dict(ck.get("meta", {}))
+        log(f"ClusterNet network runs on {engine.describe() if engine else 'torch ' + str(dev)}")
         return pred
+
+    @staticmethod
+    def _onnx_engine(path: str, dev: torch.device, backend: str, kw: dict, log: Callable[[str], None],
+                     resolution: tuple[int, int]):
+        """The OnnxEngine ``backend`` asks for, or None for torch (see :meth:`from_checkpoint`)."""
+        from .onnx_engine import OnnxEngine, OnnxModelError, file_sha256, find_or_export, onnxruntime_available
+
+        if backend == "torch":
+            return None
+        auto = backend == "auto"
+        if not onnxruntime_available():
+            if auto:
+                log("backend auto: onnxruntime is not installed, the network runs in torch")
+                return None
+            raise RuntimeError(f"backend {backend!r} needs onnxruntime: pip install onnxruntime "
+                               "(onnxruntime-gpu on CUDA machines), or use backend 'torch'")
+        if kw.get("precision", "fp32") != "fp32" or kw.get("channels_last", False):
+            if auto:
+                log("backend auto: precision / channels_last are torch options, the network runs in torch")
+                return None
+            raise ValueError(f"backend {backend!r} runs its own graph: leave precision fp32 and channels_last off")
+        int8 = backend == "onnxruntime-int8" or (auto and dev.type == "cpu" and AUTO_INT8_ON_CPU)
+        precision = "int8" if int8 else "fp32"
+        res = (int(resolution[0]), int(resolution[1]))
+        try:
+            sha = file_sha256(path)
+            onnx_path = find_or_export(path, sha, res, precision, log=log)
+            return OnnxEngine(onnx_path, dev.type, dev.index or 0, expected_sha256=sha, expected_resolution=res,
+                              expected_precision=precision)
+        except (OnnxModelError, OSError) as e:
+            if auto:
+                log(f"backend auto: {e}; the network runs in torch instead")
+                return None
+            raise
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -238,6 +329,13 @@ class ClusterNetPredictor:
         Kn = scale_intrinsics(K, (h0, w0), (h, w))
         t_d = torch.from_numpy(np.ascontiguousarray(dsm)).to(self.device)[None, None]
         t_K = torch.from_numpy(Kn).float().to(self.device)[None]
+        if self.engine is not None:
+            # ONNX Runtime: input preparation (hole filling, backprojection, normalisation) is inside the graph
+            self._t_pre = time.perf_counter()
+            out = {k: torch.from_numpy(v) for k, v in
+                   self.engine.run(t_rgb.cpu().numpy(), t_d.cpu().numpy(), t_K.cpu().numpy()).items()}
+            out["K_net"] = t_K[0].cpu()
+            return out
         inputs = self.model.net.prepare(t_rgb, t_d, t_K)
         if self.channels_last:
             inputs = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v

@@ -148,7 +148,8 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
                                                                   min_valid_points=cfg.min_valid_points,
                                                                   precision=cfg.precision,
                                                                   channels_last=cfg.channels_last,
-                                                                  resolution=cfg.network_resolution)
+                                                                  resolution=cfg.network_resolution,
+                                                                  backend=cfg.backend, log=self.get_logger().info)
             self._predictor.refine = dataclasses.replace(self._predictor.refine, enabled=bool(cfg.refine),
                                                          min_extent_m=float(cfg.min_object_size_m))
         except (FileNotFoundError, RuntimeError, ValueError) as e:
@@ -158,9 +159,11 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
         if dev.type == "cuda":
             import torch
 
-            self.get_logger().info(f"model {path} on GPU {dev} ({torch.cuda.get_device_name(dev)})")
+            self.get_logger().info(f"model {path} on GPU {dev} ({torch.cuda.get_device_name(dev)}), "
+                                   f"network: {self._predictor.backend}")
         else:
-            self.get_logger().info(f"model {path} on CPU (device={cfg.device!r}; no GPU in use)")
+            self.get_logger().info(f"model {path} on CPU (device={cfg.device!r}; no GPU in use), "
+                                   f"network: {self._predictor.backend}")
         self._last_stamp_ns = -1
         self._tracker = Tracker(cfg.tracker_config()) if cfg.tracking else None
         if cfg.tracking:

@@ -19,6 +19,8 @@ import numpy as np
 import yaml
 
 RELIABILITIES = ("reliable", "best_effort")
+#: what runs ClusterNet's network (instseg_ros.clusternet.onnx_engine.BACKENDS, without importing torch here)
+CLUSTERNET_BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 POSE_SOURCES = ("tf", "topic", "static")
 #: clusternet_node may also run without a pose (tracking in the camera frame).
 CAMERA_POSE_SOURCES = ("none",) + POSE_SOURCES
@@ -69,6 +71,7 @@ class ClusterNetNodeConfig:
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
+    backend: str = "auto"
     queue_size: int = 10
     slop: float = 0.02
     input_reliability: str = "reliable"
@@ -104,6 +107,8 @@ class ClusterNetNodeConfig:
         _check_device(self.device)
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        if self.backend not in CLUSTERNET_BACKENDS:
+            raise ValueError(f"backend must be one of {CLUSTERNET_BACKENDS}, got {self.backend!r}")
         if int(self.cloud_stride) < 1:
             raise ValueError(f"cloud_stride must be >= 1, got {self.cloud_stride}")
         if int(self.min_valid_points) < 1:
@@ -202,6 +207,8 @@ DESCRIPTIONS: dict[str, str] = {
     "device": "auto (GPU when torch sees one, else CPU) | cpu | cuda[:N]",
     "precision": "network arithmetic: fp32 | fp16 (autocast, CUDA) | bf16 (autocast)",
     "channels_last": "NHWC layout for the convolutions (faster on GPUs)",
+    "backend": "network runtime: auto (ONNX Runtime when installed, else torch) | torch | onnxruntime | "
+               "onnxruntime-int8",
     "queue_size": "messages kept per input by the approximate-time synchronizer",
     "slop": "largest stamp spread (s) of one synchronized colour/depth/camera_info(/pose) set",
     "input_reliability": "QoS reliability of the input subscriptions: reliable | best_effort",

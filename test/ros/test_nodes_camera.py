@@ -394,7 +394,9 @@ def test_track_ids_follow_objects_and_one_frame_objects_are_never_published(grap
 
     node, ex, tmp = graph
     model = geometric_clusternet(str(tmp / "geometric_trk.pt"))
-    r = CameraRig(graph, ros_env, f"/trk{os.getpid()}", model, pose_source="topic")
+    # refine off: the label refinement moves boundary pixels between touching instances, tentative ones
+    # included, so A / B's labels would depend on whether C is there; this test is about the ids alone
+    r = CameraRig(graph, ros_env, f"/trk{os.getpid()}", model, pose_source="topic", refine=False)
     try:
         assert r.wait_connected(), r.proc.output()
         assert spin_until(ex, lambda: r.pub.pose.get_subscription_count() >= 1), "no pose subscription"

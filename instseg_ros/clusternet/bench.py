@@ -4,7 +4,9 @@ synthetic 20-object prediction (wall ms, and the process CPU ms, which on a shar
 fairer number). The clustering is timed with the implementation the device uses (numba on CPU, torch
 on CUDA) and, in the same process, with the other one as the reference (the torch path on the CPU, the
 path every device used before the numba kernels), with their ratio and whether both gave the same
-labels. With ``--backend torch,onnxruntime[,onnxruntime-int8]`` every backend is timed end to end on the
+labels. Each resolution is also timed, interleaved, without the label refinement (the pipeline before it):
+``unrefined_total_ms`` and ``ratio_vs_unrefined`` (refined / unrefined total). With
+``--backend torch,onnxruntime[,onnxruntime-int8]`` every backend is timed end to end on the
 same 640x480 frame at the checkpoint's network resolution in one run (repeats interleaved, so a load change on
 a shared machine hits all of them alike) and the final JSON line holds ``"speedup_vs_torch"`` per backend
 (median end-to-end ms of torch / of that backend). Prints one JSON line at the end (no pass/fail: targets are
@@ -139,6 +141,7 @@ def main(argv: list[str]) -> int:
     from .config import ModelConfig
     from .model import ClusterNet
     from .predictor import ClusterNetPredictor
+    from .refine import RefineParams
 
     dev = resolve_device(a.device)
     result = {"device": str(dev), "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda" else
@@ -159,16 +162,27 @@ def main(argv: list[str]) -> int:
         if model is not None:
             pred = ClusterNetPredictor(model, dev, params=ClusterParams(), resolution=(h, w),
                                        precision=a.precision, channels_last=a.channels_last)
+            # the pipeline before the label refinement (#13), same model, timed interleaved with it
+            plain = ClusterNetPredictor(model, dev, params=ClusterParams(), resolution=(h, w),
+                                        precision=a.precision, channels_last=a.channels_last,
+                                        refine=RefineParams(enabled=False))
             rgb, depth, K, _ = synthetic_frame(h, w, a.objects)
             pred.predict(rgb, depth, K)                     # warm-up
-            runs = []
+            plain.predict(rgb, depth, K)
+            runs, plain_runs = [], []
             for _ in range(a.repeats):
                 pred.predict(rgb, depth, K)
                 runs.append(dict(pred.last_timings))
+                plain.predict(rgb, depth, K)
+                plain_runs.append(dict(plain.last_timings))
             stages = {k: _median([r[k] for r in runs]) for k in runs[0]}
             total = sum(stages.values())
+            plain_total = _median([sum(r.values()) for r in plain_runs])
             row.update({**{f"{k}_ms": round(v, 2) for k, v in stages.items()},
-                        "total_ms": round(total, 2), "fps": round(1000.0 / total, 2)})
+                        "total_ms": round(total, 2), "fps": round(1000.0 / total, 2),
+                        "unrefined_total_ms": round(plain_total, 2),
+                        "unrefined_postprocess_ms": round(_median([r["postprocess"] for r in plain_runs]), 2),
+                        "ratio_vs_unrefined": round(total / plain_total, 3)})
         row.update(clustering_figures(h, w, a.objects, dev, a.repeats))
         result[f"{w}x{h}"] = row
         print(f"{w}x{h}: " + json.dumps(row), flush=True)

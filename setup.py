@@ -30,6 +30,7 @@ setup(
             "clusternet_node = instseg_ros.ros.clusternet_node:main",
             "occuseg_mapping_node = instseg_ros.ros.mapping_node:main",
             "grasp_consumer = instseg_ros.ros.grasp_consumer:main",
+            "replay_player = instseg_ros.ros.replay:main",
         ]
     },
 )

@@ -15,6 +15,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train", "occuseg"): ("instseg_ros.occuseg.train", "train OccuSeg"),
     ("evaluate", "clusternet"): ("instseg_ros.eval.clusternet_eval", "COCO / occlusion / F-measure eval of ClusterNet"),
     ("evaluate", "occuseg"): ("instseg_ros.eval.occuseg_eval", "3D AP and occupancy eval of OccuSeg"),
+    ("export", "clusternet"): ("instseg_ros.clusternet.export", "ClusterNet as ONNX (fp32 / int8) for ONNX Runtime"),
     ("segment",): ("instseg_ros.clusternet.segment_cli", "segment one RGB-D frame with ClusterNet"),
     ("demo",): ("instseg_ros.ros.demo", "both nodes on the bundled recording, outputs to a folder"),
     ("bench", "ros"): ("instseg_ros.ros.bench", "message conversion and DDS latency benchmark"),

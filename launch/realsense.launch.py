@@ -1,60 +1,60 @@
-"""RealSense camera + clusternet_node + occuseg_mapping_node + RViz.
+"""One RealSense camera + clusternet_node + occuseg_mapping_node (+ RViz).
 
-    ros2 launch instseg_ros realsense.launch.py [params_file:=my_site.yaml] [use_rviz:=false]
-        [camera_namespace:=camera] [camera_name:=camera]
+    ros2 launch instseg_ros realsense.launch.py [camera_namespace:=camera] [camera_name:=camera]
+        [serial_no:=<serial>] [params_file:=my_site.yaml] [camera_pose:="x y z roll pitch yaw"]
+        [fixed_frame:=map] [use_rviz:=false] [pose_source:=tf|topic|static] [device:=auto|cpu|cuda]
 
-The camera runs with aligned depth (realsense2_camera 4.x, topics under
-/<camera_namespace>/<camera_name>/); both nodes load their own YAML from config/ and then
-``params_file`` (site overrides for both, see config/site_overrides.yaml). The mapping node
-takes its pose from tf (pose_source:=tf) because a live camera has no pose topic; set
-map_frame / camera_frame in params_file to match your robot's tf tree.
+Everything of one camera lives under /<camera_namespace>/<camera_name>/: the camera's topics
+(realsense2_camera 4.x) and the two nodes, whose relative inputs therefore resolve to this camera;
+any number of cameras can run side by side (multi_camera.launch.py). Parameters, later winning:
+config/<node>.yaml < config/launch_realsense.yaml (pose_source: tf) < params_file < the
+pose_source:= / device:= arguments. The Fast DDS profile config/fastdds_profile.xml is set here
+unless FASTRTPS_DEFAULT_PROFILES_FILE is already set. camera_pose:= publishes a static
+map -> <camera_name>_link (a camera on a stand); on a robot leave it empty, the robot's tf provides
+it. Missing optional packages (realsense2_camera, rviz2, tf2_ros) are skipped with a log line.
 """
 import os
+import tempfile
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+
+from instseg_ros.ros import launch_support as ls
 
 PKG = get_package_share_directory("instseg_ros")
 
+ARGUMENTS = [
+    ("camera_namespace", "camera", "first part of the camera's namespace (realsense2_camera's camera_namespace)"),
+    ("camera_name", "camera", "camera name: the driver's node name, second part of the namespace, prefix of its "
+                              "tf frames (<camera_name>_link, <camera_name>_color_optical_frame)"),
+    ("serial_no", "", "serial number of the RealSense to open ('' = the first one found)"),
+    ("params_file", os.path.join(PKG, "config", "site_overrides.yaml"),
+     "site parameters for both nodes, loaded after config/<node>.yaml and config/launch_realsense.yaml"),
+    ("camera_pose", "", "'x y z roll pitch yaw' (m, rad) of <camera_name>_link in map, published as a static "
+                        "transform; '' = the robot's tf provides map -> camera"),
+    ("fixed_frame", "", "RViz fixed frame; '' = map when camera_pose is given, else <camera_name>_link"),
+    ("use_rviz", "true", "start rviz2 with config/instseg.rviz pointed at this camera"),
+    ("pose_source", "", "the mapping node's pose_source (tf | topic | static) over the YAML files; '' = theirs"),
+    ("device", "", "both nodes' device (auto | cpu | cuda[:N]) over the YAML files; '' = theirs"),
+]
+
+
+def setup(context) -> list:
+    arg = lambda k: LaunchConfiguration(k).perform(context)  # noqa: E731
+    name = arg("camera_name").strip("/")
+    prefix = ls.camera_prefix(arg("camera_namespace"), name)
+    tmp = tempfile.mkdtemp(prefix="instseg_launch_")
+    given = {k: arg(k) for k in ls.COMMAND_LINE_PARAMETERS}
+    actions = ls.camera_actions(prefix, name, "realsense", arg("params_file"), given, tmp,
+                                serial_no=arg("serial_no"), camera_pose=arg("camera_pose"))
+    if ls.is_true(arg("use_rviz")):
+        fixed = arg("fixed_frame") or ("map" if arg("camera_pose").strip() else f"{name}_link")
+        actions += ls.rviz_actions([prefix], fixed, tmp)
+    return actions
+
 
 def generate_launch_description():
-    params_file = LaunchConfiguration("params_file")
-    ns = LaunchConfiguration("camera_namespace")
-    name = LaunchConfiguration("camera_name")
-    cam = PathJoinSubstitution(["/", ns, name])
-    inputs = [
-        ("color/image_raw", PathJoinSubstitution([cam, "color/image_raw"])),
-        ("aligned_depth_to_color/image_raw", PathJoinSubstitution([cam, "aligned_depth_to_color/image_raw"])),
-        ("color/camera_info", PathJoinSubstitution([cam, "color/camera_info"])),
-    ]
-    return LaunchDescription([
-        DeclareLaunchArgument("params_file", default_value=os.path.join(PKG, "config", "site_overrides.yaml"),
-                              description="parameter overrides for both nodes (loaded after config/<node>.yaml)"),
-        DeclareLaunchArgument("use_rviz", default_value="true", description="start rviz2 with config/instseg.rviz"),
-        DeclareLaunchArgument("camera_namespace", default_value="camera"),
-        DeclareLaunchArgument("camera_name", default_value="camera"),
-        Node(
-            package="realsense2_camera", executable="realsense2_camera_node", namespace=ns, name=name,
-            parameters=[{"align_depth.enable": True, "enable_sync": True, "pointcloud.enable": False}],
-            output="screen",
-        ),
-        Node(
-            package="instseg_ros", executable="clusternet_node", name="clusternet_node",
-            parameters=[os.path.join(PKG, "config", "clusternet_node.yaml"), params_file],
-            remappings=inputs, output="screen",
-        ),
-        Node(
-            package="instseg_ros", executable="occuseg_mapping_node", name="occuseg_mapping_node",
-            parameters=[os.path.join(PKG, "config", "occuseg_mapping_node.yaml"), {"pose_source": "tf"}, params_file],
-            remappings=inputs, output="screen",
-        ),
-        Node(
-            package="rviz2", executable="rviz2", name="rviz2",
-            arguments=["-d", os.path.join(PKG, "config", "instseg.rviz")],
-            condition=IfCondition(LaunchConfiguration("use_rviz")), output="screen",
-        ),
-    ])
+    return LaunchDescription([DeclareLaunchArgument(n, default_value=d, description=h) for n, d, h in ARGUMENTS]
+                             + ls.profile_actions() + [OpaqueFunction(function=setup)])

@@ -1,57 +1,74 @@
-"""A rosbag2 recording instead of the camera: bag player + both nodes + RViz.
+"""A rosbag2 recording instead of the camera: replay_player + both nodes (+ RViz).
 
-    ros2 launch instseg_ros replay.launch.py [bag:=<rosbag2 dir>] [params_file:=...] [use_rviz:=false]
-        [camera_namespace:=camera] [camera_name:=camera]
+    ros2 launch instseg_ros replay.launch.py [bag:=<rosbag2 dir>] [camera_namespace:=camera]
+        [camera_name:=camera] [rate:=1.0] [loop:=false] [params_file:=...] [fixed_frame:=map]
+        [use_rviz:=false] [pose_source:=...] [device:=...]
 
-The default bag is the shipped demo recording (instseg_ros/data/demo/bin_sequence: colour, aligned
-depth, camera_info under /camera/camera/ and PoseStamped camera poses on /camera/pose), so the
-mapping node takes its pose from that topic. ``ros2 bag play`` publishes with the recorded stamps.
+The default bag is the shipped demo recording (colour, aligned depth, camera_info under
+/camera/camera/, PoseStamped camera poses on /camera/pose; 6 views over 2.5 s). The player
+(instseg_ros/ros/replay.py) waits until both nodes are active and subscribed to its topics, then
+publishes the recording with stamps rewritten to the playback time, the camera topics under
+/<camera_namespace>/<camera_name>/ and the poses on /<camera_namespace>/<camera_name>/pose (the
+mapping node's relative 'pose' input), and the poses also on /tf (map -> camera optical frame) when
+tf2_msgs is installed, so RViz's fixed frame map places the camera results. Played once by
+default; loop:=true repeats it with stamps that keep increasing. Parameters, later winning:
+config/<node>.yaml < config/launch_replay.yaml (pose_source: topic) < params_file < pose_source:= /
+device:=. The Fast DDS profile is set here unless FASTRTPS_DEFAULT_PROFILES_FILE is already set.
 """
 import os
+import tempfile
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess
-from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from instseg_ros.ros import launch_support as ls
 
 PKG = get_package_share_directory("instseg_ros")
 DEMO_BAG = os.path.join(PKG, "data", "demo", "bin_sequence")
+#: Where the demo recording keeps the camera and its poses.
+RECORDED_PREFIX, RECORDED_POSE = "/camera/camera", "/camera/pose"
+CAMERA_TOPICS = ("color/image_raw", "aligned_depth_to_color/image_raw", "color/camera_info")
+
+ARGUMENTS = [
+    ("bag", DEMO_BAG, "rosbag2 directory to play (topics as the demo recording names them)"),
+    ("camera_namespace", "camera", "first part of the namespace the recording is played under"),
+    ("camera_name", "camera", "second part of that namespace (/<camera_namespace>/<camera_name>/...)"),
+    ("rate", "1.0", "playback speed factor"),
+    ("loop", "false", "play the recording again and again (stamps rewritten, so they keep increasing)"),
+    ("params_file", os.path.join(PKG, "config", "site_overrides.yaml"),
+     "site parameters for both nodes, loaded after config/<node>.yaml and config/launch_replay.yaml"),
+    ("fixed_frame", "map", "RViz fixed frame (map: placed through the player's /tf from the recorded poses)"),
+    ("use_rviz", "true", "start rviz2 with config/instseg.rviz pointed at this camera"),
+    ("pose_source", "", "the mapping node's pose_source over the YAML files; '' = theirs (topic)"),
+    ("device", "", "both nodes' device (auto | cpu | cuda[:N]) over the YAML files; '' = theirs"),
+]
+
+
+def setup(context) -> list:
+    arg = lambda k: LaunchConfiguration(k).perform(context)  # noqa: E731
+    prefix = ls.camera_prefix(arg("camera_namespace"), arg("camera_name"))
+    tmp = tempfile.mkdtemp(prefix="instseg_launch_")
+    given = {k: arg(k) for k in ls.COMMAND_LINE_PARAMETERS}
+    actions = ls.camera_actions(prefix, arg("camera_name").strip("/"), "replay", arg("params_file"), given, tmp)
+    player = ["--bag", arg("bag"), "--rate", arg("rate")]
+    for t in CAMERA_TOPICS:
+        player += ["--remap", f"{RECORDED_PREFIX}/{t}", f"{prefix}/{t}"]
+    player += ["--remap", RECORDED_POSE, f"{prefix}/pose"]
+    player += ["--topics", RECORDED_POSE] + [f"{RECORDED_PREFIX}/{t}" for t in CAMERA_TOPICS]
+    for node in ls.NODES:
+        player += ["--wait-for", ls.node_fqn(prefix, node)]
+    if ls.is_true(arg("loop")):
+        player.append("--loop")
+    actions.append(Node(package="instseg_ros", executable="replay_player", name="replay_player",
+                        namespace=prefix, arguments=player, output="screen"))
+    if ls.is_true(arg("use_rviz")):
+        actions += ls.rviz_actions([prefix], arg("fixed_frame"), tmp)
+    return actions
 
 
 def generate_launch_description():
-    params_file = LaunchConfiguration("params_file")
-    ns = LaunchConfiguration("camera_namespace")
-    name = LaunchConfiguration("camera_name")
-    cam = PathJoinSubstitution(["/", ns, name])
-    inputs = [
-        ("color/image_raw", PathJoinSubstitution([cam, "color/image_raw"])),
-        ("aligned_depth_to_color/image_raw", PathJoinSubstitution([cam, "aligned_depth_to_color/image_raw"])),
-        ("color/camera_info", PathJoinSubstitution([cam, "color/camera_info"])),
-    ]
-    return LaunchDescription([
-        DeclareLaunchArgument("bag", default_value=DEMO_BAG, description="rosbag2 directory to play"),
-        DeclareLaunchArgument("params_file", default_value=os.path.join(PKG, "config", "site_overrides.yaml"),
-                              description="parameter overrides for both nodes (loaded after config/<node>.yaml)"),
-        DeclareLaunchArgument("use_rviz", default_value="true", description="start rviz2 with config/instseg.rviz"),
-        DeclareLaunchArgument("camera_namespace", default_value="camera"),
-        DeclareLaunchArgument("camera_name", default_value="camera"),
-        ExecuteProcess(cmd=["ros2", "bag", "play", LaunchConfiguration("bag")], output="screen"),
-        Node(
-            package="instseg_ros", executable="clusternet_node", name="clusternet_node",
-            parameters=[os.path.join(PKG, "config", "clusternet_node.yaml"), params_file],
-            remappings=inputs, output="screen",
-        ),
-        Node(
-            package="instseg_ros", executable="occuseg_mapping_node", name="occuseg_mapping_node",
-            parameters=[os.path.join(PKG, "config", "occuseg_mapping_node.yaml"), {"pose_source": "topic"},
-                        params_file],
-            remappings=inputs + [("pose", "/camera/pose")], output="screen",
-        ),
-        Node(
-            package="rviz2", executable="rviz2", name="rviz2",
-            arguments=["-d", os.path.join(PKG, "config", "instseg.rviz")],
-            condition=IfCondition(LaunchConfiguration("use_rviz")), output="screen",
-        ),
-    ])
+    return LaunchDescription([DeclareLaunchArgument(n, default_value=d, description=h) for n, d, h in ARGUMENTS]
+                             + ls.profile_actions() + [OpaqueFunction(function=setup)])

@@ -5,8 +5,9 @@
 # Idempotent: every step leaves a stamp keyed on its inputs, so a second run takes seconds.
 #
 # usage: scripts/setup.sh [--gpu]
-#   --gpu   CUDA machines: CUDA torch, spconv-cu120 and the full (CUDA) open3d instead of the
-#           CPU builds. Fails with a clear message where no NVIDIA GPU is visible.
+#   --gpu   CUDA machines: CUDA torch, spconv-cu120, the full (CUDA) open3d and onnxruntime-gpu instead
+#           of the CPU builds. Fails with a clear message where no NVIDIA GPU is visible.
+# Last, models/clusternet_lite.onnx is exported from models/clusternet_lite.pt (once per checkpoint).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -78,8 +79,10 @@ if [ "$(cat "$stamps/pip" 2>/dev/null)" != "$req_key" ]; then
   "$vpy" -m pip install -q --upgrade pip wheel setuptools
   if [ "$gpu" = 1 ]; then
     # CUDA builds replace the CPU ones: same package names for torch, other names for the rest.
+    # onnxruntime and onnxruntime-gpu install the same module: the CPU one must go first.
+    if "$vpy" -m pip show -q onnxruntime >/dev/null 2>&1; then "$vpy" -m pip uninstall -q -y onnxruntime; fi
     "$vpy" -m pip install -q -r requirements-gpu.txt
-    grep -v -E '^(torch|open3d-cpu|spconv|cumm)\b' requirements.txt > "$stamps/req-cpu-filtered.txt"
+    grep -v -E '^(torch|open3d-cpu|spconv|cumm|onnxruntime)\b' requirements.txt > "$stamps/req-cpu-filtered.txt"
     "$vpy" -m pip install -q -r "$stamps/req-cpu-filtered.txt"
   else
     "$vpy" -m pip install -q -r requirements.txt
@@ -146,7 +149,18 @@ case "$rclpy_version" in
   *) echo "setup.sh: ros-rclpy $rclpy_version is not the Jazzy (7.x) build; rm -rf .venv and re-run" >&2; exit 1 ;;
 esac
 "$vpy" - <<'PY'
-import rclpy, torch, open3d, spconv  # noqa: F401  (fail here, not in the first test)
+import rclpy, torch, open3d, spconv, onnxruntime  # noqa: F401  (fail here, not in the first test)
 from instseg_ros.msg import ObjectInstanceArray  # noqa: F401
 PY
+
+# --- ClusterNet for ONNX Runtime -------------------------------------------------------------
+# Built here rather than committed: it holds the same weights as the .pt (35 MB more per model version in git)
+# and takes ~20 s to export. --if-missing keeps an export whose metadata names this checkpoint.
+onnx_key="$( (sha256sum models/clusternet_lite.pt; cat instseg_ros/clusternet/onnx_engine.py) | sha256sum | cut -c1-16)"
+if [ "$(cat "$stamps/onnx" 2>/dev/null)" != "$onnx_key" ] || [ ! -f models/clusternet_lite.onnx ]; then
+  log "exporting models/clusternet_lite.onnx for ONNX Runtime (~20 s)"
+  "$vpy" -m instseg_ros.cli export clusternet --checkpoint models/clusternet_lite.pt \
+    --out models/clusternet_lite.onnx --if-missing >"$stamps/onnx.log" 2>&1 || { tail -20 "$stamps/onnx.log"; exit 1; }
+  echo "$onnx_key" > "$stamps/onnx"
+fi
 log "ready: source .venv/bin/activate  (torch $("$vpy" -c 'import torch; print(torch.__version__)'))"

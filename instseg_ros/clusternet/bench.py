@@ -4,7 +4,13 @@ synthetic 20-object prediction (wall ms, and the process CPU ms, which on a shar
 fairer number). The clustering is timed with the implementation the device uses (numba on CPU, torch
 on CUDA) and, in the same process, with the other one as the reference (the torch path on the CPU, the
 path every device used before the numba kernels), with their ratio and whether both gave the same
-labels. Prints one JSON line at the end (no pass/fail: targets are reported).
+labels. Each resolution is also timed, interleaved, without the label refinement (the pipeline before it):
+``unrefined_total_ms`` and ``ratio_vs_unrefined`` (refined / unrefined total). With
+``--backend torch,onnxruntime[,onnxruntime-int8]`` every backend is timed end to end on the
+same 640x480 frame at the checkpoint's network resolution in one run (repeats interleaved, so a load change on
+a shared machine hits all of them alike) and the final JSON line holds ``"speedup_vs_torch"`` per backend
+(median end-to-end ms of torch / of that backend). Prints one JSON line at the end (no pass/fail: targets are
+reported).
 """
 from __future__ import annotations
 
@@ -19,6 +25,10 @@ import torch
 from .clustering import ClusterParams, cluster_pixels
 
 RESOLUTIONS = ((480, 640), (240, 320))
+#: input frame size of the backend comparison (the camera's), (H, W)
+BACKEND_INPUT = (480, 640)
+#: bars of issue #14 for the end-to-end speed-up over torch at 640x480 on two CPU cores
+SPEEDUP_TARGETS = {"onnxruntime": 1.8, "onnxruntime-int8": 2.5}
 #: clustering targets of the issue, ms with 20 objects
 CLUSTERING_TARGET_MS = {"cpu": 30.0, "cuda": 5.0}
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "models", "clusternet_lite.pt")
@@ -110,9 +120,20 @@ def main(argv: list[str]) -> int:
     p.add_argument("--objects", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--clustering-only", action="store_true", help="skip the network / end-to-end stages")
+    p.add_argument("--backend", default="",
+                   help="comma-separated backends to compare end to end at 640x480 input, e.g. "
+                        "torch,onnxruntime,onnxruntime-int8 (ONNX files found or exported once into the cache)")
     a = p.parse_args(argv)
     if a.repeats < 1 or a.objects < 1:
         p.error("--repeats and --objects must be >= 1")
+    from .onnx_engine import BACKENDS
+
+    backends = [b.strip() for b in a.backend.split(",") if b.strip()]
+    bad = [b for b in backends if b not in BACKENDS or b == "auto"]
+    if bad:
+        p.error(f"--backend: unknown {bad}; choose from {[b for b in BACKENDS if b != 'auto']}")
+    if backends and not os.path.isfile(a.checkpoint):
+        p.error(f"--backend needs a checkpoint file; {a.checkpoint} does not exist")
     if a.threads:
         torch.set_num_threads(a.threads)
     from instseg_ros.core.device import resolve_device
@@ -120,6 +141,7 @@ def main(argv: list[str]) -> int:
     from .config import ModelConfig
     from .model import ClusterNet
     from .predictor import ClusterNetPredictor
+    from .refine import RefineParams
 
     dev = resolve_device(a.device)
     result = {"device": str(dev), "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda" else
@@ -128,7 +150,7 @@ def main(argv: list[str]) -> int:
     model = None
     if not a.clustering_only:
         if os.path.isfile(a.checkpoint):
-            base = ClusterNetPredictor.from_checkpoint(a.checkpoint, device=str(dev))
+            base = ClusterNetPredictor.from_checkpoint(a.checkpoint, device=str(dev), backend="torch")
             model, source = base.model, os.path.abspath(a.checkpoint)
         else:
             model, source = ClusterNet(ModelConfig(base_width=32)), "random-init lite (no checkpoint found)"
@@ -140,18 +162,75 @@ def main(argv: list[str]) -> int:
         if model is not None:
             pred = ClusterNetPredictor(model, dev, params=ClusterParams(), resolution=(h, w),
                                        precision=a.precision, channels_last=a.channels_last)
+            # the pipeline before the label refinement (#13), same model, timed interleaved with it
+            plain = ClusterNetPredictor(model, dev, params=ClusterParams(), resolution=(h, w),
+                                        precision=a.precision, channels_last=a.channels_last,
+                                        refine=RefineParams(enabled=False))
             rgb, depth, K, _ = synthetic_frame(h, w, a.objects)
             pred.predict(rgb, depth, K)                     # warm-up
-            runs = []
+            plain.predict(rgb, depth, K)
+            runs, plain_runs = [], []
             for _ in range(a.repeats):
                 pred.predict(rgb, depth, K)
                 runs.append(dict(pred.last_timings))
+                plain.predict(rgb, depth, K)
+                plain_runs.append(dict(plain.last_timings))
             stages = {k: _median([r[k] for r in runs]) for k in runs[0]}
             total = sum(stages.values())
+            plain_total = _median([sum(r.values()) for r in plain_runs])
             row.update({**{f"{k}_ms": round(v, 2) for k, v in stages.items()},
-                        "total_ms": round(total, 2), "fps": round(1000.0 / total, 2)})
+                        "total_ms": round(total, 2), "fps": round(1000.0 / total, 2),
+                        "unrefined_total_ms": round(plain_total, 2),
+                        "unrefined_postprocess_ms": round(_median([r["postprocess"] for r in plain_runs]), 2),
+                        "ratio_vs_unrefined": round(total / plain_total, 3)})
         row.update(clustering_figures(h, w, a.objects, dev, a.repeats))
         result[f"{w}x{h}"] = row
         print(f"{w}x{h}: " + json.dumps(row), flush=True)
+    if backends:
+        result.update(backend_figures(a.checkpoint, backends, str(dev), a.objects, a.repeats))
+    result["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
     return 0
+
+
+def backend_figures(checkpoint: str, backends: list[str], device: str, objects: int, repeats: int) -> dict:
+    """End-to-end ``predict`` ms per backend on one 640x480 frame at the checkpoint's network resolution, repeats
+    interleaved across backends; per-stage medians, the backend line (provider) and the speed-up over torch."""
+    from .predictor import ClusterNetPredictor
+
+    h, w = BACKEND_INPUT
+    rgb, depth, K, _ = synthetic_frame(h, w, objects)
+    preds = {}
+    for b in backends:
+        preds[b] = ClusterNetPredictor.from_checkpoint(checkpoint, device=device, backend=b,
+                                                       log=lambda m: print(f"[{b}] {m}", flush=True))
+        preds[b].predict(rgb, depth, K)             # warm-up (allocations, JIT)
+    runs: dict[str, list] = {b: [] for b in backends}
+    totals: dict[str, list] = {b: [] for b in backends}
+    cpu: dict[str, list] = {b: [] for b in backends}
+    for _ in range(repeats):
+        for b in backends:
+            t0, c0 = time.perf_counter(), time.process_time()
+            preds[b].predict(rgb, depth, K)
+            totals[b].append((time.perf_counter() - t0) * 1e3)
+            cpu[b].append((time.process_time() - c0) * 1e3)
+            runs[b].append(dict(preds[b].last_timings))
+    out = {"backends": {}}
+    for b in backends:
+        stages = {k: round(_median([r[k] for r in runs[b]]), 2) for k in runs[b][0]}
+        e2e = _median(totals[b])
+        out["backends"][b] = {"what": preds[b].backend, "resolution": list(preds[b].resolution),
+                              **{f"{k}_ms": v for k, v in stages.items()}, "end_to_end_ms": round(e2e, 2),
+                              "fps": round(1000.0 / e2e, 2),
+                              # CPU time of this process (all its threads): less sensitive to other jobs' load
+                              "end_to_end_process_cpu_ms": round(_median(cpu[b]), 2)}
+        print(f"{b} (input {w}x{h}): " + json.dumps(out["backends"][b]), flush=True)
+    if "torch" in backends:
+        ref = out["backends"]["torch"]["end_to_end_ms"]
+        out["speedup_vs_torch"] = {b: round(ref / out["backends"][b]["end_to_end_ms"], 2)
+                                   for b in backends if b != "torch"}
+        ref_cpu = out["backends"]["torch"]["end_to_end_process_cpu_ms"]
+        out["speedup_vs_torch_process_cpu"] = {b: round(ref_cpu / out["backends"][b]["end_to_end_process_cpu_ms"], 2)
+                                               for b in backends if b != "torch"}
+        out["speedup_targets"] = {b: SPEEDUP_TARGETS[b] for b in out["speedup_vs_torch"] if b in SPEEDUP_TARGETS}
+    return out

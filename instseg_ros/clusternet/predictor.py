@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,7 +18,12 @@ from instseg_ros.core.instances import Instances
 from .checkpoint import build_model, load_checkpoint
 from .clustering import ClusterParams, cluster_pixels, warm_up
 from .model import ClusterNet
+from .refine import RefineParams, refine_labels
 
+_log = logging.getLogger("instseg_ros.clusternet")
+#: ``backend="auto"`` on a CPU runs the int8 graph only when its measured accuracy cost is within the bar of
+#: issue #14 (<= 1 AP, <= 1 point overlap F; models/clusternet_MODEL_CARD.md, "ONNX Runtime")
+AUTO_INT8_ON_CPU = False
 
 def scale_intrinsics(K: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
     """K of an image resized from src (H, W) to dst (H, W) (pixel-centre convention)."""
@@ -121,6 +127,18 @@ def _warm_up_kernels() -> None:
                       np.float32(1), np.float32(1), np.float32(0), np.float32(0), 1)
 
 
+def _mean_per_label(lab: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Mean of ``values`` (C, h, w) over the pixels of each label 1..n of ``lab`` (h, w): float64 (n, C)
+    (NaN for a label without pixels)."""
+    flat = lab.reshape(-1)
+    m = flat > 0
+    idx = flat[m]
+    cnt = np.bincount(idx, minlength=n + 1)[1:n + 1].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([np.bincount(idx, weights=values[c].reshape(-1)[m], minlength=n + 1)[1:n + 1]
+                         for c in range(values.shape[0])], 1) / cnt[:, None]
+
+
 #: precision option -> autocast dtype (None = plain float32, no autocast)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -137,52 +155,144 @@ class ClusterNetPredictor:
             meant for CUDA; bf16 also runs on recent CPUs); its outputs are cast back to float32 before
             clustering, so only the network's arithmetic changes. channels_last: NHWC memory layout for
             the convolutions (faster on GPUs and with oneDNN on CPUs; same results up to rounding).
+        engine: an :class:`~instseg_ros.clusternet.onnx_engine.OnnxEngine` that runs the network (and its input
+            preparation) instead of ``model``, which may then be None; precision / channels_last must keep their
+            defaults and resolution must be the engine's.
+        refine: geometric refinement of the labels at the input resolution from the measured depth
+            (boundary snapping, fragment merging, sliver rejection; :mod:`.refine`); None = the defaults,
+            ``RefineParams(enabled=False)`` = the network's labels as they are.
     After each :meth:`predict`, ``last_timings`` holds milliseconds of "preprocess", "network",
     "clustering", "postprocess" (CUDA-synchronised).
     """
 
     def __init__(self, model: ClusterNet, device: str | torch.device = "auto", params: ClusterParams | None = None,
                  resolution: tuple[int, int] | None = None, min_valid_points: int = 10,
-                 precision: str = "fp32", channels_last: bool = False) -> None:
+                 precision: str = "fp32", channels_last: bool = False, refine: RefineParams | None = None,
+                 engine=None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.precision = precision
         self.channels_last = bool(channels_last)
-        self.model = model.to(self.device).eval()
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.cfg = model.cfg
+        self.engine = engine
+        if engine is None:
+            if model is None:
+                raise ValueError("ClusterNetPredictor needs a model or an ONNX engine")
+            self.model = model.to(self.device).eval()
+            if self.channels_last:
+                self.model = self.model.to(memory_format=torch.channels_last)
+            self.cfg = model.cfg
+        else:
+            if precision != "fp32" or self.channels_last:
+                raise ValueError("precision / channels_last are torch options; the ONNX engine runs its own graph")
+            from .config import model_config_from_dict
+
+            self.model = None
+            self.cfg = model_config_from_dict(engine.meta.model_config)
         self.params = params or ClusterParams()
         self.resolution = tuple(resolution) if resolution else (self.cfg.input_height, self.cfg.input_width)
         if min(self.resolution) < 32:
             raise ValueError(f"network resolution {self.resolution} is below 32 pixels")
+        if engine is not None and self.resolution != tuple(engine.resolution):
+            raise ValueError(f"network resolution {self.resolution} differs from the ONNX graph's {engine.resolution}")
+        #: "torch" or "onnxruntime <precision> <provider>" (what runs the network)
+        self.backend = "torch" if engine is None else f"onnxruntime {engine.meta.precision} {engine.provider}"
         self.min_valid_points = int(min_valid_points)
+        self.refine = refine if refine is not None else RefineParams()
         self.last_timings: dict[str, float] = {}
         self.meta: dict[str, Any] = {}
         _warm_up_kernels()
 
     @classmethod
-    def from_checkpoint(cls, path: str, device: str = "auto", **kw) -> "ClusterNetPredictor":
+    def from_onnx(cls, path: str, device: str = "auto", threads: int = 0, **kw) -> "ClusterNetPredictor":
+        """A predictor from an ``instseg export clusternet`` file alone: config, resolution and tuned clustering
+        parameters come from its metadata. OnnxModelError (a RuntimeError) names an unusable file."""
+        from .onnx_engine import OnnxEngine
+
+        dev = resolve_device(device)
+        engine = OnnxEngine(path, dev.type, dev.index or 0, threads=threads)
+        if kw.get("params") is None and isinstance(engine.meta.cluster_params, dict):
+            kw["params"] = ClusterParams(**engine.meta.cluster_params)
+        kw.setdefault("resolution", engine.resolution)
+        pred = cls(None, dev, engine=engine, **kw)
+        pred.meta = dict(engine.meta.checkpoint_meta)
+        return pred
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str = "auto", backend: str = "auto",
+                        log: Callable[[str], None] | None = None, **kw) -> "ClusterNetPredictor":
         """Load ``path`` (see :mod:`instseg_ros.clusternet.checkpoint`); RuntimeError names a missing/corrupt file.
 
         Without ``params``, the clustering parameters tuned for this checkpoint (meta "cluster_params",
         chosen on validation frames by ``instseg evaluate clusternet --tune-split``) are used if present;
         without ``resolution``, the network resolution recorded with them (meta "resolution", [H, W]), else
         the training resolution.
+
+        ``backend`` chooses what runs the network: "torch"; "onnxruntime" / "onnxruntime-int8" (the fp32 / int8
+        ONNX export of this checkpoint at this resolution: ``<checkpoint dir>/<stem>[.int8].onnx`` when its
+        metadata matches, else the per-user cache, exported there once when missing; RuntimeError if onnxruntime
+        is missing or the file found is corrupt / from another checkpoint); "auto" = ONNX Runtime (int8 on a CPU
+        when :data:`AUTO_INT8_ON_CPU`) when it is installed and the torch-only options (precision, channels_last)
+        are at their defaults, else torch, and torch with a logged reason when the ONNX file is unusable.
+        ``log`` receives the lines saying which backend runs and why (default: this module's logger).
         """
+        from .onnx_engine import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        log = log or _log.info
         dev = resolve_device(device)
         ck = load_checkpoint(path, map_location="cpu")
         if kw.get("params") is None and isinstance(ck["meta"].get("cluster_params"), dict):
             kw["params"] = ClusterParams(**ck["meta"]["cluster_params"])
+        if kw.get("refine") is None and isinstance(ck["meta"].get("refine_params"), dict):
+            kw["refine"] = RefineParams(**ck["meta"]["refine_params"])
         res = ck["meta"].get("resolution")
         if kw.get("resolution") is None and res is not None:
             if not (isinstance(res, (list, tuple)) and len(res) == 2 and all(isinstance(v, int) for v in res)):
                 raise ValueError(f"{path}: meta 'resolution' must be [height, width] in pixels, got {res!r}")
             kw["resolution"] = tuple(res)
-        pred = cls(build_model(ck, "cpu"), dev, **kw)
+        mcfg = ck["model_config"]
+        engine = cls._onnx_engine(path, dev, backend, kw, log,
+                                  kw.get("resolution") or (mcfg.input_height, mcfg.input_width))
+        pred = cls(None if engine else build_model(ck, "cpu"), dev, engine=engine, **kw)
         pred.meta = dict(ck.get("meta", {}))
+        log(f"ClusterNet network runs on {engine.describe() if engine else 'torch ' + str(dev)}")
         return pred
+
+    @staticmethod
+    def _onnx_engine(path: str, dev: torch.device, backend: str, kw: dict, log: Callable[[str], None],
+                     resolution: tuple[int, int]):
+        """The OnnxEngine ``backend`` asks for, or None for torch (see :meth:`from_checkpoint`)."""
+        from .onnx_engine import OnnxEngine, OnnxModelError, file_sha256, find_or_export, onnxruntime_available
+
+        if backend == "torch":
+            return None
+        auto = backend == "auto"
+        if not onnxruntime_available():
+            if auto:
+                log("backend auto: onnxruntime is not installed, the network runs in torch")
+                return None
+            raise RuntimeError(f"backend {backend!r} needs onnxruntime: pip install onnxruntime "
+                               "(onnxruntime-gpu on CUDA machines), or use backend 'torch'")
+        if kw.get("precision", "fp32") != "fp32" or kw.get("channels_last", False):
+            if auto:
+                log("backend auto: precision / channels_last are torch options, the network runs in torch")
+                return None
+            raise ValueError(f"backend {backend!r} runs its own graph: leave precision fp32 and channels_last off")
+        int8 = backend == "onnxruntime-int8" or (auto and dev.type == "cpu" and AUTO_INT8_ON_CPU)
+        precision = "int8" if int8 else "fp32"
+        res = (int(resolution[0]), int(resolution[1]))
+        try:
+            sha = file_sha256(path)
+            onnx_path = find_or_export(path, sha, res, precision, log=log)
+            return OnnxEngine(onnx_path, dev.type, dev.index or 0, expected_sha256=sha, expected_resolution=res,
+                              expected_precision=precision)
+        except (OnnxModelError, OSError) as e:
+            if auto:
+                log(f"backend auto: {e}; the network runs in torch instead")
+                return None
+            raise
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -219,6 +329,13 @@ class ClusterNetPredictor:
         Kn = scale_intrinsics(K, (h0, w0), (h, w))
         t_d = torch.from_numpy(np.ascontiguousarray(dsm)).to(self.device)[None, None]
         t_K = torch.from_numpy(Kn).float().to(self.device)[None]
+        if self.engine is not None:
+            # ONNX Runtime: input preparation (hole filling, backprojection, normalisation) is inside the graph
+            self._t_pre = time.perf_counter()
+            out = {k: torch.from_numpy(v) for k, v in
+                   self.engine.run(t_rgb.cpu().numpy(), t_d.cpu().numpy(), t_K.cpu().numpy()).items()}
+            out["K_net"] = t_K[0].cpu()
+            return out
         inputs = self.model.net.prepare(t_rgb, t_d, t_K)
         if self.channels_last:
             inputs = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
@@ -258,14 +375,18 @@ class ClusterNetPredictor:
         lab = lab.cpu().numpy()
         scores = scores.cpu().numpy()
         t2 = time.perf_counter()
-        inst = self._postprocess(lab, scores, depth, K)
+        inst = self._postprocess(lab, scores, depth, K, out["xi"][0, :3])
         t3 = time.perf_counter()
         self.last_timings = {"preprocess": (self._t_pre - t0) * 1e3, "network": (t1 - self._t_pre) * 1e3,
                              "clustering": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
         return inst
 
-    def _postprocess(self, lab: np.ndarray, scores: np.ndarray, depth: np.ndarray, K: np.ndarray) -> Instances:
-        """Labels (h, w) 0..N at network resolution, scores (N,) -> Instances at the input resolution."""
+    def _postprocess(self, lab: np.ndarray, scores: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                     xi: torch.Tensor | np.ndarray | None = None) -> Instances:
+        """Labels (h, w) 0..N at network resolution, scores (N,) -> Instances at the input resolution.
+
+        ``xi``: the network's predicted object centroids (3, h, w) metres, used by the fragment merge's
+        centroid check (None: no check)."""
         h0, w0 = depth.shape
         h, w = lab.shape
         n = len(scores)
@@ -273,8 +394,18 @@ class ClusterNetPredictor:
             return Instances.empty((h0, w0))
         K = validate_intrinsics(K)
         fx, fy, cx, cy = (np.float32(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
-        lab, cnt, cen, cov = _upsample_moments(np.ascontiguousarray(lab, dtype=np.int64), nearest_index(h, h0),
-                                               nearest_index(w, w0), np.ascontiguousarray(depth, dtype=np.float32),
+        rows, cols = nearest_index(h, h0), nearest_index(w, w0)
+        lab = np.ascontiguousarray(lab, dtype=np.int64)
+        if self.refine.enabled:
+            pred_c = None if xi is None else _mean_per_label(lab, np.asarray(torch.as_tensor(xi).cpu(), np.float64), n)
+            up = lab[rows[:, None], cols[None, :]] if (h, w) != (h0, w0) else lab
+            lab, scores = refine_labels(up, scores, depth, K, self.refine, pred_c)
+            lab = lab.astype(np.int64)
+            n = len(scores)
+            if n == 0:
+                return Instances.empty((h0, w0))
+            rows, cols = np.arange(h0), np.arange(w0)
+        lab, cnt, cen, cov = _upsample_moments(lab, rows, cols, np.ascontiguousarray(depth, dtype=np.float32),
                                                fx, fy, cx, cy, n)
         keep = cnt >= max(1, self.min_valid_points)
         new_id = np.zeros(n + 1, np.int32)

@@ -13,7 +13,8 @@ import numpy as np
 #: Label value of pixels / points that belong to no instance.
 BACKGROUND = 0
 
-_PER_INSTANCE = ("ids", "centroids", "covariances", "scores", "num_points", "class_ids", "occupancy")
+_PER_INSTANCE = ("ids", "centroids", "covariances", "scores", "num_points", "class_ids", "occupancy",
+                 "hits", "age_s", "confirmed")
 
 
 @dataclass
@@ -30,6 +31,11 @@ class Instances:
         num_points: int64 (N,), pixels with valid depth (camera) or surface voxels (map).
         class_ids: int32 (N,), semantic class, 0 = generic object.
         occupancy: float32 (N,), predicted voxel count (OccuSeg); 0 where not predicted.
+        hits: int64 (N,), observations of this id so far (frames or segmentation runs), this one
+            included; default 1 (a single observation, no track history).
+        age_s: float32 (N,), seconds from the id's first observation to this one; default 0.
+        confirmed: bool (N,), the id is an established track (see
+            :class:`~instseg_ros.core.tracking.Tracker`); default False (no track evidence).
         points: optional float32 (M, 3) positions of the labelled points (map pipeline), metres.
         colors: optional uint8 (M, 3) RGB of those points.
     """
@@ -42,6 +48,9 @@ class Instances:
     num_points: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     class_ids: np.ndarray | None = None
     occupancy: np.ndarray | None = None
+    hits: np.ndarray | None = None
+    age_s: np.ndarray | None = None
+    confirmed: np.ndarray | None = None
     points: np.ndarray | None = None
     colors: np.ndarray | None = None
 
@@ -57,6 +66,12 @@ class Instances:
                           else np.asarray(self.class_ids, dtype=np.int32).reshape(n))
         self.occupancy = (np.zeros(n, np.float32) if self.occupancy is None
                           else np.asarray(self.occupancy, dtype=np.float32).reshape(n))
+        self.hits = (np.ones(n, np.int64) if self.hits is None
+                     else np.asarray(self.hits, dtype=np.int64).reshape(n))
+        self.age_s = (np.zeros(n, np.float32) if self.age_s is None
+                      else np.asarray(self.age_s, dtype=np.float32).reshape(n))
+        self.confirmed = (np.zeros(n, bool) if self.confirmed is None
+                          else np.asarray(self.confirmed, dtype=bool).reshape(n))
         if n and (self.ids <= 0).any():
             raise ValueError("Instances.ids must be > 0 (0 is the background label)")
         if len(np.unique(self.ids)) != n:

@@ -1,6 +1,12 @@
 """``instseg evaluate clusternet --data DIR --checkpoint FILE``: ClusterNet vs the RANSAC-plane + DBSCAN
 baseline on the same frames.
 
+``--data`` is either a generated dataset root (``<root>/<split>/frames``) or a folder of real labelled frames
+(``<stem>_rgb.png``, ``<stem>_depth_mm.png``, ``<stem>_label.png``, ``intrinsics.json``; see
+:mod:`instseg_ros.eval.real_frames`), as a user with a few annotated frames of their own cell has it. Real
+folders are scored on valid-depth pixels with 4-neighbour boundaries matched within 2 px, and every frame
+gets an overlay PNG (``<out>/overlays/``).
+
 Metrics per method: class-agnostic COCO mask AP / AR (Table I of the ClusterNet paper), occlusion AR_HO /
 AR_MO / AR_LO (Table II), unseen-object overlap / boundary P/R/F and the share of objects with F >= 0.75.
 Ground truth comes from the frames' label PNGs (visible masks) and the occlusion scores in their JSON.
@@ -60,7 +66,7 @@ def tune_cluster_params(predictor, frames: list, grid: dict | None = None, progr
         images, anns, dts = [], [], []
         for image_id, (fr, raw) in enumerate(cache, start=1):
             lab, sc = cluster_pixels(raw["xi"], raw["centroid_prob"], raw["radius"][0], raw["fg_prob"], params)
-            inst = predictor._postprocess(lab.numpy(), sc.numpy(), fr["depth"], fr["K"])
+            inst = predictor._postprocess(lab.numpy(), sc.numpy(), fr["depth"], fr["K"], raw["xi"][:3])
             gt = fr["labels"]
             images.append({"id": image_id, "width": int(gt.shape[1]), "height": int(gt.shape[0])})
             anns += gt_annotations(image_id, gt, start_id=len(anns) + 1)
@@ -81,22 +87,33 @@ class _Collector:
         self.ms: list[float] = []
 
     def add(self, image_id: int, gt: np.ndarray, labels: np.ndarray, ids: np.ndarray, scores: np.ndarray,
-            ms: float) -> None:
+            ms: float, valid: np.ndarray | None = None, boundary_tol: int | None = None,
+            boundary_connectivity: int = 8) -> None:
+        if valid is not None:   # only scored pixels count: predictions elsewhere are not seen by any metric
+            labels = np.where(valid, labels, 0)
         self.dts += dt_results(image_id, labels, ids, scores)
-        self.unseen.append(unseen_object_metrics(gt, labels))
+        self.unseen.append(unseen_object_metrics(gt, labels, boundary_tol=boundary_tol,
+                                                 boundary_connectivity=boundary_connectivity))
         self.ms.append(ms)
 
     def summary(self, gt_dict: dict[str, Any]) -> dict[str, float]:
         out = coco_metrics(gt_dict, self.dts)
         out.update(occlusion_recall(gt_dict, self.dts))
         out.update(mean_unseen(self.unseen))
+        n_gt = sum(m["n_gt"] for m in self.unseen)
+        out["instances_per_object"] = sum(m["n_pred"] for m in self.unseen) / n_gt if n_gt else float("nan")
         out["ms_per_frame"] = float(np.mean(self.ms)) if self.ms else float("nan")
         return out
 
 
 def evaluate(frames: list, predictor=None, baseline: bool = True, baseline_params=None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, boundary_tol: int | None = None, keep_examples: int = N_EXAMPLES,
+             boundary_connectivity: int = 8) -> dict[str, Any]:
     """Evaluate on frames (``load_frame`` prefixes or dicts).
+
+    A frame dict may carry "valid" (bool (H, W)): only those pixels are scored (real labelled frames:
+    valid depth and labelled). ``boundary_tol`` (pixels), ``boundary_connectivity``: see
+    :func:`unseen_object_metrics`. ``keep_examples``: frames returned in "examples" for pictures.
 
     Returns:
         {"frames": n, "objects": n_gt, "clusternet": metrics or None, "baseline": metrics or None,
@@ -122,14 +139,16 @@ def evaluate(frames: list, predictor=None, baseline: bool = True, baseline_param
         if predictor is not None:
             t = time.perf_counter()
             inst = predictor.predict(fr["rgb"], fr["depth"], fr["K"])
-            cn.add(image_id, gt, inst.labels, inst.ids, inst.scores, (time.perf_counter() - t) * 1e3)
+            cn.add(image_id, gt, inst.labels, inst.ids, inst.scores, (time.perf_counter() - t) * 1e3,
+                   fr.get("valid"), boundary_tol, boundary_connectivity)
             cl = inst.labels
         if baseline:
             t = time.perf_counter()
             lab, sc = plane_dbscan_segment(fr["depth"], fr["K"], baseline_params)
-            bl.add(image_id, gt, lab, np.arange(1, len(sc) + 1), sc, (time.perf_counter() - t) * 1e3)
+            bl.add(image_id, gt, lab, np.arange(1, len(sc) + 1), sc, (time.perf_counter() - t) * 1e3,
+                   fr.get("valid"), boundary_tol, boundary_connectivity)
             bll = lab
-        if len(examples) < N_EXAMPLES:
+        if len(examples) < keep_examples:
             examples.append((fr["rgb"], gt, cl, bll))
     gt_dict = coco_dataset(images, anns)
     return {"frames": len(frames), "objects": len(anns),
@@ -174,6 +193,19 @@ def save_plot(result: dict[str, Any], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
+def save_overlays(examples: list, names: list[str], folder: str) -> None:
+    """One PNG per frame: RGB with the ground truth | ClusterNet | RANSAC + DBSCAN (instance colours over the
+    image, boundaries dark; a method that did not run shows the plain image)."""
+    from PIL import Image
+
+    from instseg_ros.clusternet.viz import overlay
+
+    os.makedirs(folder, exist_ok=True)
+    for (rgb, gt, cl, bl), name in zip(examples, names):
+        panels = [overlay(rgb, lab) if lab is not None else rgb for lab in (gt, cl, bl)]
+        Image.fromarray(np.concatenate(panels, axis=1)).save(os.path.join(folder, f"{name}.png"))
+
+
 def _clean(d):
     if isinstance(d, dict):
         return {k: _clean(v) for k, v in d.items() if k != "examples"}
@@ -186,8 +218,11 @@ def _clean(d):
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="instseg evaluate clusternet", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="dataset root (<root>/<split>/frames)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--data", required=True,
+                   help="dataset root (<root>/<split>/frames) or a folder of real labelled frames")
+    p.add_argument("--split", default="test", help="split of a dataset root (ignored for a real folder)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="the network's labels without the geometric refinement (clusternet.refine), for comparison")
     p.add_argument("--checkpoint", help="ClusterNet checkpoint (.pt); omit with --baseline-only")
     p.add_argument("--baseline-only", action="store_true")
     p.add_argument("--no-baseline", action="store_true")
@@ -207,12 +242,19 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from instseg_ros.data.io import list_frames
+    from instseg_ros.eval.real_frames import BOUNDARY_TOL_PX, is_labelled_folder, load_labelled_folder
 
-    frames = list_frames(a.data, a.split)
-    if not frames:
-        raise SystemExit(f"no frames in {a.data}/{a.split}")
-    if a.max_frames:
-        frames = frames[:a.max_frames]
+    real = is_labelled_folder(a.data)
+    if real:
+        frames = load_labelled_folder(a.data, a.max_frames)
+        if a.tune_split:
+            p.error("--tune-split needs a generated dataset root, not a real labelled folder")
+    else:
+        frames = list_frames(a.data, a.split)
+        if not frames:
+            raise SystemExit(f"no frames in {a.data}/{a.split} (nor a real labelled folder: see --help)")
+        if a.max_frames:
+            frames = frames[:a.max_frames]
     predictor = None
     if not a.baseline_only:
         if not a.checkpoint:
@@ -223,9 +265,12 @@ def main(argv: list[str]) -> int:
 
         if a.threads:
             torch.set_num_threads(a.threads)
+        from instseg_ros.clusternet.refine import RefineParams
+
         predictor = ClusterNetPredictor.from_checkpoint(a.checkpoint, device=a.device,
                                                         resolution=tuple(a.resolution) if a.resolution else None,
-                                                        precision=a.precision, channels_last=a.channels_last)
+                                                        precision=a.precision, channels_last=a.channels_last,
+                                                        refine=RefineParams(enabled=False) if a.no_refine else None)
     tuning = None
     if a.tune_split and predictor is not None:
         from instseg_ros.clusternet.clustering import ClusterParams
@@ -243,9 +288,16 @@ def main(argv: list[str]) -> int:
                         resolution=[int(v) for v in predictor.resolution])
             extra = {k: v for k, v in ck.items() if k not in ("config", "model", "meta", "model_config")}
             save_checkpoint(a.checkpoint, ck["model_config"], ck["model"], meta, **extra)
-    res = evaluate(frames, predictor, baseline=not a.no_baseline)
+    res = evaluate(frames, predictor, baseline=not a.no_baseline,
+                   boundary_tol=BOUNDARY_TOL_PX if real else None, boundary_connectivity=4 if real else 8,
+                   keep_examples=len(frames) if real else N_EXAMPLES)
     os.makedirs(a.out, exist_ok=True)
-    res_json = _clean({**res, "data": os.path.abspath(a.data), "split": a.split, "checkpoint": a.checkpoint,
+    if real:
+        save_overlays(res["examples"], [f["id"] for f in frames], os.path.join(a.out, "overlays"))
+        res["examples"] = res["examples"][:N_EXAMPLES]
+    res_json = _clean({**res, "data": os.path.abspath(a.data), "split": None if real else a.split,
+                       "real_folder": real,
+                       "refine": (dataclasses.asdict(predictor.refine) if predictor else None), "checkpoint": a.checkpoint,
                        "steps": (predictor.meta.get("steps") if predictor else None),
                        "cluster_params": (dataclasses.asdict(predictor.params) if predictor else None),
                        "tuning": tuning, "resolution": (list(predictor.resolution) if predictor else None),

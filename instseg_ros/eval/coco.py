@@ -147,10 +147,12 @@ def occlusion_recall(gt_dict: dict[str, Any], dts: list[dict[str, Any]]) -> dict
     return out
 
 
-def _boundary(mask: np.ndarray) -> np.ndarray:
+def _boundary(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
+    """Mask pixels with a neighbour outside the mask (8- or 4-neighbourhood)."""
     from scipy import ndimage
 
-    return mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3), bool), border_value=0)
+    se = np.ones((3, 3), bool) if connectivity == 8 else ndimage.generate_binary_structure(2, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=se, border_value=0)
 
 
 def _prf(tp_p: float, n_p: float, tp_r: float, n_r: float) -> tuple[float, float, float]:
@@ -160,7 +162,7 @@ def _prf(tp_p: float, n_p: float, tp_r: float, n_r: float) -> tuple[float, float
 
 
 def unseen_object_metrics(gt: np.ndarray, pred: np.ndarray, boundary_tol: int | None = None,
-                          f_threshold: float = 0.75) -> dict[str, float]:
+                          f_threshold: float = 0.75, boundary_connectivity: int = 8) -> dict[str, float]:
     """Overlap and boundary P/R/F of one image with Hungarian matching (unseen-object benchmarks).
 
     Every predicted object i and ground-truth object j get an overlap F-measure
@@ -168,7 +170,8 @@ def unseen_object_metrics(gt: np.ndarray, pred: np.ndarray, boundary_tol: int | 
     Σ_matched |i ∩ j| / Σ_i |i|, recall = Σ_matched |i ∩ j| / Σ_j |j| (unmatched objects count in the
     denominators). Boundary P/R/F: the same matching, with boundary pixels (mask minus its 3x3
     erosion) counted as true where they lie within ``boundary_tol`` pixels of the matched partner's
-    boundary (default: 0.75 % of the image diagonal, at least 1). ``obj_f75`` = share of ground-truth
+    boundary (default: 0.75 % of the image diagonal, at least 1); ``boundary_connectivity`` 4 takes the
+    4-neighbour boundary of the real-frame benchmarks (UOIS-Net-3D / UCN) instead. ``obj_f75`` = share of ground-truth
     objects whose matched overlap F >= f_threshold.
     """
     from scipy import ndimage
@@ -180,6 +183,8 @@ def unseen_object_metrics(gt: np.ndarray, pred: np.ndarray, boundary_tol: int | 
         raise ValueError(f"gt {gt.shape} and pred {pred.shape} label images differ in shape")
     gids = [int(k) for k in np.unique(gt) if k > 0]
     pids = [int(k) for k in np.unique(pred) if k > 0]
+    if boundary_connectivity not in (4, 8):
+        raise ValueError(f"boundary_connectivity must be 4 or 8, got {boundary_connectivity}")
     if boundary_tol is None:
         boundary_tol = max(1, int(round(0.0075 * np.hypot(*gt.shape))))
     out = {"n_gt": len(gids), "n_pred": len(pids)}
@@ -207,16 +212,19 @@ def unseen_object_metrics(gt: np.ndarray, pred: np.ndarray, boundary_tol: int | 
     se = ndimage.generate_binary_structure(2, 1)
     bp_tp = br_tp = 0.0
     n_bp = n_br = 0.0
-    pb = {k: _boundary(pred == k) for k in pids}
-    gb = {k: _boundary(gt == k) for k in gids}
+    pb = {k: _boundary(pred == k, boundary_connectivity) for k in pids}
+    gb = {k: _boundary(gt == k, boundary_connectivity) for k in gids}
     for k in pids:
         n_bp += pb[k].sum()
     for k in gids:
         n_br += gb[k].sum()
+    def grow(m: np.ndarray) -> np.ndarray:   # scipy dilates until nothing changes when iterations < 1
+        return m if boundary_tol == 0 else ndimage.binary_dilation(m, se, iterations=boundary_tol)
+
     for r_, c_ in zip(rows, cols):
         bpk, bgk = pb[pids[r_]], gb[gids[c_]]
-        bp_tp += (bpk & ndimage.binary_dilation(bgk, se, iterations=boundary_tol)).sum()
-        br_tp += (bgk & ndimage.binary_dilation(bpk, se, iterations=boundary_tol)).sum()
+        bp_tp += (bpk & grow(bgk)).sum()
+        br_tp += (bgk & grow(bpk)).sum()
     bP, bR, bF = _prf(bp_tp, n_bp, br_tp, n_br)
     return {**out, "overlap_P": P, "overlap_R": R, "overlap_F": Fm, "boundary_P": bP, "boundary_R": bR,
             "boundary_F": bF, "obj_f75": float((matched_f >= f_threshold).mean())}

@@ -3,7 +3,9 @@
 Each segmentation run numbers its instances 1..N afresh. :class:`InstanceIdTracker` matches the
 new instances to the previous run's by voxel overlap (IoU over voxel grid cells) and hands out the
 previous id to the best match above a threshold; unmatched instances get ids never used before.
-Pure numpy, no ROS.
+It also counts, per id, the runs it was found in (``hits``) and the time since its first run
+(``age_s``); map instances are ``confirmed`` from their first run (the map fuses many frames, so
+an instance is not a one-frame fragment). Pure numpy, no ROS.
 """
 from __future__ import annotations
 
@@ -75,11 +77,16 @@ class InstanceIdTracker:
         self._keys = np.zeros(0, np.int64)
         self._labels = np.zeros(0, np.int32)
         self._ids = np.zeros(0, np.int32)
+        self._hits: dict[int, int] = {}
+        self._first_ns: dict[int, int] = {}
         self.next_id = 1
 
-    def assign(self, coords: np.ndarray, instances: Instances) -> Instances:
+    def assign(self, coords: np.ndarray, instances: Instances, stamp_ns: int | None = None) -> Instances:
         """Relabel ``instances`` (per-voxel labels aligned with ``coords`` (V, 3) voxel indices) with
-        stable ids, remember them for the next call, and return the relabelled Instances."""
+        stable ids, remember them for the next call, and return the relabelled Instances, with
+        ``hits`` = runs the id was found in (this one included), ``age_s`` = seconds from the id's
+        first run to ``stamp_ns`` (the map's newest frame stamp, ns; 0 when None) and
+        ``confirmed`` = True."""
         keys = voxel_keys(coords)
         labels = np.asarray(instances.labels, np.int32).reshape(-1)
         if labels.shape[0] != keys.shape[0]:
@@ -107,4 +114,11 @@ class InstanceIdTracker:
         relabelled = lut[labels]
         self._keys, self._labels, self._ids = keys, relabelled, stable.copy()
         self.next_id = max(self.next_id, int(stable.max(initial=0)) + 1)
-        return dataclasses.replace(instances, labels=relabelled, ids=stable)
+        now = 0 if stamp_ns is None else int(stamp_ns)
+        for i in stable.tolist():
+            self._hits[i] = self._hits.get(i, 0) + 1
+            self._first_ns.setdefault(i, now)
+        hits = np.array([self._hits[i] for i in stable.tolist()], np.int64)
+        age = np.array([(now - self._first_ns[i]) * 1e-9 for i in stable.tolist()], np.float32)
+        return dataclasses.replace(instances, labels=relabelled, ids=stable, hits=hits, age_s=age,
+                                   confirmed=np.ones(len(stable), bool))

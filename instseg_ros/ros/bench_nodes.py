@@ -7,6 +7,8 @@ Per rate it reports frames sent / answered, output throughput (answers per secon
 publishing window), drop fraction, and latency = arrival of ``~/instances`` - input stamp (p50,
 p90, max; the same wall clock on one machine). The node keeps at most one frame waiting, so when
 the model is slower than the input the node drops frames rather than letting latency grow.
+``--backends torch,onnxruntime`` runs the node once per ClusterNet backend (its ``backend`` parameter), one
+after the other with the same frames and rates, and reports each one's answered frames/s.
 
 Prints a final JSON line.
 """
@@ -32,14 +34,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="", help="ClusterNet weights ('' = models/clusternet_lite.pt)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--bag", default=str(rec.DEMO_BAG), help="recording whose views are sent")
-    ap.add_argument("--log", default="bench_nodes.log", help="node output")
+    ap.add_argument("--log", default="bench_nodes.log", help="node output (one file per backend: <stem>.<backend>.log)")
+    ap.add_argument("--backends", default="",
+                    help="comma-separated node 'backend' values to run one after the other, e.g. torch,onnxruntime "
+                         "('' = the parameter file's)")
     a = ap.parse_args(argv)
+    from instseg_ros.ros.node_params import CLUSTERNET_BACKENDS
+
+    backends = [b.strip() for b in a.backends.split(",") if b.strip()] or [""]
+    bad = [b for b in backends if b and b not in CLUSTERNET_BACKENDS]
+    if bad:
+        ap.error(f"--backends: unknown {bad}; choose from {CLUSTERNET_BACKENDS}")
 
     from instseg_ros.ros.demo import load_views
 
     views, _, _ = load_views(Path(a.bag))
     env = ros_environment()
     apply_ros_environment(env)
+    per_backend = {}
+    for b in backends:
+        log = a.log if not b else str(Path(a.log).with_suffix(f".{b}.log"))
+        device_line, results = _run_node(a, views, env, b, log)
+        per_backend[b or "default"] = {"model": device_line.split("]: ")[-1], "rates": results}
+    h, w = views[0]["depth"].height, views[0]["depth"].width
+    first = next(iter(per_backend.values()))
+    out = {"bench": "nodes", "node": "clusternet_node", "width": w, "height": h, "device": a.device,
+           "model": first["model"], "rates": first["rates"]}
+    if backends != [""]:
+        out["backends"] = per_backend
+        out["throughput_hz"] = {b: {r: v["throughput_hz"] for r, v in d["rates"].items()}
+                                for b, d in per_backend.items()}
+    print(json.dumps(out))
+    return 0
+
+
+def _run_node(a, views, env, backend: str, log: str) -> tuple[str, dict]:
+    """One clusternet_node process (``backend`` parameter unless ""), every rate of ``a.rates``: (its model log
+    line, per-rate results)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -48,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command, spin_until
 
     params = {"device": a.device, "diagnostics_period_s": 5.0}
+    if backend:
+        params["backend"] = backend
     if a.model:
         params["model_path"] = str(Path(a.model).resolve())
     cmd = node_command("clusternet_node", params_file=package_root() / "config" / "clusternet_node.yaml",
@@ -58,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     node = rclpy.create_node("instseg_bench_nodes")
     ex = SingleThreadedExecutor()
     ex.add_node(node)
-    proc = NodeProcess(cmd, env, a.log)
+    proc = NodeProcess(cmd, env, log)
     results: dict = {}
     device_line = ""
     try:
@@ -106,16 +139,13 @@ def main(argv: list[str] | None = None) -> int:
                 "latency_ms_max": float(np.max(lat)) if lat else None,
                 "keeps_up": len(lat) >= 0.95 * len(stamps),
             }
-            print(f"{rate:g} Hz: {results[f'{rate:g}hz']}", flush=True)
+            print(f"{backend or 'default'} {rate:g} Hz: {results[f'{rate:g}hz']}", flush=True)
     finally:
         proc.stop()
         ex.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
-    h, w = views[0]["depth"].height, views[0]["depth"].width
-    print(json.dumps({"bench": "nodes", "node": "clusternet_node", "width": w, "height": h, "device": a.device,
-                      "model": device_line.split("]: ")[-1], "rates": results}))
-    return 0
+    return device_line, results
 
 
 def _publish(pub, view, stamp) -> None:

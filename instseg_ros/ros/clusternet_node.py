@@ -11,12 +11,21 @@ Lifecycle node (``autostart`` parameter: configure + activate at start-up, defau
 Inputs (relative names, remapped in launch; realsense2_camera 4.x defaults), synchronized by
 :class:`~instseg_ros.ros.sync.ApproximateTimeSynchronizer` (``queue_size``, ``slop``):
 ``color/image_raw`` (rgb8/bgr8/rgba8/bgra8/mono8), ``aligned_depth_to_color/image_raw`` (16UC1 mm or
-32FC1 m, detected from the encoding), ``color/camera_info``.
+32FC1 m, detected from the encoding), ``color/camera_info``, and with ``pose_source:=topic`` the camera
+pose ``pose`` (geometry_msgs/PoseStamped, T_map_camera).
+
+Tracking (``tracking``, default on): a :class:`~instseg_ros.core.tracking.Tracker` associates each
+frame's instances with tracks, in ``map_frame`` when ``pose_source`` gives a camera pose (topic, tf,
+static; shared with the mapping node, :mod:`~instseg_ros.ros.pose_source`) and in the camera frame
+with ``none``. ``ObjectInstance.id`` is the track id (stable across frames, never reused), with
+``hits`` / ``age`` / ``confirmed``; only confirmed tracks are published unless
+``publish_unconfirmed``. Instances not published are background (0) in ``~/labels`` and in the
+cloud labels.
 
 Outputs, each with the colour image's header (stamp and camera optical frame):
 ``~/instances`` (instseg_ros/ObjectInstanceArray), ``~/labels`` (16UC1 instance ids aligned to
-colour, 0 = background), ``~/cloud`` (PointCloud2 x y z rgb label of the valid-depth pixels, every
-``cloud_stride``-th pixel), ``~/markers`` (MarkerArray, DELETEALL first, one ellipsoid + id text per
+colour, 0 = background; ids above 65535 wrap to 1..65535 there, with a warning), ``~/cloud``
+(PointCloud2 x y z rgb label of the valid-depth pixels, every ``cloud_stride``-th pixel), ``~/markers`` (MarkerArray, DELETEALL first, one ellipsoid + id text per
 instance). ``/diagnostics`` carries input / output rate, latency, drops and synchronizer counters.
 
 Frames never queue up: the model runs in one worker thread and at most one synchronized frame
@@ -31,6 +40,7 @@ rejected or (from stamp gaps) estimated lost.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import sys
 import threading
@@ -38,6 +48,7 @@ import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseStamped
 from rclpy.lifecycle import LifecycleState, Node as LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -45,6 +56,7 @@ from visualization_msgs.msg import MarkerArray
 
 from instseg_ros.core.geometry import backproject
 from instseg_ros.core.instances import Instances
+from instseg_ros.core.tracking import Tracker, tracked_instances
 from instseg_ros.msg import ObjectInstanceArray
 from instseg_ros.ros.conversions import (array_to_image, instances_to_markers, instances_to_msg,
                                          labeled_cloud_to_msg)
@@ -53,6 +65,7 @@ from instseg_ros.ros.node_common import (CounterDelta, LatencyStats, LatestFrame
                                          StampGuard, SyncWatch, diagnostic_status, frame_to_arrays, input_health,
                                          release_free_heap, resolve_model_path, run)
 from instseg_ros.ros.node_params import ClusterNetNodeConfig, declare_config, read_config
+from instseg_ros.ros.pose_source import POSE_TOPIC, CameraPoseSource
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
 
 #: Input topics (relative; remap them in launch files).
@@ -63,6 +76,16 @@ INFO_TOPIC = "color/camera_info"
 DEFAULT_MODEL = "clusternet_lite.pt"
 #: Output QoS: reliable, KEEP_LAST of this depth.
 OUTPUT_HISTORY = 5
+#: Largest instance id a 16UC1 ~/labels pixel holds.
+MAX_LABEL_ID = 65535
+
+
+def label_image_ids(labels: np.ndarray) -> np.ndarray:
+    """int (H, W) instance ids -> uint16 (H, W) for ~/labels: 0 stays 0, ids above
+    :data:`MAX_LABEL_ID` wrap to 1..65535 (((id - 1) mod 65535) + 1), so a long-running tracker's
+    ids never overflow the 16-bit image (the ObjectInstance ids and cloud labels stay exact)."""
+    lab = np.asarray(labels).astype(np.int64)
+    return np.where(lab > 0, (lab - 1) % MAX_LABEL_ID + 1, 0).astype(np.uint16)
 
 
 class ClusterNetNode(LifecycleTeardown, LifecycleNode):
@@ -74,6 +97,8 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
         self.declare_parameter("autostart", True)
         self.cfg: ClusterNetNodeConfig | None = None
         self._predictor = None
+        self._tracker: Tracker | None = None
+        self._poses: CameraPoseSource | None = None
         self._worker: LatestFrameWorker | None = None
         self._sync: ApproximateTimeSynchronizer | None = None
         self._subs: list = []
@@ -88,6 +113,9 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
         self._latency, self._proc = LatencyStats(), LatencyStats()
         self.bad_frames = 0
         self.empty_frame_id = 0
+        self.unconfirmed_held_back = 0
+        self._live_tracks = 0
+        self._wrap_warned = False
         self._last_error = ""
 
     # ------------------------------------------------------------------ lifecycle transitions
@@ -95,6 +123,14 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
         try:
             self.cfg = read_config(self, ClusterNetNodeConfig)
         except ValueError as e:
+            self.get_logger().error(f"configure failed: {e}")
+            return TransitionCallbackReturn.FAILURE
+        cfg = self.cfg
+        self._poses = CameraPoseSource(self, cfg.pose_source, cfg.map_frame, cfg.camera_frame, cfg.static_pose,
+                                       cfg.tf_timeout_s)
+        try:
+            self._poses.start()
+        except RuntimeError as e:
             self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
         out_qos = QoSProfile(depth=OUTPUT_HISTORY, reliability=ReliabilityPolicy.RELIABLE)
@@ -119,7 +155,10 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
                                                                   min_valid_points=cfg.min_valid_points,
                                                                   precision=cfg.precision,
                                                                   channels_last=cfg.channels_last,
-                                                                  resolution=cfg.network_resolution)
+                                                                  resolution=cfg.network_resolution,
+                                                                  backend=cfg.backend, log=self.get_logger().info)
+            self._predictor.refine = dataclasses.replace(self._predictor.refine, enabled=bool(cfg.refine),
+                                                         min_extent_m=float(cfg.min_object_size_m))
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             self.get_logger().error(f"activate failed: cannot load the model: {e}")
             return TransitionCallbackReturn.FAILURE
@@ -127,20 +166,36 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
         if dev.type == "cuda":
             import torch
 
-            self.get_logger().info(f"model {path} on GPU {dev} ({torch.cuda.get_device_name(dev)})")
+            self.get_logger().info(f"model {path} on GPU {dev} ({torch.cuda.get_device_name(dev)}), "
+                                   f"network: {self._predictor.backend}")
         else:
-            self.get_logger().info(f"model {path} on CPU (device={cfg.device!r}; no GPU in use)")
+            self.get_logger().info(f"model {path} on CPU (device={cfg.device!r}; no GPU in use), "
+                                   f"network: {self._predictor.backend}")
         self._stamps = StampGuard(cfg.future_stamp_tolerance_s, cfg.stamp_jump_reset_s)
         self._frame_id_warned = False
+        self._tracker = Tracker(cfg.tracker_config()) if cfg.tracking else None
+        if cfg.tracking:
+            where = ("the camera frame" if cfg.pose_source == "none"
+                     else f"{cfg.map_frame} (pose_source={cfg.pose_source})")
+            self.get_logger().info(f"tracking in {where}: min_hits={cfg.min_hits}, max_age_s={cfg.max_age_s}, "
+                                   f"publish_unconfirmed={cfg.publish_unconfirmed}")
+        else:
+            self.get_logger().info("tracking off: ids are numbered per frame")
         self._worker = LatestFrameWorker(self._process, self._on_frame_error, name="clusternet-worker")
-        self._sync = ApproximateTimeSynchronizer(3, self._on_synced, queue_size=cfg.queue_size, slop=cfg.slop)
-        self._sync_watch = SyncWatch([COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC])
+        n_inputs = 4 if self._poses.needs_topic else 3
+        self._sync = ApproximateTimeSynchronizer(n_inputs, self._on_synced, queue_size=cfg.queue_size, slop=cfg.slop)
+        self._sync_watch = SyncWatch([COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, POSE_TOPIC][:n_inputs])
         qos = image_qos(cfg.input_reliability, cfg.input_history)
         self._subs = [
             self.create_subscription(Image, COLOR_TOPIC, self._sync.input_callback(0), qos),
             self.create_subscription(Image, DEPTH_TOPIC, self._sync.input_callback(1), qos),
             self.create_subscription(CameraInfo, INFO_TOPIC, self._sync.input_callback(2), qos),
         ]
+        if n_inputs == 4:
+            # poses are small: reliable with a deep history, so none is lost while images queue
+            self._subs.append(self.create_subscription(PoseStamped, POSE_TOPIC, self._sync.input_callback(3),
+                                                       QoSProfile(depth=max(50, cfg.queue_size),
+                                                                  reliability=ReliabilityPolicy.RELIABLE)))
         return super().on_activate(state)
 
     def _stop_processing(self) -> None:
@@ -170,9 +225,11 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
         if self._diag_pub is not None:
             self.destroy_publisher(self._diag_pub)
             self._diag_pub = None
+        if self._poses is not None:
+            self._poses.stop()
 
     # ------------------------------------------------------------------ frames
-    def _on_synced(self, color: Image, depth: Image, info: CameraInfo) -> None:
+    def _on_synced(self, color: Image, depth: Image, info: CameraInfo, pose: PoseStamped | None = None) -> None:
         """Synchronizer callback (executor thread): stamp and frame checks, then hand over to the worker."""
         self._in_rate.tick()
         t = stamp_of(color)
@@ -199,7 +256,7 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
             color.header.frame_id = fallback
         worker = self._worker
         if worker is not None:
-            worker.submit((color, depth, info, time.monotonic()))
+            worker.submit((color, depth, info, time.monotonic(), pose))
 
     def _on_frame_error(self, item, exc: BaseException) -> None:
         with self._lock:
@@ -212,17 +269,31 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
             self.get_logger().error(f"frame stamped {stamp:.3f} s failed: {type(exc).__name__}: {exc}")
 
     def _process(self, item) -> None:
-        color, depth_msg, info, t_in = item
+        color, depth_msg, info, t_in, pose = item
         predictor = self._predictor
         if predictor is None:
             return
         rgb, depth, K = frame_to_arrays(color, depth_msg, info)
+        T = self._poses.pose(color, pose) if self._tracker is not None else None
         inst = predictor.predict(rgb, depth, K)
+        inst = self._track(inst, stamp_of(color), T)
         self._publish(inst, rgb, depth, K, color.header)
         now = time.time_ns()
         self._latency.add((now - stamp_of(color)) * 1e-6)
         self._proc.add((time.monotonic() - t_in) * 1e3)
         self._out_rate.tick()
+
+    def _track(self, inst: Instances, stamp_ns: int, T: np.ndarray | None) -> Instances:
+        """Renumber the frame's instances with track ids (worker thread only); drop unconfirmed
+        tracks unless ``publish_unconfirmed``. Unchanged when tracking is off."""
+        tracker = self._tracker
+        if tracker is None:
+            return inst
+        update = tracker.update(inst, stamp_ns, T)
+        out = tracked_instances(inst, update, keep_unconfirmed=self.cfg.publish_unconfirmed)
+        self.unconfirmed_held_back += len(inst) - len(out)
+        self._live_tracks = len(update.tracks)
+        return out
 
     def _publish(self, inst: Instances, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, header) -> None:
         pubs = self._pubs
@@ -230,7 +301,11 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
             return
         pts = backproject(depth, K)
         pubs["instances"].publish(instances_to_msg(inst, header, points=pts, labels=inst.labels))
-        pubs["labels"].publish(array_to_image(inst.labels.astype(np.uint16), "16UC1", header))
+        if len(inst) and int(inst.ids.max()) > MAX_LABEL_ID and not self._wrap_warned:
+            self._wrap_warned = True
+            self.get_logger().warning(f"track ids passed {MAX_LABEL_ID}: ~/labels wraps them to 1..{MAX_LABEL_ID} "
+                                      "(ObjectInstance.id and the cloud labels stay exact)")
+        pubs["labels"].publish(array_to_image(label_image_ids(inst.labels), "16UC1", header))
         s = self.cfg.cloud_stride
         p, lab, col, d = pts[::s, ::s], inst.labels[::s, ::s], rgb[::s, ::s], depth[::s, ::s]
         valid = d > 0
@@ -251,6 +326,7 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
             "out_of_order": self._stamps.out_of_order, "future_stamps": self._stamps.future,
             "stamp_resets": self._stamps.resets, "stamp_forward_jumps": self._stamps.forward_jumps,
             "empty_frame_id": self.empty_frame_id,
+            "live_tracks": self._live_tracks, "unconfirmed_held_back": self.unconfirmed_held_back,
             "sync_matched": sync.matched if sync else 0,
             "sync_dropped": sum(sync.dropped) if sync else 0,
             "lost_estimate": sum(sync.lost_estimate) if sync else 0,
@@ -274,7 +350,7 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
             if warning:
                 self.get_logger().warning(warning)
                 self._last_error = warning
-        names = [COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC]
+        names = [COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, POSE_TOPIC][:sync.num_inputs] if active else []
         level, msg = input_health(active, names, sync.stats().silent_s if active else [], self.cfg.input_timeout_s,
                                   increments)
         if active and level == DiagnosticStatus.OK and st["frames_in"] == 0 and sum(sync.stats().received):

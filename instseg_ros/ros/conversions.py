@@ -105,7 +105,10 @@ def image_to_array(msg: Image, metres: bool = True, copy: bool = False) -> np.nd
     if not wire.isnative:
         arr = arr.astype(dtype)  # byte swap (copy)
     if metres and msg.encoding == "16UC1":
-        return arr.astype(np.float32) * np.float32(DEPTH_16UC1_SCALE)
+        # a correctly rounded division: millimetres become the float32 nearest to the metre value, the
+        # same number a 32FC1 image of that depth carries (a product with float32(0.001) differs in the last
+        # bit for 59 % of the values, enough to flip ties in the label refinement's nearest-pixel search)
+        return arr.astype(np.float32) / np.float32(1.0 / DEPTH_16UC1_SCALE)
     if copy and np.shares_memory(arr, buf):
         arr = arr.copy()
     return arr
@@ -659,6 +662,8 @@ def instances_to_msg(instances: Instances, header: Header, points: np.ndarray | 
     (x = largest variance); covariance = row-major 3x3 (m^2); extent = oriented bounding box size
     along the pose axes from :func:`oriented_extents` (true box when points are available, else
     the +-2 sigma estimate). ``header`` is copied (stamp + frame of the source data).
+    hits / age / confirmed come from ``instances.hits`` / ``age_s`` / ``confirmed`` (the
+    :class:`~instseg_ros.core.tracking.Tracker`'s, or a mapping node's id matching).
     """
     cov = _validated_covariances(instances)
     ext = oriented_extents(instances, points, labels)
@@ -678,6 +683,9 @@ def instances_to_msg(instances: Instances, header: Header, points: np.ndarray | 
         o.extent = Vector3(x=float(ext[i, 0]), y=float(ext[i, 1]), z=float(ext[i, 2]))
         o.class_id = int(instances.class_ids[i])
         o.occupancy = float(instances.occupancy[i])
+        o.hits = int(instances.hits[i])
+        o.age = float(instances.age_s[i])
+        o.confirmed = bool(instances.confirmed[i])
         objs.append(o)
     out.instances = objs
     return out
@@ -686,7 +694,8 @@ def instances_to_msg(instances: Instances, header: Header, points: np.ndarray | 
 def msg_to_instances(msg: ObjectInstanceArray) -> tuple[Instances, np.ndarray, np.ndarray]:
     """ObjectInstanceArray -> (Instances without labels, rotations (N, 3, 3), extents (N, 3)).
 
-    The Instances carry ids, centroids, covariances, scores, num_points, class_ids and occupancy;
+    The Instances carry ids, centroids, covariances, scores, num_points, class_ids, occupancy,
+    hits, age_s and confirmed;
     ``labels`` is empty (0,) because the message has none. rotations come from pose.orientation.
     """
     objs = list(msg.instances)
@@ -700,6 +709,9 @@ def msg_to_instances(msg: ObjectInstanceArray) -> tuple[Instances, np.ndarray, n
         num_points=np.array([o.num_points for o in objs], np.int64),
         class_ids=np.array([o.class_id for o in objs], np.int32),
         occupancy=np.array([o.occupancy for o in objs], np.float32),
+        hits=np.array([o.hits for o in objs], np.int64),
+        age_s=np.array([o.age for o in objs], np.float32),
+        confirmed=np.array([o.confirmed for o in objs], bool),
     )
     rots = np.array([quaternion_to_rotation([o.pose.orientation.x, o.pose.orientation.y,
                                              o.pose.orientation.z, o.pose.orientation.w])

@@ -1,17 +1,22 @@
 """``instseg demo``: both nodes on the shipped recording, through a real rclpy graph.
 
 1. Starts ``clusternet_node`` and ``occuseg_mapping_node`` as separate processes (parameters from
-   ``config/*.yaml``, inputs remapped to the recording's realsense2_camera topics, mapping pose from
-   ``/camera/pose``) on a private ROS domain limited to this machine.
+   ``config/*.yaml``, inputs remapped to the recording's realsense2_camera topics, camera pose from
+   ``/camera/pose`` for both: the camera node tracks its instances in the map frame) on a private ROS
+   domain limited to this machine.
 2. Plays the recording (``instseg_ros/data/demo/bin_sequence``, rosbag2 MCAP read with ``rosbags``)
-   with rclpy publishers at ``--rate`` views per second. Headers are restamped with the wall clock
-   at publish time, as a live camera would stamp them, so latency = arrival of the output - stamp.
+   with rclpy publishers at ``--rate`` views per second at most; each view waits for the camera
+   node's output of the previous one (unless ``--free-run``), so every view is segmented and
+   tracked. Headers are restamped with the wall clock at publish time, as a live camera would stamp
+   them, so latency = arrival of the output - stamp.
 3. Asks the mapping node for a final segmentation (``~/segment``) and a save (``~/save``).
 4. Writes to ``--out``: ``outputs/`` (rosbag2 MCAP of every output message and /diagnostics),
    ``overlays/view_XX.png`` (colour | ClusterNet labels | ground truth), ``map.png`` (rendered
    labelled map next to the ground-truth voxels), ``map/map.ply`` + ``map/instances.json`` (from
    ``~/save``), ``logs/`` (node output) and ``summary.json`` (per-frame latency and instance counts,
-   per-frame 2D accuracy and map accuracy against the recording's ground truth).
+   per-frame 2D accuracy and map accuracy against the recording's ground truth, and the camera
+   tracks' identity consistency: ``camera_id_switches``, ``camera_tracks_per_object``,
+   ``camera_confirmed_share``, see :func:`track_metrics`).
 
 Prints the summary's headline numbers as a final JSON line.
 """
@@ -36,6 +41,8 @@ MATCH_IOU = 0.5
 STARTUP_TIMEOUT_S = 120.0
 #: Seconds to wait for the last camera outputs after the last frame.
 DRAIN_TIMEOUT_S = 30.0
+#: Seconds a view waits for the camera node's output before the next view is played (without --free-run).
+VIEW_TIMEOUT_S = 30.0
 #: Points drawn in map.png (random subset beyond this).
 MAX_PLOT_POINTS = 60000
 
@@ -90,6 +97,30 @@ def match_instances(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = MAT
                mean_iou_matched=float(np.mean(ious)) if ious else 0.0,
                mean_best_iou=float(iou.max(axis=0).mean()))
     return out
+
+
+def track_metrics(pairs_per_frame: list[list[tuple[int, int, float]]]) -> dict:
+    """Identity consistency of tracked instances against the ground truth over a frame sequence.
+
+    Args:
+        pairs_per_frame: for each processed frame in stamp order, its (published id, ground-truth id,
+            IoU) matches (``match_instances(...)["pairs"]``; one-to-one within a frame).
+    Returns:
+        dict: ``id_switches`` = over all ground-truth objects, the number of times the id matched to
+        the object differs from the id matched in the previous frame where the object was matched
+        (frames where it is unmatched are skipped, not counted as a switch);
+        ``tracks_per_object`` = distinct ids matched to an object, averaged over the objects matched
+        in at least one frame (None when there are none); ``objects_seen`` = that number of objects;
+        ``ids_per_object`` = {ground-truth id: [matched id per frame where matched]}.
+    """
+    seq: dict[int, list[int]] = {}
+    for pairs in pairs_per_frame:
+        for pid, gid, _ in pairs:
+            seq.setdefault(int(gid), []).append(int(pid))
+    switches = sum(sum(a != b for a, b in zip(ids, ids[1:])) for ids in seq.values())
+    per_obj = [len(set(ids)) for ids in seq.values()]
+    return {"id_switches": int(switches), "tracks_per_object": float(np.mean(per_obj)) if per_obj else None,
+            "objects_seen": len(seq), "ids_per_object": {str(g): ids for g, ids in sorted(seq.items())}}
 
 
 def centroid_errors(inst_msg, pairs, gt_labels: np.ndarray, depth_msg, info_msg) -> list[float]:
@@ -243,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="instseg demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="demo_out", help="output directory (created; existing files replaced)")
     ap.add_argument("--bag", default=str(rec.DEMO_BAG), help="recording to play (rosbag2 directory)")
-    ap.add_argument("--rate", type=float, default=2.0, help="views published per second")
+    ap.add_argument("--rate", type=float, default=2.0, help="views published per second (at most)")
+    ap.add_argument("--free-run", action="store_true",
+                    help="publish at --rate without waiting for the camera node's output of each view (a slow "
+                         "CPU then drops views, as with a live camera)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda for both models")
     ap.add_argument("--clusternet-model", default="", help="ClusterNet weights ('' = models/clusternet_lite.pt)")
     ap.add_argument("--occuseg-model", default="", help="OccuSeg weights ('' = the mapping node's default)")
@@ -274,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg_dir = package_root() / "config"
     remaps = {"color/image_raw": rec.COLOR_TOPIC, "aligned_depth_to_color/image_raw": rec.DEPTH_TOPIC,
               "color/camera_info": rec.INFO_TOPIC}
-    cn_params = {"device": a.device}
+    # the recording's poses let the camera node track in the map frame while the camera moves
+    cn_params = {"device": a.device, "pose_source": "topic"}
     if a.clusternet_model:
         cn_params["model_path"] = str(Path(a.clusternet_model).resolve())
     map_params = {"device": a.device, "pose_source": "topic", "save_dir": str((out / "map").resolve())}
@@ -284,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if bounds:  # crop the map to the recorded bin / table, as a deployment sets its workspace box
         map_params["workspace_min"], map_params["workspace_max"] = list(bounds[0]), list(bounds[1])
     cn_cmd = node_command("clusternet_node", params_file=cfg_dir / "clusternet_node.yaml", params=cn_params,
-                          remaps=remaps)
+                          remaps={**remaps, "pose": rec.POSE_TOPIC})
     map_cmd = node_command("occuseg_mapping_node", params_file=cfg_dir / "occuseg_mapping_node.yaml",
                            params=map_params, remaps={**remaps, "pose": rec.POSE_TOPIC})
     cn_out = {t: f"/clusternet_node/{t}" for t in ("instances", "labels", "cloud", "markers")}
@@ -308,13 +343,14 @@ def main(argv: list[str] | None = None) -> int:
         col = Collector(node, types)
         failed = lambda: not all(p.alive() for p in procs) or any("autostart:" in p.output() for p in procs)
         ok = wait_until(lambda: all(p.get_subscription_count() >= 2 for p in pub.publishers)
-                        and pose_pub.get_subscription_count() >= 1 or failed(), STARTUP_TIMEOUT_S)
+                        and pose_pub.get_subscription_count() >= 2 or failed(), STARTUP_TIMEOUT_S)
         if not ok or failed():
             for p in procs:
                 print(f"--- {p.log}:\n{p.output()[-3000:]}", file=sys.stderr)
             raise RuntimeError("the nodes did not start (see the logs above)")
         t_ready = time.monotonic()
-        print(f"demo: nodes up after {t_ready - t_start:.1f} s; playing at {a.rate} views/s", flush=True)
+        print(f"demo: nodes up after {t_ready - t_start:.1f} s; playing at {a.rate} views/s at most"
+              f"{'' if a.free_run else ', each view after the camera node answered the previous one'}", flush=True)
 
         stamps: list[int] = []
         period = 1.0 / a.rate
@@ -327,7 +363,11 @@ def main(argv: list[str] | None = None) -> int:
             stamps.append(now)
             pose_pub.publish(v["pose"])
             pub.publish_msgs(v["color"], v["depth"], v["info"])
-            next_t += period
+            if not a.free_run:
+                # the next view waits for the camera node's output of this one: every view is
+                # segmented and tracked even where the network needs seconds per frame
+                wait_until(lambda: _stamps_seen(col.get(cn_out["instances"]), stamps[-1:]) >= 1, VIEW_TIMEOUT_S)
+            next_t = max(next_t + period, time.monotonic())
             time.sleep(max(0.0, next_t - time.monotonic()))
         wait_until(lambda: _stamps_seen(col.get(cn_out["instances"]), stamps) >= len(stamps), DRAIN_TIMEOUT_S)
         t_played = time.monotonic()
@@ -362,13 +402,22 @@ def main(argv: list[str] | None = None) -> int:
         by_stamp[m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec] = (recv, m)
     labels_by_stamp = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec: m
                        for _, m in col.get(cn_out["labels"])}
+    from instseg_ros.ros.node_params import ClusterNetNodeConfig, config_from_yaml
+
+    cn_cfg = config_from_yaml(ClusterNetNodeConfig, cfg_dir / "clusternet_node.yaml", "clusternet_node", cn_params)
+    # the first min_hits - 1 frames the node processes cannot have confirmed tracks yet (nothing is
+    # published there by design): they are "warm-up" frames, reported but kept out of the *_after_warmup means
+    warmup_frames = cn_cfg.min_hits - 1 if cn_cfg.tracking else 0
     frames = []
+    n_processed = 0
     for k, (v, s) in enumerate(zip(views, stamps)):
         gt = image_to_array(v["gt_labels"], metres=False).astype(np.int64)
         entry = {"view": k, "stamp_ns": s, "published": s in by_stamp}
         if s in by_stamp:
             recv, m = by_stamp[s]
-            entry.update(latency_ms=(recv - s) * 1e-6, instances=len(m.instances))
+            entry.update(latency_ms=(recv - s) * 1e-6, instances=len(m.instances),
+                         confirmed=sum(bool(o.confirmed) for o in m.instances), warmup=n_processed < warmup_frames)
+            n_processed += 1
             if s in labels_by_stamp:
                 pred = image_to_array(labels_by_stamp[s], metres=False).astype(np.int64)
                 acc = match_instances(pred, gt)
@@ -396,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
 
     lat = [f["latency_ms"] for f in frames if "latency_ms" in f]
     acc2d = [f["accuracy_2d"] for f in frames if "accuracy_2d" in f]
+    acc2d_warm = [f["accuracy_2d"] for f in frames if "accuracy_2d" in f and not f["warmup"]]
+    tracks = track_metrics([f["accuracy_2d"]["pairs"] for f in frames if "accuracy_2d" in f])
+    n_inst = sum(f.get("instances", 0) for f in frames)
+    confirmed_share = sum(f.get("confirmed", 0) for f in frames) / n_inst if n_inst else None
     summary = {
         "recording": str(a.bag), "views": len(views), "rate_hz": a.rate, "device": a.device,
         "wall_s": {"total": time.monotonic() - t_start, "startup": t_ready - t_start, "play": t_played - t_ready},
@@ -407,10 +460,19 @@ def main(argv: list[str] | None = None) -> int:
                            "max": float(np.max(lat)) if lat else None},
             "mean_precision_2d": float(np.mean([x["precision"] for x in acc2d])) if acc2d else None,
             "mean_recall_2d": float(np.mean([x["recall"] for x in acc2d])) if acc2d else None,
+            "mean_precision_2d_after_warmup": (float(np.mean([x["precision"] for x in acc2d_warm]))
+                                               if acc2d_warm else None),
+            "mean_recall_2d_after_warmup": float(np.mean([x["recall"] for x in acc2d_warm])) if acc2d_warm else None,
+            "warmup_frames": warmup_frames,
+            "tracking": {"enabled": cn_cfg.tracking, "pose_source": cn_cfg.pose_source, "min_hits": cn_cfg.min_hits,
+                         "max_age_s": cn_cfg.max_age_s, **tracks},
             "centroid_error_m_median": (float(np.median(errs)) if (errs := [e for f in frames
                                         for e in f.get("centroid_errors_m", [])]) else None),
             "frames": frames,
         },
+        "camera_id_switches": tracks["id_switches"],
+        "camera_tracks_per_object": tracks["tracks_per_object"],
+        "camera_confirmed_share": confirmed_share,
         "map": map_summary,
         "services": {"segment": seg.message, "save": save.message},
         "output_bag": {"path": str(bag_out), "messages": counts},
@@ -419,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     head = {"views": len(views), "camera_frames": summary["camera"]["frames_published"],
             "camera_latency_ms_p50": summary["camera"]["latency_ms"]["p50"],
             "camera_recall_2d": summary["camera"]["mean_recall_2d"],
+            "camera_recall_2d_after_warmup": summary["camera"]["mean_recall_2d_after_warmup"],
+            "camera_precision_2d_after_warmup": summary["camera"]["mean_precision_2d_after_warmup"],
+            "camera_id_switches": tracks["id_switches"], "camera_tracks_per_object": tracks["tracks_per_object"],
+            "camera_confirmed_share": confirmed_share,
             "camera_centroid_error_m_median": summary["camera"]["centroid_error_m_median"],
             "map_instances": map_summary.get("accuracy", {}).get("n_pred"),
             "map_recall": map_summary.get("accuracy", {}).get("recall"),

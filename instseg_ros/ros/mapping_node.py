@@ -54,34 +54,23 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from instseg_ros.core.geometry import validate_pose
 from instseg_ros.core.instances import Instances
 from instseg_ros.msg import ObjectInstanceArray
 from instseg_ros.ros.clusternet_node import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY
 from instseg_ros.ros.conversions import (instances_to_markers, instances_to_msg, labeled_cloud_to_msg,
                                          ns_to_stamp, oriented_extents)
 from instseg_ros.ros.graph import image_qos
-from instseg_ros.ros.node_common import (QUATERNION_TOLERANCE, CounterDelta, FrameError, LatencyStats,
-                                         LatestFrameWorker, LifecycleTeardown, RateMeter, StampGuard, SyncWatch,
-                                         diagnostic_status, frame_to_arrays, input_health, pose_from_xyz_quat,
+from instseg_ros.ros.node_common import (CounterDelta, LatencyStats, LatestFrameWorker, LifecycleTeardown, RateMeter,
+                                         StampGuard, SyncWatch, diagnostic_status, frame_to_arrays, input_health,
                                          release_free_heap, resolve_model_path, run)
 from instseg_ros.ros.node_params import MappingNodeConfig, declare_config, read_config
+from instseg_ros.ros.pose_source import POSE_TOPIC, CameraPoseSource, pose_to_matrix  # noqa: F401 (re-export)
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
 
-#: PoseStamped input for pose_source=topic (relative; remap in launch).
-POSE_TOPIC = "pose"
 #: Weights loaded when ``model_path`` is "".
 DEFAULT_MODEL = "occuseg_bin5mm.pt"
 #: How long ~/segment and ~/save wait for a running segmentation (s).
 SERVICE_TIMEOUT_S = 120.0
-
-
-def pose_to_matrix(msg, quaternion_tolerance: float = QUATERNION_TOLERANCE,
-                   world_bound: float = float("inf")) -> np.ndarray:
-    """geometry_msgs/Pose -> T (4, 4); FrameError for a non-finite position / quaternion, a quaternion
-    whose norm is not 1 within ``quaternion_tolerance``, or a position beyond +-``world_bound`` m."""
-    p, q = msg.position, msg.orientation
-    return pose_from_xyz_quat([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], quaternion_tolerance, world_bound)
 
 
 def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray, labels: np.ndarray) -> None:
@@ -123,7 +112,7 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
         self._map = None
         self._tracker = None
         self._segmenter = None
-        self._tf_buffer = self._tf_listener = None
+        self._poses: CameraPoseSource | None = None
         self._worker: LatestFrameWorker | None = None
         self._seg_worker: LatestFrameWorker | None = None
         self._seg_timer = None
@@ -162,16 +151,13 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
         except ValueError as e:
             self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
-        if cfg.pose_source == "tf":
-            try:
-                import tf2_ros  # noqa: F401  (only on a ROS 2 install)
-            except ImportError:
-                self.get_logger().error(
-                    "configure failed: pose_source=tf needs tf2_ros, which comes with a ROS 2 installation "
-                    "(not installable from PyPI); use pose_source:=topic (geometry_msgs/PoseStamped) or static")
-                return TransitionCallbackReturn.FAILURE
-            self._tf_buffer = tf2_ros.Buffer()
-            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+        self._poses = CameraPoseSource(self, cfg.pose_source, cfg.map_frame, cfg.camera_frame, cfg.static_pose,
+                                       cfg.tf_timeout_s, cfg.quaternion_tolerance, cfg.world_bound_m)
+        try:
+            self._poses.start()
+        except RuntimeError as e:
+            self.get_logger().error(f"configure failed: {e}")
+            return TransitionCallbackReturn.FAILURE
         self._map = TsdfMap(cfg.tsdf_config(), logger=self.get_logger())
         self._tracker = InstanceIdTracker(cfg.id_match_iou)
         out_qos = QoSProfile(depth=OUTPUT_HISTORY, reliability=ReliabilityPolicy.RELIABLE)
@@ -262,7 +248,8 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
         if self._diag_pub is not None:
             self.destroy_publisher(self._diag_pub)
             self._diag_pub = None
-        self._tf_listener = self._tf_buffer = None
+        if self._poses is not None:
+            self._poses.stop()
         with self._map_lock:
             self._map = None
         with self._state_lock:
@@ -283,36 +270,7 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
             worker.submit((depth, color, info, pose))
 
     def _camera_pose(self, depth: Image, pose: PoseStamped | None) -> np.ndarray:
-        cfg = self.cfg
-        if cfg.pose_source == "static":
-            return cfg.static_transform()
-        tol, bound = cfg.quaternion_tolerance, cfg.world_bound_m
-        if cfg.pose_source == "topic":
-            if pose is None:
-                raise FrameError("no camera pose for this frame")
-            if pose.header.frame_id not in ("", cfg.map_frame):
-                raise FrameError(f"pose frame {pose.header.frame_id!r} is not map_frame {cfg.map_frame!r}")
-            T = pose_to_matrix(pose.pose, tol, bound)
-        else:
-            import rclpy.duration
-            import rclpy.time
-
-            child = cfg.camera_frame or depth.header.frame_id
-            if not child:
-                raise FrameError("the depth image has an empty header.frame_id and camera_frame is '': "
-                                 "no frame to look the camera pose up for (set camera_frame)")
-            try:
-                tf = self._tf_buffer.lookup_transform(
-                    cfg.map_frame, child, rclpy.time.Time.from_msg(depth.header.stamp),
-                    timeout=rclpy.duration.Duration(seconds=cfg.tf_timeout_s))
-            except Exception as e:  # tf2 raises LookupException / ExtrapolationException / ...
-                raise FrameError(f"no transform {cfg.map_frame} <- {child} at the frame stamp: {e}") from None
-            tr, q = tf.transform.translation, tf.transform.rotation
-            T = pose_from_xyz_quat([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w], tol, bound)
-        try:
-            return validate_pose(T, "camera pose")
-        except ValueError as e:
-            raise FrameError(str(e)) from None
+        return self._poses.pose(depth, pose)
 
     def _integrate(self, item) -> None:
         depth_msg, color_msg, info, pose = item
@@ -383,7 +341,7 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
                 self._segmented_version = version
                 return False, f"the map has {len(sv)} surface voxels, fewer than min_segment_voxels={cfg.min_segment_voxels}"
             inst = segmenter.segment(sv)
-            inst = self._tracker.assign(sv.coords, inst)
+            inst = self._tracker.assign(sv.coords, inst, stamp_ns=stamp)
             self._segment_ms.add((time.perf_counter() - t0) * 1e3)
             with self._state_lock:
                 self._result, self._result_stamp_ns = inst, stamp

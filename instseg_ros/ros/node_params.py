@@ -20,7 +20,11 @@ import numpy as np
 import yaml
 
 RELIABILITIES = ("reliable", "best_effort")
+#: what runs ClusterNet's network (instseg_ros.clusternet.onnx_engine.BACKENDS, without importing torch here)
+CLUSTERNET_BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 POSE_SOURCES = ("tf", "topic", "static")
+#: clusternet_node may also run without a pose (tracking in the camera frame).
+CAMERA_POSE_SOURCES = ("none",) + POSE_SOURCES
 
 #: Documented, enforced range [low, high] of every bounded numeric parameter (both nodes). The
 #: upper bounds keep a typo from flooding the graph (diagnostics_period_s), holding frames without
@@ -93,6 +97,27 @@ def _check_sync(queue_size: int, slop: float, reliability: str, history: int) ->
         raise ValueError(f"input_history must be >= 1, got {history}")
 
 
+def _check_pose(pose_source: str, allowed: tuple[str, ...], map_frame: str, static_pose,
+                tf_timeout_s: float) -> list[float]:
+    """Validate the pose parameters shared by both nodes; returns static_pose as floats."""
+    if pose_source not in allowed:
+        raise ValueError(f"pose_source must be one of {allowed}, got {pose_source!r}")
+    if not map_frame:
+        raise ValueError("map_frame must not be empty")
+    pose = [float(v) for v in static_pose]
+    if len(pose) != 7 or not np.isfinite(pose).all():
+        raise ValueError(f"static_pose must be 7 finite numbers [x, y, z, qx, qy, qz, qw], got {pose}")
+    if np.linalg.norm(pose[3:]) < 1e-6:
+        raise ValueError("static_pose quaternion must not be zero")
+    if not tf_timeout_s >= 0:
+        raise ValueError(f"tf_timeout_s must be >= 0, got {tf_timeout_s}")
+    return pose
+
+
+#: Upper bound of ``min_object_size_m``: nothing a bin holds is bigger.
+MAX_OBJECT_SIZE_M = 1.0
+
+
 @dataclass
 class ClusterNetNodeConfig:
     """Parameters of ``clusternet_node`` (see :data:`DESCRIPTIONS`)."""
@@ -101,6 +126,7 @@ class ClusterNetNodeConfig:
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
+    backend: str = "auto"
     queue_size: int = 10
     slop: float = 0.02
     input_reliability: str = "reliable"
@@ -110,6 +136,19 @@ class ClusterNetNodeConfig:
     network_height: int = 0
     network_width: int = 0
     diagnostics_period_s: float = 1.0
+    refine: bool = True
+    min_object_size_m: float = 0.0
+    tracking: bool = True
+    min_hits: int = 2
+    max_age_s: float = 1.0
+    gate_bhattacharyya: float = 1.5
+    gate_distance_m: float = 0.08
+    publish_unconfirmed: bool = False
+    pose_source: str = "none"
+    map_frame: str = "map"
+    camera_frame: str = ""
+    static_pose: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.6, 1.0, 0.0, 0.0, 0.0])
+    tf_timeout_s: float = 0.1
     future_stamp_tolerance_s: float = 2.0
     stamp_jump_reset_s: float = 2.0
     input_timeout_s: float = 3.0
@@ -118,6 +157,9 @@ class ClusterNetNodeConfig:
     def __post_init__(self) -> None:
         _check_ranges(self)
         _check_sync(self.queue_size, self.slop, self.input_reliability, self.input_history)
+        self.tracker_config()  # validates the tracking parameters
+        self.static_pose = _check_pose(self.pose_source, CAMERA_POSE_SOURCES, self.map_frame, self.static_pose,
+                                       self.tf_timeout_s)
         hw = self.network_resolution
         if hw is not None and min(hw) < 32:
             raise ValueError(f"network_height / network_width must both be 0 (the model's own resolution) or "
@@ -125,10 +167,14 @@ class ClusterNetNodeConfig:
         _check_device(self.device)
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        if self.backend not in CLUSTERNET_BACKENDS:
+            raise ValueError(f"backend must be one of {CLUSTERNET_BACKENDS}, got {self.backend!r}")
         if int(self.cloud_stride) < 1:
             raise ValueError(f"cloud_stride must be >= 1, got {self.cloud_stride}")
         if int(self.min_valid_points) < 1:
             raise ValueError(f"min_valid_points must be >= 1, got {self.min_valid_points}")
+        if not (np.isfinite(self.min_object_size_m) and 0.0 <= self.min_object_size_m <= MAX_OBJECT_SIZE_M):
+            raise ValueError(f"min_object_size_m must lie in [0, {MAX_OBJECT_SIZE_M}] m, got {self.min_object_size_m}")
         if not self.diagnostics_period_s > 0:
             raise ValueError(f"diagnostics_period_s must be > 0, got {self.diagnostics_period_s}")
 
@@ -137,6 +183,16 @@ class ClusterNetNodeConfig:
         """(H, W) for the predictor, or None for the checkpoint's own resolution."""
         hw = (int(self.network_height), int(self.network_width))
         return None if hw == (0, 0) else hw
+
+    def tracker_config(self):
+        """The :class:`~instseg_ros.core.tracking.TrackerConfig` these parameters describe (ids are
+        handed out at confirmation unless unconfirmed tracks are published too)."""
+        from instseg_ros.core.tracking import TrackerConfig
+
+        return TrackerConfig(min_hits=int(self.min_hits), max_age_s=float(self.max_age_s),
+                             gate_bhattacharyya=float(self.gate_bhattacharyya),
+                             gate_distance_m=float(self.gate_distance_m),
+                             id_on_confirm=not self.publish_unconfirmed)
 
 
 @dataclass
@@ -176,21 +232,14 @@ class MappingNodeConfig:
         _check_ranges(self)
         _check_sync(self.queue_size, self.slop, self.input_reliability, self.input_history)
         _check_device(self.device)
-        if self.pose_source not in POSE_SOURCES:
-            raise ValueError(f"pose_source must be one of {POSE_SOURCES}, got {self.pose_source!r}")
-        if not self.map_frame:
-            raise ValueError("map_frame must not be empty")
-        self.static_pose = [float(v) for v in self.static_pose]
-        if len(self.static_pose) != 7 or not np.isfinite(self.static_pose).all():
-            raise ValueError(f"static_pose must be 7 finite numbers [x, y, z, qx, qy, qz, qw], got {self.static_pose}")
+        self.static_pose = _check_pose(self.pose_source, POSE_SOURCES, self.map_frame, self.static_pose,
+                                       self.tf_timeout_s)
         if abs(np.linalg.norm(self.static_pose[3:]) - 1.0) > self.quaternion_tolerance:
             raise ValueError(f"static_pose quaternion {self.static_pose[3:]} must have norm 1 (within "
                              f"quaternion_tolerance={self.quaternion_tolerance}); a zero or unnormalised "
                              f"quaternion is not a rotation")
         if max(abs(v) for v in self.static_pose[:3]) > self.world_bound_m:
             raise ValueError(f"static_pose position {self.static_pose[:3]} lies outside world_bound_m={self.world_bound_m}")
-        if not self.tf_timeout_s >= 0:
-            raise ValueError(f"tf_timeout_s must be >= 0, got {self.tf_timeout_s}")
         self.workspace_min = [float(v) for v in self.workspace_min]
         self.workspace_max = [float(v) for v in self.workspace_max]
         if len(self.workspace_min) not in (0, 3) or len(self.workspace_max) != len(self.workspace_min):
@@ -221,12 +270,9 @@ class MappingNodeConfig:
 
     def static_transform(self) -> np.ndarray:
         """T_map_camera (4, 4) from ``static_pose``."""
-        from instseg_ros.core.geometry import quaternion_to_rotation
+        from instseg_ros.ros.pose_source import static_pose_matrix
 
-        T = np.eye(4)
-        T[:3, :3] = quaternion_to_rotation(self.static_pose[3:])
-        T[:3, 3] = self.static_pose[:3]
-        return T
+        return static_pose_matrix(self.static_pose)
 
 
 DESCRIPTIONS: dict[str, str] = {
@@ -234,12 +280,16 @@ DESCRIPTIONS: dict[str, str] = {
     "device": "auto (GPU when torch sees one, else CPU) | cpu | cuda[:N]",
     "precision": "network arithmetic: fp32 | fp16 (autocast, CUDA) | bf16 (autocast)",
     "channels_last": "NHWC layout for the convolutions (faster on GPUs)",
+    "backend": "network runtime: auto (ONNX Runtime when installed, else torch) | torch | onnxruntime | "
+               "onnxruntime-int8",
     "queue_size": "messages kept per input by the approximate-time synchronizer",
     "slop": "largest stamp spread (s) of one synchronized colour/depth/camera_info(/pose) set",
     "input_reliability": "QoS reliability of the input subscriptions: reliable | best_effort",
     "input_history": "QoS history depth of the input subscriptions",
     "cloud_stride": "publish every n-th pixel (both axes) in ~/cloud",
     "min_valid_points": "instances with fewer valid-depth pixels are dropped",
+    "refine": "snap label boundaries to depth steps, join fragments, drop flying-pixel slivers (clusternet.refine)",
+    "min_object_size_m": "m, instances smaller along their longest axis (4 sigma) are dropped; 0 = keep all",
     "network_height": "network input rows (the frame is resized to it); 0 with network_width 0 = the model's own",
     "network_width": "network input columns; lower = faster, fewer small objects found",
     "diagnostics_period_s": "period (s) of the /diagnostics status",
@@ -253,8 +303,16 @@ DESCRIPTIONS: dict[str, str] = {
     "world_bound_m": "camera poses with a coordinate beyond +-this (m, map frame) are rejected as bad frames; "
                      "(world_bound_m + depth_max) / voxel_size must stay inside the +-2^20 voxel index range",
     "quaternion_tolerance": "a pose quaternion whose norm differs from 1 by more than this is a bad pose",
-    "pose_source": "camera pose: tf (tf2_ros, ROS installs) | topic (geometry_msgs/PoseStamped on 'pose') | static",
-    "map_frame": "frame of the map and of every mapping output",
+    "pose_source": "camera pose: tf (tf2_ros, ROS installs) | topic (geometry_msgs/PoseStamped on 'pose') | static"
+                   " | none (clusternet_node only: track in the camera frame)",
+    "tracking": "clusternet_node: ids follow objects across frames (tracker); false = ids numbered per frame",
+    "min_hits": "consecutive frames that confirm a track (1 = no confirmation)",
+    "max_age_s": "a confirmed track unseen for longer than this (s) is deleted; its id is never reused",
+    "gate_bhattacharyya": "largest Bhattacharyya distance between a track's and an instance's point Gaussians "
+                          "of a match (1.5 = a 3.5 sigma shift for equal shapes)",
+    "gate_distance_m": "largest centroid distance (m) of a match between a track and an instance",
+    "publish_unconfirmed": "also publish instances whose track is not confirmed yet (confirmed=false)",
+    "map_frame": "frame of the map and of every mapping output (clusternet_node: frame of its tracks)",
     "camera_frame": "camera frame for pose_source=tf; '' = the depth image's header.frame_id",
     "static_pose": "pose_source=static: camera optical frame in map_frame [x, y, z, qx, qy, qz, qw] (m)",
     "tf_timeout_s": "pose_source=tf: how long to wait for the transform at the frame stamp (s)",

@@ -6,6 +6,7 @@ import torch
 from instseg_ros.clusternet.checkpoint import build_model, load_checkpoint, save_checkpoint
 from instseg_ros.clusternet.config import ModelConfig, load_train_config
 from instseg_ros.clusternet.model import ClusterNet, backproject_torch, fill_depth_holes
+from instseg_ros.clusternet.refine import RefineParams
 from instseg_ros.clusternet.predictor import ClusterNetPredictor, instance_moments, scale_intrinsics
 from instseg_ros.core.geometry import backproject
 
@@ -105,7 +106,7 @@ def test_postprocess_moments_use_input_depth_and_skip_invalid():
     assert cnt.tolist() == [12, 2]
     np.testing.assert_allclose(cen[0], sel.mean(0), atol=1e-12)
     np.testing.assert_allclose(cov[0], np.cov(sel.T, bias=True), atol=1e-12)
-    pred = ClusterNetPredictor(ClusterNet(ModelConfig(**TINY)), "cpu")
+    pred = ClusterNetPredictor(ClusterNet(ModelConfig(**TINY)), "cpu", refine=RefineParams(enabled=False))
     inst = pred._postprocess(lab, np.array([0.9, 0.8], np.float32), depth, K)
     assert len(inst) == 1 and inst.labels.dtype == np.int32 and (inst.labels[10:12, 10] == 0).all()
     assert inst.num_points.tolist() == [12] and (inst.labels[2:6, 2:8] == 1).all()

@@ -6,7 +6,9 @@ scene into deterministic spatial clusters without training; what is tested is th
 output per frame with the input header, centroids / covariances equal to the moments of the
 published label masks over the sent depth (computed here pixel by pixel from K), cloud labels
 equal to ~/labels at each point's pixel, one marker set per instance, bad frames logged and
-skipped with the next good frame published, and the lifecycle transitions.
+skipped with the next good frame published, and the lifecycle transitions. Tracking: ids that stay
+with the same clusters over static and moving-camera frames (pose from a topic), objects seen in one
+frame only never published, and the static pose source with unconfirmed tracks published.
 """
 from __future__ import annotations
 
@@ -131,10 +133,10 @@ class CameraRig:
                     out[key] = m
         return out
 
-    def send(self, rgb, depth, K, stamp_ns=None, wait=True, depth_encoding="16UC1") -> tuple[int, dict]:
+    def send(self, rgb, depth, K, stamp_ns=None, wait=True, depth_encoding="16UC1", T=None) -> tuple[int, dict]:
         s = stamp_ns if stamp_ns is not None else time.time_ns()
         self.last_stamp = s
-        self.pub.publish_frame(rgb, depth, K, s, depth_encoding=depth_encoding)
+        self.pub.publish_frame(rgb, depth, K, s, depth_encoding=depth_encoding, T_map_camera=T)
         got = {}
         if wait:
             spin_until(self.ex, lambda: len(self.outputs_for(s)) == 4)
@@ -167,6 +169,10 @@ def test_every_output_per_frame_consistent_with_labels(rig):
     from instseg_ros.ros.conversions import image_to_array, msg_to_labeled_cloud
 
     previous = None
+    # tracking is on by default (min_hits 2): the first frame only starts tracks, nothing is published
+    rgb, depth, K = scene_frame()
+    _, out = rig.send(rgb, depth, K)
+    assert len(out["instances"].instances) == 0, "unconfirmed tracks were published"
     for k, encoding in enumerate(["16UC1", "32FC1", "16UC1"]):  # depth in mm, then in metres
         rgb, depth, K = scene_frame(shift=0.02 * (k // 2))
         stamp, out = rig.send(rgb, depth, K, depth_encoding=encoding)
@@ -539,6 +545,142 @@ def test_lifecycle_churn_with_failing_transitions_leaks_nothing(graph, ros_env):
         assert rss1 - rss0 < 40.0, figures
         # one diagnostics timer (period 0.5 s): ~2 Hz, never twice that
         assert 1.0 <= rate1 <= 3.0 and 1.0 <= rate0 <= 3.0, (rate0, rate1)
+    finally:
+        code = r.proc.stop()
+    assert code == 0, r.proc.output()
+
+
+# ------------------------------------------------------------------------------ tracking
+
+#: Flat boxes (7 x 7 x 1 cm, 5 x 5 x 1 cm) 24 cm apart: the hand-set model cuts each into a few
+#: clusters that do not change when another box is added elsewhere.
+FLAT_A = ((-0.12, 0.0, 0.0), (0.07, 0.07, 0.01), (200, 50, 50))
+FLAT_B = ((0.12, 0.05, 0.0), (0.07, 0.07, 0.01), (50, 200, 50))
+FLAT_C = ((0.0, -0.12, 0.0), (0.05, 0.05, 0.01), (50, 50, 200))
+
+
+def flat_scene(boxes, dx: float = 0.0):
+    """Boxes seen from 0.5 m above, camera shifted by ``dx`` (m) along x: rgb, depth (mm-rounded),
+    K, mesh index + 1 per pixel (0 = nothing), T_world_camera."""
+    from instseg_ros.mapping.render import box_mesh, intrinsics, look_at, render
+
+    K = intrinsics(W, H)
+    T = look_at((0.02 + dx, 0.01, 0.5), (dx, 0.0, 0.0))
+    depth, rgb, ids = render([box_mesh(*b) for b in boxes], K, T, W, H)
+    return rgb, (np.round(depth * 1000.0) / 1000.0).astype(np.float32), K, ids, T
+
+
+def cloud_pixel_labels(cloud_msg, K) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, label) of every point of a published cloud (projected with K)."""
+    from instseg_ros.ros.conversions import msg_to_labeled_cloud
+
+    cloud = msg_to_labeled_cloud(cloud_msg)
+    p = cloud.points.astype(np.float64)
+    u = np.rint(K[0, 0] * p[:, 0] / p[:, 2] + K[0, 2]).astype(int)
+    v = np.rint(K[1, 1] * p[:, 1] / p[:, 2] + K[1, 2]).astype(int)
+    return v, u, cloud.labels
+
+
+def largest_label_on(labels: np.ndarray, mask: np.ndarray) -> int:
+    vals, counts = np.unique(labels[mask & (labels > 0)], return_counts=True)
+    return int(vals[np.argmax(counts)]) if len(vals) else 0
+
+
+def test_track_ids_follow_objects_and_one_frame_objects_are_never_published(graph, ros_env):
+    from instseg_ros.ros.conversions import image_to_array
+
+    node, ex, tmp = graph
+    model = geometric_clusternet(str(tmp / "geometric_trk.pt"))
+    # refine off: the label refinement moves boundary pixels between touching instances, tentative ones
+    # included, so A / B's labels would depend on whether C is there; this test is about the ids alone
+    r = CameraRig(graph, ros_env, f"/trk{os.getpid()}", model, pose_source="topic", refine=False)
+    try:
+        assert r.wait_connected(), r.proc.output()
+        assert spin_until(ex, lambda: r.pub.pose.get_subscription_count() >= 1), "no pose subscription"
+        assert "tracking in map (pose_source=topic)" in r.proc.output()
+
+        def step(boxes, dx=0.0):
+            rgb, depth, K, mesh, T = flat_scene(boxes, dx)
+            stamp, out = r.send(rgb, depth, K, T=T)
+            assert len(out) == 4, r.proc.output()[-3000:]
+            lab = image_to_array(out["labels"], metres=False).astype(np.int64)
+            objs = {o.id: o for o in out["instances"].instances}
+            assert sorted(np.unique(lab[lab > 0]).tolist()) == sorted(objs)
+            return stamp, lab, objs, mesh, out, K
+
+        s0, lab0, objs0, _, _, _ = step([FLAT_A, FLAT_B])
+        assert not objs0 and not lab0.any(), "a first observation was published"
+        s1, lab1, objs1, mesh1, _, _ = step([FLAT_A, FLAT_B])
+        n = len(objs1)
+        assert n >= 2 and sorted(objs1) == list(range(1, n + 1)), "ids are handed out 1.. at confirmation"
+        for o in objs1.values():
+            assert (o.hits, o.confirmed) == (2, True)
+            assert o.age == pytest.approx((s1 - s0) * 1e-9, abs=1e-6)
+        on_ab = mesh1 > 0
+
+        # C appears for one frame: its pixels are background, it is neither in the instances nor in
+        # the cloud labels, and A / B keep every label
+        _, lab2, objs2, mesh2, out2, K = step([FLAT_A, FLAT_B, FLAT_C])
+        c_px = mesh2 == 3
+        assert c_px.sum() > 500 and not lab2[c_px].any(), "a one-frame object was published"
+        np.testing.assert_array_equal(lab2[on_ab], lab1[on_ab])
+        assert sorted(objs2) == sorted(objs1)
+        v, u, cl = cloud_pixel_labels(out2["cloud"], K)
+        assert not cl[c_px[v, u]].any() and (cl[on_ab[v, u]] > 0).any()
+        np.testing.assert_array_equal(cl, lab2[v, u])
+
+        _, lab3, objs3, _, _, _ = step([FLAT_A, FLAT_B])
+        np.testing.assert_array_equal(lab3, lab1)
+        assert {o.hits for o in objs3.values()} == {4}
+        # C again: its track from two frames ago was dropped (a tentative track that misses a frame),
+        # so it starts over; confirmed on the next frame with fresh ids n+1.. (the fragment used none)
+        _, lab4, _, _, _, _ = step([FLAT_A, FLAT_B, FLAT_C])
+        assert not lab4[c_px].any()
+        _, lab5, objs5, _, _, _ = step([FLAT_A, FLAT_B, FLAT_C])
+        new = sorted(set(np.unique(lab5[c_px]).tolist()) - {0})
+        assert new == list(range(n + 1, n + 1 + len(new))) and new, new
+        # (a C cluster may take an edge pixel of A / B: the model's 48 x 64 output is upsampled)
+        keep = on_ab & ~np.isin(lab5, new)
+        np.testing.assert_array_equal(lab5[keep], lab1[keep])
+
+        # the camera moves 10 cm per frame over the static boxes (poses on the topic): the largest
+        # cluster on each box keeps the id it had when the camera stood still
+        want = {b: largest_label_on(lab1, mesh1 == b) for b in (1, 2)}
+        assert 0 not in want.values()
+        for dx in (0.1, 0.2, 0.1):
+            _, lab, objs, mesh, _, _ = step([FLAT_A, FLAT_B], dx)
+            got = {b: largest_label_on(lab, mesh == b) for b in (1, 2)}
+            assert got == want, f"camera at dx={dx}: {got} != {want}"
+    finally:
+        code = r.proc.stop()
+    assert code == 0, r.proc.output()
+
+
+def test_static_pose_and_unconfirmed_tracks_on_request(graph, ros_env):
+    from instseg_ros.ros.conversions import image_to_array
+
+    node, ex, tmp = graph
+    model = geometric_clusternet(str(tmp / "geometric_static.pt"))
+    rgb, depth, K, mesh, T = flat_scene([FLAT_A, FLAT_B])
+    from instseg_ros.core.geometry import rotation_to_quaternion
+
+    q = rotation_to_quaternion(T[:3, :3])
+    r = CameraRig(graph, ros_env, f"/st{os.getpid()}", model, pose_source="static", publish_unconfirmed=True,
+                  static_pose=[float(v) for v in T[:3, 3]] + [float(v) for v in q])
+    try:
+        assert r.wait_connected(), r.proc.output()
+        assert "tracking in map (pose_source=static)" in r.proc.output()
+        _, out0 = r.send(rgb, depth, K)
+        _, out1 = r.send(rgb, depth, K)
+        assert len(out0) == 4 and len(out1) == 4, r.proc.output()[-3000:]
+        first = {o.id: (o.hits, o.confirmed) for o in out0["instances"].instances}
+        second = {o.id: (o.hits, o.confirmed) for o in out1["instances"].instances}
+        n = len(first)
+        # ids at creation (publish_unconfirmed), published unconfirmed first, confirmed on the second frame
+        assert n >= 2 and first == {i: (1, False) for i in range(1, n + 1)}
+        assert second == {i: (2, True) for i in range(1, n + 1)}
+        np.testing.assert_array_equal(image_to_array(out0["labels"], metres=False),
+                                      image_to_array(out1["labels"], metres=False))
     finally:
         code = r.proc.stop()
     assert code == 0, r.proc.output()

@@ -438,6 +438,19 @@ def test_object_instance_array_from_image_points_and_without_points():
     np.testing.assert_allclose(o2.extent.x, 4 * np.sqrt(0.02), rtol=1e-6)
 
 
+def test_track_fields_default_and_round_trip():
+    inst = two_instances()
+    # an Instances without track history: one observation, no age, not a confirmed track
+    o = instances_to_msg(inst, Header()).instances[0]
+    assert (o.hits, o.age, o.confirmed) == (1, 0.0, False)
+    inst.hits, inst.age_s, inst.confirmed = np.array([7, 2]), np.array([1.25, 0.5], np.float32), np.array([True, False])
+    msg = instances_to_msg(inst, Header())
+    assert [(o.hits, o.age, o.confirmed) for o in msg.instances] == [(7, 1.25, True), (2, 0.5, False)]
+    back, _, _ = msg_to_instances(msg)
+    assert back.hits.tolist() == [7, 2] and back.age_s.tolist() == [1.25, 0.5] and back.confirmed.tolist() == [True,
+                                                                                                                False]
+
+
 def test_msg_to_instances_round_trip():
     inst = two_instances()
     msg = instances_to_msg(inst, Header(frame_id="f"))

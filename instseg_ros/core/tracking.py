@@ -259,6 +259,19 @@ class Tracker:
         self._frame: str | None = None
         self._prev_labels: np.ndarray | None = None  # last frame's labels, value = track key
 
+    def restart(self) -> None:
+        """Forget every track but keep counting ids: for a clock that went back (a recording played in a
+        loop, a driver restart), after which :meth:`update` would refuse the earlier stamps; ids handed
+        out before are never reused."""
+        next_id = self._next_id
+        self.reset()
+        self._next_id = next_id
+
+    @property
+    def last_stamp_ns(self) -> int | None:
+        """Stamp (ns) of the last :meth:`update`, None before the first."""
+        return self._last_stamp_ns
+
     @property
     def tracks(self) -> list[Track]:
         """Live tracks (copies), in creation order."""

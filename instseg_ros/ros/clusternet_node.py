@@ -289,6 +289,10 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
         tracker = self._tracker
         if tracker is None:
             return inst
+        if tracker.last_stamp_ns is not None and stamp_ns <= tracker.last_stamp_ns:
+            # the stamp guard accepted a jump back (clock reset / looped recording): tracks restart
+            tracker.restart()
+            self.get_logger().info("tracks restarted: the frame stamps went back; new ids continue the count")
         update = tracker.update(inst, stamp_ns, T)
         out = tracked_instances(inst, update, keep_unconfirmed=self.cfg.publish_unconfirmed)
         self.unconfirmed_held_back += len(inst) - len(out)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from instseg_ros.core.instances import Instances
 from instseg_ros.ros.node_common import FrameError, StampGuard, input_health, pose_from_xyz_quat
 from instseg_ros.ros.node_params import (RANGES, ClusterNetNodeConfig, MappingNodeConfig, config_from_values,
                                          default_values)
@@ -282,3 +283,18 @@ def test_package_logging_is_forwarded_to_the_node_logger():
         pkg.removeHandler(handler)
         pkg.propagate = True
         pkg.setLevel(logging.NOTSET)
+
+
+def test_tracker_restart_after_a_clock_reset_never_reuses_ids():
+    from instseg_ros.core.tracking import Tracker
+
+    inst = Instances(labels=np.zeros((4, 4), np.int32))
+    t = Tracker()
+    t.update(inst, 100 * S)
+    t._next_id = 7      # as if six ids had been handed out
+    with pytest.raises(ValueError, match="not later"):
+        t.update(inst, 40 * S)
+    t.restart()
+    assert t.last_stamp_ns is None and t.tracks == []
+    t.update(inst, 40 * S)
+    assert t._new_id() == 7

@@ -54,6 +54,11 @@ RANGES: dict[str, tuple[float, float]] = {
     "id_match_iou": (1e-6, 1.0),
     "world_bound_m": (1.0, 100_000.0),
     "quaternion_tolerance": (1e-6, 0.5),
+    "min_object_size_m": (0.0, 1.0),      # nothing a bin holds is bigger
+    "min_hits": (1, 1000),
+    "max_age_s": (0.0, 3600.0),
+    "gate_bhattacharyya": (1e-6, 100.0),
+    "gate_distance_m": (1e-6, 10.0),
 }
 #: Parameters whose value 0 is allowed outside their range (a documented "off" / "automatic").
 ZERO_ALLOWED = ("network_height", "network_width")
@@ -114,10 +119,6 @@ def _check_pose(pose_source: str, allowed: tuple[str, ...], map_frame: str, stat
     return pose
 
 
-#: Upper bound of ``min_object_size_m``: nothing a bin holds is bigger.
-MAX_OBJECT_SIZE_M = 1.0
-
-
 @dataclass
 class ClusterNetNodeConfig:
     """Parameters of ``clusternet_node`` (see :data:`DESCRIPTIONS`)."""
@@ -173,8 +174,6 @@ class ClusterNetNodeConfig:
             raise ValueError(f"cloud_stride must be >= 1, got {self.cloud_stride}")
         if int(self.min_valid_points) < 1:
             raise ValueError(f"min_valid_points must be >= 1, got {self.min_valid_points}")
-        if not (np.isfinite(self.min_object_size_m) and 0.0 <= self.min_object_size_m <= MAX_OBJECT_SIZE_M):
-            raise ValueError(f"min_object_size_m must lie in [0, {MAX_OBJECT_SIZE_M}] m, got {self.min_object_size_m}")
         if not self.diagnostics_period_s > 0:
             raise ValueError(f"diagnostics_period_s must be > 0, got {self.diagnostics_period_s}")
 

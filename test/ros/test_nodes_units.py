@@ -47,6 +47,9 @@ def test_shipped_yaml_sets_every_parameter_to_its_documented_default(cls, name):
     (ClusterNetNodeConfig, {"cloud_stride": 0}, "cloud_stride"),
     (ClusterNetNodeConfig, {"min_object_size_m": -0.01}, "min_object_size_m"),
     (ClusterNetNodeConfig, {"min_object_size_m": float("nan")}, "min_object_size_m"),
+    (ClusterNetNodeConfig, {"min_object_size_m": 1.5}, "min_object_size_m"),
+    (ClusterNetNodeConfig, {"min_hits": 10 ** 9}, "min_hits"),
+    (ClusterNetNodeConfig, {"max_age_s": 1e9}, "max_age_s"),
     (ClusterNetNodeConfig, {"network_height": 240}, "network_height"),   # width left at 0
     (ClusterNetNodeConfig, {"network_height": 16, "network_width": 16}, "network_height"),
     (ClusterNetNodeConfig, {"min_hits": 0}, "min_hits"),

@@ -27,6 +27,8 @@ from .clustering import ClusterParams, cluster_pixels
 RESOLUTIONS = ((480, 640), (240, 320))
 #: input frame size of the backend comparison (the camera's), (H, W)
 BACKEND_INPUT = (480, 640)
+#: seconds between two timed backend runs (see :func:`backend_figures`)
+SETTLE_S = 0.5
 #: bars of issue #14 for the end-to-end speed-up over torch at 640x480 on two CPU cores
 SPEEDUP_TARGETS = {"onnxruntime": 1.8, "onnxruntime-int8": 2.5}
 #: clustering targets of the issue, ms with 20 objects
@@ -210,6 +212,9 @@ def backend_figures(checkpoint: str, backends: list[str], device: str, objects: 
     cpu: dict[str, list] = {b: [] for b in backends}
     for _ in range(repeats):
         for b in backends:
+            # let the previous backend's worker threads go idle first: torch's OpenMP threads keep spinning
+            # for a while after a parallel region and would take the cores from the next backend's threads
+            time.sleep(SETTLE_S)
             t0, c0 = time.perf_counter(), time.process_time()
             preds[b].predict(rgb, depth, K)
             totals[b].append((time.perf_counter() - t0) * 1e3)

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="", help="weights ('' = the shipped model)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--bag", default=str(rec.DEMO_BAG), help="recording whose views are sent")
-    ap.add_argument("--log", default="bench_soak.log", help="node output")
+    ap.add_argument("--log", default=os.path.join(tempfile.gettempdir(), "instseg_bench_soak.log"),
+                    help="node output (default: the system's temporary folder, not the working directory)")
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="extra node parameter (repeatable), e.g. network_height=240")
     a = ap.parse_args(argv)

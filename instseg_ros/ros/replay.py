@@ -40,6 +40,8 @@ POLL_S = 0.2
 ACK_TIMEOUT_S = 10.0
 #: lifecycle_msgs/State.PRIMARY_STATE_ACTIVE
 STATE_ACTIVE = 3
+#: s after which an unanswered get_state request is dropped and sent again
+STATE_REQUEST_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -253,19 +255,28 @@ class LifecycleStates:
         self.node = node
         self.clients = {fqn: node.create_client(GetState, f"{fqn}/get_state") for fqn in fqns}
         self.pending: dict = {}
+        self.sent: dict[str, float] = {}
         self.last: dict[str, int | None] = {fqn: None for fqn in fqns}
 
     def poll(self) -> dict[str, int | None]:
+        now = time.monotonic()
         for fqn, cli in self.clients.items():
             fut = self.pending.get(fqn)
             if fut is not None and fut.done():
                 res = fut.result()
                 self.last[fqn] = res.current_state.id if res is not None else None
                 fut = self.pending[fqn] = None
+            elif fut is not None and now - self.sent.get(fqn, now) > STATE_REQUEST_TIMEOUT_S:
+                # a response can be lost for good: the service sends it before its writer has matched this
+                # client's reader ("failed to send response (timeout)" in the node's log). Ask again.
+                cli.remove_pending_request(fut)
+                fut.cancel()
+                fut = self.pending[fqn] = None
             # no new request once a node is active: a client destroyed with a request pending
             # makes the node's service warn that its response could not be sent
             if fut is None and self.last[fqn] != STATE_ACTIVE and cli.service_is_ready():
                 self.pending[fqn] = cli.call_async(self._req)
+                self.sent[fqn] = now
         return dict(self.last)
 
     def close(self) -> None:

@@ -103,22 +103,34 @@ class RefineParams:
 
 
 @njit(cache=True)
+def _valid(z):
+    """A depth value that is a measurement (finite, > 0)."""
+    return z > 0 and np.isfinite(z)
+
+
+@njit(cache=True)
+def _is_step(z, z2, step_abs, step_rel):
+    """Two valid neighbouring depths lie on either side of a discontinuity (RefineParams.step_*)."""
+    return abs(z2 - z) > max(step_abs, step_rel * min(z, z2))
+
+
+@njit(cache=True)
 def _edges(depth, step_abs, step_rel):
     h, w = depth.shape
     out = np.zeros((h, w), np.bool_)
     for v in range(h):
         for u in range(w):
             z = depth[v, u]
-            if not (z > 0 and np.isfinite(z)):
+            if not _valid(z):
                 continue
             for dv, du in ((0, 1), (1, 0)):
                 vv, uu = v + dv, u + du
                 if vv >= h or uu >= w:
                     continue
                 z2 = depth[vv, uu]
-                if not (z2 > 0 and np.isfinite(z2)):
+                if not _valid(z2):
                     continue
-                if abs(z2 - z) > max(step_abs, step_rel * min(z, z2)):
+                if _is_step(z, z2, step_abs, step_rel):
                     out[v, u] = True
                     out[vv, uu] = True
     return out
@@ -163,7 +175,7 @@ def _snap(labels, depth, edge, fx, fy, cx, cy, band, radius, max_d2):
     for v in range(h):
         for u in range(w):
             z = depth[v, u]
-            valid[v, u] = z > 0 and np.isfinite(z)
+            valid[v, u] = _valid(z)
     # change: valid pixels with a differently labelled valid 4-neighbour. near: within `band` of a change
     # (Chebyshev); reach: within `radius` of one (elsewhere every core in the window has the pixel's own
     # label, so a depth-edge pixel there cannot change and is skipped)
@@ -247,7 +259,7 @@ def _contacts(labels, depth, step_abs, step_rel, n):
         for u in range(w):
             a = labels[v, u]
             z = depth[v, u]
-            if a <= 0 or not (z > 0 and np.isfinite(z)):
+            if a <= 0 or not _valid(z):
                 continue
             for dv, du in ((0, 1), (1, 0)):
                 vv, uu = v + dv, u + du
@@ -255,9 +267,9 @@ def _contacts(labels, depth, step_abs, step_rel, n):
                     continue
                 b = labels[vv, uu]
                 z2 = depth[vv, uu]
-                if b <= 0 or b == a or not (z2 > 0 and np.isfinite(z2)):
+                if b <= 0 or b == a or not _valid(z2):
                     continue
-                if abs(z2 - z) <= max(step_abs, step_rel * min(z, z2)):
+                if not _is_step(z, z2, step_abs, step_rel):
                     if a < b:
                         cnt[a, b] += 1
                     else:
@@ -310,7 +322,7 @@ def _pair_patch_moments(labels, depth, fx, fy, cx, cy, a, b, y0, y1, x0, x1, r):
                 continue
             la = labels[v, u]
             z = depth[v, u]
-            if (la != a and la != b) or not (z > 0 and np.isfinite(z)):
+            if (la != a and la != b) or not _valid(z):
                 continue
             side = 0 if la == a else 1
             px = np.float64((np.float32(u) - cx) / fx * z)
@@ -329,19 +341,18 @@ def _pair_patch_moments(labels, depth, fx, fy, cx, cy, a, b, y0, y1, x0, x1, r):
     return out
 
 
-def _plane_from_moments(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """(centroid, unit normal towards the camera at the origin, RMS distance to the plane in metres) of the
-    points summarised by moments m (10,) as :func:`_patch_moments` returns them; None below 3 points."""
+def _plane_from_moments(m: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(centroid, unit normal towards the camera at the origin) of the points summarised by moments m (10,) as
+    :func:`_pair_patch_moments` returns them; None below 3 points."""
     n = m[0]
     if n < 3:
         return None
     c = m[1:4] / n
     s = np.array([[m[4], m[5], m[6]], [m[5], m[7], m[8]], [m[6], m[8], m[9]]]) / n - np.outer(c, c)
-    val, vec = np.linalg.eigh(s)
-    nrm = vec[:, 0]
+    nrm = np.linalg.eigh(s)[1][:, 0]
     if float(nrm @ c) > 0:
         nrm = -nrm
-    return c, nrm, float(np.sqrt(max(val[0], 0.0)))
+    return c, nrm
 
 
 def locally_convex(c_a: np.ndarray, n_a: np.ndarray, c_b: np.ndarray, n_b: np.ndarray, flat_deg: float) -> bool:

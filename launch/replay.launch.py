@@ -19,12 +19,12 @@ import os
 import tempfile
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from instseg_ros.ros import launch_support as ls
+from launch import LaunchDescription
 
 PKG = get_package_share_directory("instseg_ros")
 DEMO_BAG = os.path.join(PKG, "data", "demo", "bin_sequence")

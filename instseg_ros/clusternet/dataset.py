@@ -164,7 +164,7 @@ class ClusterNetDataset(Dataset):
         self.min_fg_valid_depth = float(min_fg_valid_depth)
 
     @classmethod
-    def from_split(cls, root: str, split: str, max_frames: int = 0, **kw) -> "ClusterNetDataset":
+    def from_split(cls, root: str, split: str, max_frames: int = 0, **kw) -> ClusterNetDataset:
         from instseg_ros.data.io import list_frames
 
         prefixes = list_frames(root, split)

@@ -45,8 +45,15 @@ def main(argv: list[str]) -> int:
         p.error("--check-frames and --calib-frames must be >= 1")
     import torch
 
-    from .onnx_engine import (OnnxModelError, export_onnx, file_sha256, generated_frames, quantize_int8, read_meta,
-                              check_meta)
+    from .onnx_engine import (
+        OnnxModelError,
+        check_meta,
+        export_onnx,
+        file_sha256,
+        generated_frames,
+        quantize_int8,
+        read_meta,
+    )
 
     if a.threads:
         torch.set_num_threads(a.threads)

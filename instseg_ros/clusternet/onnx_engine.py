@@ -29,9 +29,10 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -150,7 +151,7 @@ class OnnxMeta:
         return json.dumps(d, default=_json_default, sort_keys=True)
 
     @classmethod
-    def from_props(cls, props: dict[str, str], where: str) -> "OnnxMeta":
+    def from_props(cls, props: dict[str, str], where: str) -> OnnxMeta:
         """Parse the metadata map of an ONNX model; OnnxModelError naming ``where`` if it is missing or invalid."""
         raw = props.get(METADATA_KEY)
         if raw is None:
@@ -483,8 +484,13 @@ def quantize_int8(fp32_path: str | os.PathLike, out: str | os.PathLike, calib: l
         {"path", "calib_frames", "seconds", "bytes"}.
     """
     import onnxruntime as ort
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not calib:

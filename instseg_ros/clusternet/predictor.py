@@ -4,7 +4,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,7 +205,7 @@ class ClusterNetPredictor:
         _warm_up_kernels()
 
     @classmethod
-    def from_onnx(cls, path: str, device: str = "auto", threads: int = 0, **kw) -> "ClusterNetPredictor":
+    def from_onnx(cls, path: str, device: str = "auto", threads: int = 0, **kw) -> ClusterNetPredictor:
         """A predictor from an ``instseg export clusternet`` file alone: config, resolution and tuned clustering
         parameters come from its metadata. OnnxModelError (a RuntimeError) names an unusable file."""
         from .onnx_engine import OnnxEngine
@@ -220,7 +221,7 @@ class ClusterNetPredictor:
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "auto", backend: str = "auto",
-                        log: Callable[[str], None] | None = None, **kw) -> "ClusterNetPredictor":
+                        log: Callable[[str], None] | None = None, **kw) -> ClusterNetPredictor:
         """Load ``path`` (see :mod:`instseg_ros.clusternet.checkpoint`); RuntimeError names a missing/corrupt file.
 
         Without ``params``, the clustering parameters tuned for this checkpoint (meta "cluster_params",

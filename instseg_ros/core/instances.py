@@ -89,11 +89,11 @@ class Instances:
         return len(self.ids)
 
     @classmethod
-    def empty(cls, labels_shape: tuple[int, ...]) -> "Instances":
+    def empty(cls, labels_shape: tuple[int, ...]) -> Instances:
         """No objects: all-background labels of the given shape."""
         return cls(labels=np.zeros(labels_shape, np.int32))
 
-    def select(self, keep: np.ndarray) -> "Instances":
+    def select(self, keep: np.ndarray) -> Instances:
         """Instances where ``keep`` (bool mask or index array over N) holds; labels of the dropped
         instances become background. Ids are kept as they are (no renumbering)."""
         keep = np.asarray(keep)

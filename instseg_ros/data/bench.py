@@ -17,19 +17,21 @@ import tempfile
 import time
 from dataclasses import replace
 
-import numpy as np
-
 
 def _stage_profile(cfg, seed: int, n: int) -> dict:
     """Mean CPU milliseconds per stage over ``n`` scenes of one view each (physics is not amortised here)."""
-    from instseg_ros.data import noise, render
-    from instseg_ros.data.scene import (build_scene, frame_instances, rng_for, sample_camera, sample_intrinsics,
-                                        sample_lighting)
-
     import tempfile
 
-    from instseg_ros.data import io
+    from instseg_ros.data import io, noise, render
     from instseg_ros.data.generate import _coco_anns
+    from instseg_ros.data.scene import (
+        build_scene,
+        frame_instances,
+        rng_for,
+        sample_camera,
+        sample_intrinsics,
+        sample_lighting,
+    )
 
     acc: dict[str, float] = {}
 

@@ -659,9 +659,8 @@ def render_view(scene: render.Scene, st: SceneState, K: np.ndarray, T_wc: np.nda
 
 def frame_instances(scene: render.Scene, st: SceneState, labels: np.ndarray, K, T_wc, W, H) -> list[dict]:
     """Per instance in view: visible/amodal pixels, occlusion = visible / amodal, visible bbox [x, y, w, h]."""
-    from instseg_ros.data.io import FAMILIES
-
     from instseg_ros.data import _kernels
+    from instseg_ros.data.io import FAMILIES
 
     amodal = render.amodal_counts(scene, K, T_wc, W, H, labels)
     vis = np.bincount(labels.reshape(-1), minlength=len(st.shapes) + 1)

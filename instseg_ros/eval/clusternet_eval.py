@@ -25,8 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from .coco import (COCO_KEYS, coco_dataset, coco_metrics, dt_results, gt_annotations, mean_unseen,
-                   occlusion_recall, unseen_object_metrics)
+from .coco import (
+    COCO_KEYS,
+    coco_dataset,
+    coco_metrics,
+    dt_results,
+    gt_annotations,
+    mean_unseen,
+    occlusion_recall,
+    unseen_object_metrics,
+)
 
 _log = logging.getLogger("instseg_ros.eval.clusternet")
 N_EXAMPLES = 3

@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from instseg_ros.core.instances import BACKGROUND, Instances
+from instseg_ros.core.instances import Instances
 
 #: Voxel indices are packed into one int64 key with 21 bits per axis (offset to be non-negative).
 _BITS = 21

@@ -72,7 +72,7 @@ class SupervoxelStats:
     prob: np.ndarray
 
     @classmethod
-    def from_voxels(cls, sv: np.ndarray, centre, emb, log_occ, sigma, prob) -> "SupervoxelStats":
+    def from_voxels(cls, sv: np.ndarray, centre, emb, log_occ, sigma, prob) -> SupervoxelStats:
         """Sum per-voxel arrays (V, ...) over supervoxel labels ``sv`` int (V,) in 0..S-1."""
         sv = np.asarray(sv, np.int64)
         S = int(sv.max()) + 1 if len(sv) else 0

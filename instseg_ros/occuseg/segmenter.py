@@ -103,7 +103,7 @@ class MapSegmenter:
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "auto",
-                        config: SegmenterConfig | None = None) -> "MapSegmenter":
+                        config: SegmenterConfig | None = None) -> MapSegmenter:
         """Load weights saved by :func:`save_checkpoint` (``torch.load(weights_only=True)``).
 
         Clustering and supervoxel settings stored by :func:`set_inference_config` (tuned for the model)

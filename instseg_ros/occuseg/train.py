@@ -56,7 +56,7 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
 
     @classmethod
-    def from_yaml(cls, path: str) -> "TrainConfig":
+    def from_yaml(cls, path: str) -> TrainConfig:
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
         known = {f for f in cls.__dataclass_fields__}

@@ -100,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from std_msgs.msg import Header
 
-    from instseg_ros.ros.conversions import (array_to_image, image_to_array, labeled_cloud_to_msg,
-                                             msg_to_labeled_cloud, pack_rgb)
+    from instseg_ros.ros.conversions import (
+        array_to_image,
+        image_to_array,
+        labeled_cloud_to_msg,
+        msg_to_labeled_cloud,
+        pack_rgb,
+    )
 
     n = int(args.points)
     rng = np.random.default_rng(0)
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         lat["depth"] = _stats([v + 3.0 for v in _latency_ms(r.received["depth"])])
         sent = {"color": args.images, "depth": args.images, "cloud": args.clouds, "instances": args.images}
         got = {k: len(v) for k, v in r.received.items()}
-        print(f"cross-process one-way latency (ms, median/p90/max), received/sent: " + "; ".join(
+        print("cross-process one-way latency (ms, median/p90/max), received/sent: " + "; ".join(
             f"{k} {lat[k]['median']}/{lat[k]['p90']}/{lat[k]['max']} {got[k]}/{sent[k]}" for k in sent))
         result.update({
             "latency_image_rgb8_ms": lat["color"]["median"],

@@ -49,7 +49,8 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
-from rclpy.lifecycle import LifecycleState, Node as LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
@@ -58,12 +59,23 @@ from instseg_ros.core.geometry import backproject
 from instseg_ros.core.instances import Instances
 from instseg_ros.core.tracking import Tracker, tracked_instances
 from instseg_ros.msg import ObjectInstanceArray
-from instseg_ros.ros.conversions import (array_to_image, instances_to_markers, instances_to_msg,
-                                         labeled_cloud_to_msg)
+from instseg_ros.ros.conversions import array_to_image, instances_to_markers, instances_to_msg, labeled_cloud_to_msg
 from instseg_ros.ros.graph import image_qos
-from instseg_ros.ros.node_common import (CounterDelta, LatencyStats, LatestFrameWorker, LifecycleTeardown, RateMeter,
-                                         StampGuard, SyncWatch, diagnostic_status, frame_to_arrays, input_health,
-                                         release_free_heap, resolve_model_path, run)
+from instseg_ros.ros.node_common import (
+    CounterDelta,
+    LatencyStats,
+    LatestFrameWorker,
+    LifecycleTeardown,
+    RateMeter,
+    StampGuard,
+    SyncWatch,
+    diagnostic_status,
+    frame_to_arrays,
+    input_health,
+    release_free_heap,
+    resolve_model_path,
+    run,
+)
 from instseg_ros.ros.node_params import ClusterNetNodeConfig, declare_config, read_config
 from instseg_ros.ros.pose_source import POSE_TOPIC, CameraPoseSource
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of

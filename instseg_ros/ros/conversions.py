@@ -31,7 +31,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from instseg_ros.core.geometry import principal_axes, rotation_to_quaternion, quaternion_to_rotation
+from instseg_ros.core.geometry import principal_axes, quaternion_to_rotation, rotation_to_quaternion
 from instseg_ros.core.instances import BACKGROUND, Instances
 from instseg_ros.msg import ObjectInstance, ObjectInstanceArray
 

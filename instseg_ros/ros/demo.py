@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from instseg_ros.ros import recording as rec
 from instseg_ros.ros.graph import apply_ros_environment, ros_environment
 from instseg_ros.ros.node_common import package_root
-from instseg_ros.ros import recording as rec
 
 #: IoU at which a predicted instance counts as matching a ground-truth instance.
 MATCH_IOU = 0.5
@@ -294,11 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     env = ros_environment()
     apply_ros_environment(env)
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import MultiThreadedExecutor
     from sensor_msgs.msg import Image, PointCloud2
     from std_srvs.srv import Trigger
     from visualization_msgs.msg import MarkerArray
-    from diagnostic_msgs.msg import DiagnosticArray
 
     from instseg_ros.msg import ObjectInstanceArray
     from instseg_ros.ros.conversions import image_to_array, image_to_rgb, msg_to_labeled_cloud, ns_to_stamp

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 #: Fast DDS profile shipped in ``config/`` (shared memory 64 MB + UDPv4 on 127.0.0.1 only).
 PROFILE_FILENAME = "fastdds_profile.xml"

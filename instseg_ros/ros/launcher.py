@@ -85,7 +85,7 @@ class NodeProcess:
         self._fh.close()
         return int(self.proc.returncode)
 
-    def __enter__(self) -> "NodeProcess":
+    def __enter__(self) -> NodeProcess:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -47,7 +47,8 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.lifecycle import LifecycleState, Node as LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
@@ -57,12 +58,29 @@ from visualization_msgs.msg import MarkerArray
 from instseg_ros.core.instances import Instances
 from instseg_ros.msg import ObjectInstanceArray
 from instseg_ros.ros.clusternet_node import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY
-from instseg_ros.ros.conversions import (instances_to_markers, instances_to_msg, labeled_cloud_to_msg,
-                                         ns_to_stamp, oriented_extents)
+from instseg_ros.ros.conversions import (
+    instances_to_markers,
+    instances_to_msg,
+    labeled_cloud_to_msg,
+    ns_to_stamp,
+    oriented_extents,
+)
 from instseg_ros.ros.graph import image_qos
-from instseg_ros.ros.node_common import (CounterDelta, LatencyStats, LatestFrameWorker, LifecycleTeardown, RateMeter,
-                                         StampGuard, SyncWatch, diagnostic_status, frame_to_arrays, input_health,
-                                         release_free_heap, resolve_model_path, run)
+from instseg_ros.ros.node_common import (
+    CounterDelta,
+    LatencyStats,
+    LatestFrameWorker,
+    LifecycleTeardown,
+    RateMeter,
+    StampGuard,
+    SyncWatch,
+    diagnostic_status,
+    frame_to_arrays,
+    input_health,
+    release_free_heap,
+    resolve_model_path,
+    run,
+)
 from instseg_ros.ros.node_params import MappingNodeConfig, declare_config, read_config
 from instseg_ros.ros.pose_source import POSE_TOPIC, CameraPoseSource, pose_to_matrix  # noqa: F401 (re-export)
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of

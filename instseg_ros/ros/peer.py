@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, PointCloud2
+    from std_msgs.msg import Header
 
     from instseg_ros.msg import ObjectInstanceArray
     from instseg_ros.ros.conversions import array_to_image, instances_to_msg, labeled_cloud_to_msg, ns_to_stamp
     from instseg_ros.ros.graph import image_qos, wait_for_subscribers, wait_until
-    from std_msgs.msg import Header
 
     counts = {"color": args.images, "depth": args.images, "cloud": args.clouds, "instances": args.instances}
     # Build everything first: publishing then costs only the middleware, so stamps measure transport.

@@ -29,8 +29,9 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 _NS = 1_000_000_000
 #: Stamp steps per input kept to estimate its period (median).

@@ -3,8 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from instseg_ros.clusternet.clustering import (ClusterParams, cluster_pixels, cluster_stats, gmm_iteration,
-                                               sphere_seeding)
+from instseg_ros.clusternet.clustering import (
+    ClusterParams,
+    cluster_pixels,
+    cluster_stats,
+    gmm_iteration,
+    sphere_seeding,
+)
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:

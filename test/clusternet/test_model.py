@@ -6,8 +6,8 @@ import torch
 from instseg_ros.clusternet.checkpoint import build_model, load_checkpoint, save_checkpoint
 from instseg_ros.clusternet.config import ModelConfig, load_train_config
 from instseg_ros.clusternet.model import ClusterNet, backproject_torch, fill_depth_holes
-from instseg_ros.clusternet.refine import RefineParams
 from instseg_ros.clusternet.predictor import ClusterNetPredictor, instance_moments, scale_intrinsics
+from instseg_ros.clusternet.refine import RefineParams
 from instseg_ros.core.geometry import backproject
 
 TINY = dict(base_width=8, c1_channels=16, aspp_channels=16, decoder_channels=16, depth_widths=(8, 8, 8, 8),

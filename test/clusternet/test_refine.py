@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instseg_ros.clusternet.refine import (RefineParams, depth_edges, locally_convex, merge_fragments,
-                                           refine_labels, snap_boundaries)
+from instseg_ros.clusternet.refine import (
+    RefineParams,
+    depth_edges,
+    locally_convex,
+    merge_fragments,
+    refine_labels,
+    snap_boundaries,
+)
 
 F = 500.0
 H, W = 60, 80

@@ -7,8 +7,14 @@ import pytest
 
 from instseg_ros.core.geometry import quaternion_to_rotation
 from instseg_ros.core.instances import Instances
-from instseg_ros.core.tracking import (Tracker, TrackerConfig, bhattacharyya, mask_iou, tracked_instances,
-                                      transform_moments)
+from instseg_ros.core.tracking import (
+    Tracker,
+    TrackerConfig,
+    bhattacharyya,
+    mask_iou,
+    tracked_instances,
+    transform_moments,
+)
 
 S = 1_000_000_000  # ns per second
 SIGMA = 0.02       # m, object point spread used in the sequences

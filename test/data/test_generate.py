@@ -52,8 +52,8 @@ def test_frame_contents_are_consistent():
 
 
 def test_cli_writes_valid_coco_and_resumes(tmp_path):
-    from pycocotools.coco import COCO
     from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
 
     argv = ["--split", "test", "--scenes", "3", "--views-per-scene", "1", "--shard-size", "2", "--out",
             str(tmp_path), "--seed", "2", "--workers", "1", "--width", "160", "--height", "120", "--max-objects",
@@ -149,8 +149,9 @@ def test_voxel_ground_truth_agrees_with_views(tmp_path):
 
 
 def test_fast_png_writer_round_trips_through_pillow():
-    from PIL import Image
     import io as _io
+
+    from PIL import Image
 
     rng = np.random.default_rng(4)
     for arr in (rng.integers(0, 256, (7, 5, 3), dtype=np.uint8), rng.integers(0, 65536, (6, 9), dtype=np.uint16),

@@ -7,11 +7,31 @@ import numpy as np
 import pytest
 
 from instseg_ros.data import render
-from instseg_ros.data.scene import (DENSE_CLEARANCE, SceneConfig, SceneState, _pack, build_scene,
-                                    footprints_overlap, frame_instances, look_at, object_materials, rng_for,
-                                    sample_camera, voxel_ground_truth)
-from instseg_ros.data.shapes import (FAMILY_WEIGHTS, Part, Shape, _merge_parts, _transform, box_mesh, make_box_shape,
-                                     sample_shape, shape_split)
+from instseg_ros.data.scene import (
+    DENSE_CLEARANCE,
+    SceneConfig,
+    SceneState,
+    _pack,
+    build_scene,
+    footprints_overlap,
+    frame_instances,
+    look_at,
+    object_materials,
+    rng_for,
+    sample_camera,
+    voxel_ground_truth,
+)
+from instseg_ros.data.shapes import (
+    FAMILY_WEIGHTS,
+    Part,
+    Shape,
+    _merge_parts,
+    _transform,
+    box_mesh,
+    make_box_shape,
+    sample_shape,
+    shape_split,
+)
 
 W, H = 96, 72
 K = np.array([[80.0, 0, 47.3], [0, 80.0, 35.8], [0, 0, 1]])

@@ -2,8 +2,15 @@
 import numpy as np
 import pytest
 
-from instseg_ros.eval.coco import (coco_dataset, coco_metrics, dt_results, gt_annotations, mean_unseen,
-                                   occlusion_recall, unseen_object_metrics)
+from instseg_ros.eval.coco import (
+    coco_dataset,
+    coco_metrics,
+    dt_results,
+    gt_annotations,
+    mean_unseen,
+    occlusion_recall,
+    unseen_object_metrics,
+)
 
 
 def _two_objects():

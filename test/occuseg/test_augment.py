@@ -41,5 +41,5 @@ def test_augment_keeps_every_voxel_and_instance_size():
         M = np.linalg.lstsq(s.sv.points[:, :2].astype(np.float64), a.sv.points[:, :2].astype(np.float64),
                             rcond=None)[0]
         np.testing.assert_allclose(M, np.round(M), atol=1e-5)
-        seen.add((tuple(np.round(M).astype(int).ravel())))
+        seen.add(tuple(np.round(M).astype(int).ravel()))
     assert len(seen) == 8

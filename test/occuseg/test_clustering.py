@@ -4,8 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from instseg_ros.occuseg.clustering import (ClusterConfig, SupervoxelStats, cluster_voxels, merge_graph,
-                                            merge_weights)
+from instseg_ros.occuseg.clustering import ClusterConfig, SupervoxelStats, cluster_voxels, merge_graph, merge_weights
 from instseg_ros.occuseg.supervoxels import voxel_adjacency
 
 

@@ -4,8 +4,13 @@ import math
 import numpy as np
 import pytest
 
-from instseg_ros.eval.occuseg_eval import (ScenePredictions, average_precision, evaluate_ap, occupancy_errors,
-                                           summarize_ap)
+from instseg_ros.eval.occuseg_eval import (
+    ScenePredictions,
+    average_precision,
+    evaluate_ap,
+    occupancy_errors,
+    summarize_ap,
+)
 
 
 def _scene():

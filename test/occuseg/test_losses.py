@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from instseg_ros.occuseg.losses import (covariance_loss, feature_losses, occupancy_loss, occuseg_loss,
-                                        spatial_loss)
+from instseg_ros.occuseg.losses import covariance_loss, feature_losses, occupancy_loss, occuseg_loss, spatial_loss
 from instseg_ros.occuseg.network import HeadOutputs
 
 T = torch.tensor

@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from instseg_ros.occuseg.supervoxels import (SupervoxelConfig, felzenszwalb_graph, supervoxels,
-                                             voxel_adjacency)
+from instseg_ros.occuseg.supervoxels import SupervoxelConfig, felzenszwalb_graph, supervoxels, voxel_adjacency
 
 
 def _same_partition(a, b):

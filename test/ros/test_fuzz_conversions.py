@@ -15,10 +15,19 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from instseg_ros.ros.conversions import (DEPTH_ENCODINGS, IMAGE_ENCODINGS, POINTFIELD_DTYPES, camera_info_to_intrinsics,
-                                         image_to_array, image_to_depth, image_to_rgb, msg_to_labeled_cloud)
+from instseg_ros.ros.conversions import (
+    DEPTH_ENCODINGS,
+    IMAGE_ENCODINGS,
+    POINTFIELD_DTYPES,
+    camera_info_to_intrinsics,
+    image_to_array,
+    image_to_depth,
+    image_to_rgb,
+    msg_to_labeled_cloud,
+)
 from instseg_ros.ros.node_common import FrameError, frame_to_arrays, pose_from_xyz_quat
 
 FUZZ = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -298,7 +298,8 @@ def test_bad_inputs_are_logged_skipped_and_the_next_frame_is_published(rig):
 
 def test_lifecycle_transitions(graph, ros_env):
     from lifecycle_msgs.msg import State, Transition
-    from rcl_interfaces.msg import Parameter as ParamMsg, ParameterType, ParameterValue
+    from rcl_interfaces.msg import Parameter as ParamMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
 
     node, ex, tmp = graph
@@ -422,7 +423,8 @@ def test_empty_frame_id_replaced_by_default_frame_id(graph, ros_env):
 
 
 def _set_param(graph, fqn: str, name: str, value):
-    from rcl_interfaces.msg import Parameter as ParamMsg, ParameterType, ParameterValue
+    from rcl_interfaces.msg import Parameter as ParamMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
 
     node, ex, _ = graph

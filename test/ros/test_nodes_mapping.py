@@ -17,7 +17,8 @@ import time
 import numpy as np
 import pytest
 
-from instseg_ros.ros.launcher import lifecycle_call as _lifecycle_call, spin_until
+from instseg_ros.ros.launcher import lifecycle_call as _lifecycle_call
+from instseg_ros.ros.launcher import spin_until
 
 pytestmark = pytest.mark.graph
 

@@ -16,8 +16,13 @@ from instseg_ros.mapping.stable_ids import InstanceIdTracker, overlap_iou, voxel
 from instseg_ros.ros.demo import match_instances, track_metrics, transfer_gt_to_points
 from instseg_ros.ros.grasp_consumer import most_graspable
 from instseg_ros.ros.node_common import LatestFrameWorker, SyncWatch
-from instseg_ros.ros.node_params import (ClusterNetNodeConfig, MappingNodeConfig, config_from_values,
-                                         config_from_yaml, default_values)
+from instseg_ros.ros.node_params import (
+    ClusterNetNodeConfig,
+    MappingNodeConfig,
+    config_from_values,
+    config_from_yaml,
+    default_values,
+)
 from instseg_ros.ros.sync import SyncStats
 
 ROOT = Path(__file__).resolve().parents[2]

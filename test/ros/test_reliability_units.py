@@ -11,8 +11,13 @@ import pytest
 
 from instseg_ros.core.instances import Instances
 from instseg_ros.ros.node_common import FrameError, StampGuard, input_health, pose_from_xyz_quat
-from instseg_ros.ros.node_params import (RANGES, ClusterNetNodeConfig, MappingNodeConfig, config_from_values,
-                                         default_values)
+from instseg_ros.ros.node_params import (
+    RANGES,
+    ClusterNetNodeConfig,
+    MappingNodeConfig,
+    config_from_values,
+    default_values,
+)
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer
 
 S = 1_000_000_000  # ns per second

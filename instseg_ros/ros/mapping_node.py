@@ -56,6 +56,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from instseg_ros.core.instances import Instances
+from instseg_ros.mapping.export import instances_to_json, write_ply
 from instseg_ros.msg import ObjectInstanceArray
 from instseg_ros.ros.clusternet_node import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY
 from instseg_ros.ros.conversions import (
@@ -63,7 +64,6 @@ from instseg_ros.ros.conversions import (
     instances_to_msg,
     labeled_cloud_to_msg,
     ns_to_stamp,
-    oriented_extents,
 )
 from instseg_ros.ros.graph import image_qos
 from instseg_ros.ros.node_common import (
@@ -89,34 +89,6 @@ from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
 DEFAULT_MODEL = "occuseg_bin5mm.pt"
 #: How long ~/segment and ~/save wait for a running segmentation (s).
 SERVICE_TIMEOUT_S = 120.0
-
-
-def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray, labels: np.ndarray) -> None:
-    """Binary little-endian PLY: float x y z (m), uchar red green blue, uint label (instance id)."""
-    n = len(points)
-    rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
-                             ("blue", "u1"), ("label", "<u4")])
-    rec["x"], rec["y"], rec["z"] = points[:, 0], points[:, 1], points[:, 2]
-    rec["red"], rec["green"], rec["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
-    rec["label"] = labels
-    head = ("ply\nformat binary_little_endian 1.0\ncomment instseg_ros labelled map, metres, map frame\n"
-            f"element vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
-            "property uchar red\nproperty uchar green\nproperty uchar blue\nproperty uint label\nend_header\n")
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(head.encode("ascii"))
-        f.write(rec.tobytes())
-    os.replace(tmp, path)
-
-
-def instances_to_json(inst: Instances, frame: str, stamp_ns: int) -> dict:
-    """JSON-serialisable description of map instances (metres, m^2, ``frame``)."""
-    ext = oriented_extents(inst) if len(inst) else np.zeros((0, 3))
-    return {"frame_id": frame, "stamp_ns": int(stamp_ns), "instances": [
-        {"id": int(inst.ids[i]), "score": float(inst.scores[i]), "num_points": int(inst.num_points[i]),
-         "centroid": inst.centroids[i].tolist(), "covariance": inst.covariances[i].reshape(-1).tolist(),
-         "extent": ext[i].tolist(), "class_id": int(inst.class_ids[i]), "occupancy": float(inst.occupancy[i])}
-        for i in range(len(inst))]}
 
 
 class MappingNode(LifecycleTeardown, LifecycleNode):

@@ -1,0 +1,41 @@
+"""Map export: the labelled surface as a binary PLY and the instances as JSON (what ``~/save`` writes)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from instseg_ros.core.instances import Instances
+
+
+def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray, labels: np.ndarray) -> None:
+    """Binary little-endian PLY: float x y z (m), uchar red green blue, uint label (instance id)."""
+    n = len(points)
+    rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
+                             ("blue", "u1"), ("label", "<u4")])
+    rec["x"], rec["y"], rec["z"] = points[:, 0], points[:, 1], points[:, 2]
+    rec["red"], rec["green"], rec["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
+    rec["label"] = labels
+    head = ("ply\nformat binary_little_endian 1.0\ncomment instseg_ros labelled map, metres, map frame\n"
+            f"element vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
+            "property uchar red\nproperty uchar green\nproperty uchar blue\nproperty uint label\nend_header\n")
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(head.encode("ascii"))
+        f.write(rec.tobytes())
+    os.replace(tmp, path)
+
+
+def instances_to_json(inst: Instances, frame: str, stamp_ns: int) -> dict:
+    """JSON-serialisable description of map instances (metres, m^2, ``frame``)."""
+    # oriented_extents still lives in ros/conversions (issue #19 moves it to core): imported here, in
+    # the function, so that importing this module does not import ROS
+    from instseg_ros.ros.conversions import oriented_extents
+
+    ext = oriented_extents(inst) if len(inst) else np.zeros((0, 3))
+    return {"frame_id": frame, "stamp_ns": int(stamp_ns), "instances": [
+        {"id": int(inst.ids[i]), "score": float(inst.scores[i]), "num_points": int(inst.num_points[i]),
+         "centroid": inst.centroids[i].tolist(), "covariance": inst.covariances[i].reshape(-1).tolist(),
+         "extent": ext[i].tolist(), "class_id": int(inst.class_ids[i]), "occupancy": float(inst.occupancy[i])}
+        for i in range(len(inst))]}

@@ -1,12 +1,17 @@
 """Map export: the labelled surface as a binary PLY and the instances as JSON (what ``~/save`` writes)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from instseg_ros.core.instances import Instances
+
+#: File names :func:`save_map` writes in its directory.
+PLY_NAME = "map.ply"
+JSON_NAME = "instances.json"
 
 
 def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray, labels: np.ndarray) -> None:
@@ -39,3 +44,17 @@ def instances_to_json(inst: Instances, frame: str, stamp_ns: int) -> dict:
          "centroid": inst.centroids[i].tolist(), "covariance": inst.covariances[i].reshape(-1).tolist(),
          "extent": ext[i].tolist(), "class_id": int(inst.class_ids[i]), "occupancy": float(inst.occupancy[i])}
         for i in range(len(inst))]}
+
+
+def save_map(out_dir: str | Path, inst: Instances, frame: str, stamp_ns: int) -> Path:
+    """Write ``out_dir``/:data:`PLY_NAME` (:func:`write_ply` of ``inst.points`` / ``colors`` / ``labels``)
+    and ``out_dir``/:data:`JSON_NAME` (:func:`instances_to_json`), each through a temporary file and a
+    rename so a reader never sees half a file. Creates ``out_dir``; returns it resolved. OSError when
+    it cannot be written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_ply(out / PLY_NAME, inst.points, inst.colors, inst.labels.astype(np.uint32))
+    tmp = out / f"{JSON_NAME}.tmp"
+    tmp.write_text(json.dumps(instances_to_json(inst, frame, stamp_ns), indent=1))
+    os.replace(tmp, out / JSON_NAME)
+    return out.resolve()

@@ -66,7 +66,7 @@ def test_shipped_yaml_sets_every_parameter_to_its_documented_default(cls, name):
     (MappingNodeConfig, {"static_pose": [0.0, 0.0, 1.0]}, "static_pose"),
     (MappingNodeConfig, {"static_pose": [0, 0, 1, 0, 0, 0, 0]}, "quaternion"),
     (MappingNodeConfig, {"workspace_min": [0.0, 0.0, 0.0]}, "workspace"),
-    (MappingNodeConfig, {"voxel_size": 0.0}, "voxel_size"),
+    (MappingNodeConfig, {"voxel_size": 0.0001}, "voxel_size"),
     (MappingNodeConfig, {"id_match_iou": 1.5}, "id_match_iou"),
     (MappingNodeConfig, {"segment_period_s": -1.0}, "segment_period_s"),
     (MappingNodeConfig, {"not_a_parameter": 1}, "unknown parameter"),
@@ -86,8 +86,22 @@ def test_static_pose_becomes_the_camera_transform():
     cfg = MappingNodeConfig(pose_source="static", static_pose=[0.1, 0.2, 0.6, 1.0, 0.0, 0.0, 0.0])
     T = cfg.static_transform()
     np.testing.assert_allclose(T, [[1, 0, 0, 0.1], [0, -1, 0, 0.2], [0, 0, -1, 0.6], [0, 0, 0, 1]], atol=1e-12)
-    tc = cfg.tsdf_config()
+    tc = cfg.session_config(0.005).tsdf
     assert tc.voxel_size == 0.005 and tc.workspace_min is None
+
+
+def test_voxel_size_zero_is_the_models_and_another_value_is_refused_naming_both():
+    cfg = MappingNodeConfig()
+    assert cfg.voxel_size == 0.0
+    assert cfg.map_voxel_size(0.005) == 0.005 and cfg.session_config(0.02).tsdf.voxel_size == 0.02
+    assert MappingNodeConfig(voxel_size=0.005).map_voxel_size(0.005) == 0.005
+    with pytest.raises(ValueError, match=r"voxel_size 0\.01 m differs from the model's voxel size 0\.005 m"):
+        MappingNodeConfig(voxel_size=0.01).session_config(0.005)
+    # the world bound is checked at the model's voxel size: 1000 m needs voxels of at least ~1 mm
+    with pytest.raises(ValueError, match="world_bound"):
+        MappingNodeConfig().session_config(0.0005)
+    session = MappingNodeConfig(min_segment_voxels=50, id_match_iou=0.5, map_frame="bin").session_config(0.005)
+    assert (session.min_segment_voxels, session.id_match_iou, session.frame_id) == (50, 0.5, "bin")
 
 
 def test_label_image_ids_wrap_above_16_bits():

@@ -184,7 +184,8 @@ def write_preview(prefixes: list[str], path: str | os.PathLike, scale: float = 0
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="instseg generate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--split", required=True, choices=["train", "val", "test"])
-    ap.add_argument("--scenes", type=int, default=100, help="number of physics scenes (each gives --views-per-scene frames)")
+    ap.add_argument("--scenes", type=int, default=100,
+                    help="number of physics scenes (each gives --views-per-scene frames)")
     ap.add_argument("--views-per-scene", type=int, default=4, help="single frames rendered per settled pile")
     ap.add_argument("--out", required=True, help="dataset root")
     ap.add_argument("--seed", type=int, default=0)

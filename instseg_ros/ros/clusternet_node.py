@@ -77,17 +77,12 @@ from instseg_ros.ros.node_common import (
     run,
 )
 from instseg_ros.ros.node_params import ClusterNetNodeConfig, declare_config, read_config
-from instseg_ros.ros.pose_source import POSE_TOPIC, CameraPoseSource
+from instseg_ros.ros.pose_source import CameraPoseSource
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
+from instseg_ros.ros.topics import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY, POSE_TOPIC
 
-#: Input topics (relative; remap them in launch files).
-COLOR_TOPIC = "color/image_raw"
-DEPTH_TOPIC = "aligned_depth_to_color/image_raw"
-INFO_TOPIC = "color/camera_info"
 #: Weights loaded when ``model_path`` is "".
 DEFAULT_MODEL = "clusternet_lite.pt"
-#: Output QoS: reliable, KEEP_LAST of this depth.
-OUTPUT_HISTORY = 5
 #: Largest instance id a 16UC1 ~/labels pixel holds.
 MAX_LABEL_ID = 65535
 

@@ -55,6 +55,7 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from instseg_ros.core.instance_geometry import oriented_extents
 from instseg_ros.core.instances import Instances
 from instseg_ros.msg import ObjectInstanceArray
 from instseg_ros.ros.conversions import (
@@ -62,7 +63,6 @@ from instseg_ros.ros.conversions import (
     instances_to_msg,
     labeled_cloud_to_msg,
     ns_to_stamp,
-    oriented_extents,
 )
 from instseg_ros.ros.graph import image_qos
 from instseg_ros.ros.node_common import (

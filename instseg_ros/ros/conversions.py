@@ -21,7 +21,6 @@ for the camera pipeline, map frame for the mapping pipeline), metres.
 from __future__ import annotations
 
 import array
-import colorsys
 import sys
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from instseg_ros.core.geometry import quaternion_to_rotation
 from instseg_ros.core.instance_geometry import N_SIGMA, covariance_to_pose, oriented_extents, validated_covariances
 from instseg_ros.core.instances import Instances
+from instseg_ros.core.palette import instance_color
 from instseg_ros.msg import ObjectInstance, ObjectInstanceArray
 
 _NATIVE_BIGENDIAN = sys.byteorder == "big"
@@ -518,12 +518,6 @@ TEXT_NS_SUFFIX = "/ids"
 MIN_MARKER_SCALE = 1e-3
 
 
-def instance_color(instance_id: int) -> tuple[float, float, float]:
-    """Stable, well-separated RGB in [0, 1] for an instance id (golden-ratio hue steps)."""
-    hue = (int(instance_id) * 0.618033988749895) % 1.0
-    return colorsys.hsv_to_rgb(hue, 0.75, 0.95)
-
-
 def _pose(centroid: np.ndarray, q: np.ndarray) -> Pose:
     return Pose(position=Point(x=float(centroid[0]), y=float(centroid[1]), z=float(centroid[2])),
                 orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
@@ -540,7 +534,8 @@ def instances_to_markers(instances: Instances, header: Header, ns: str = "instan
     full diameter of the ``n_sigma`` ellipsoid: +-2 sigma by default, see
     :data:`~instseg_ros.core.instance_geometry.N_SIGMA`; at
     least :data:`MIN_MARKER_SCALE`), and a TEXT_VIEW_FACING marker (namespace ``ns + "/ids"``,
-    same id) with the instance id at the centroid. Colours come from :func:`instance_color`, so
+    same id) with the instance id at the centroid. Colours come from
+    :func:`~instseg_ros.core.palette.instance_color`, so
     an id keeps its colour across frames. Frame and stamp: ``header``.
     Raises ValueError for non-finite, asymmetric or indefinite covariances.
     """

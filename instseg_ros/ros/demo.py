@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from instseg_ros.core.palette import colorize, overlay
 from instseg_ros.ros import recording as rec
 from instseg_ros.ros.graph import apply_ros_environment, ros_environment
 from instseg_ros.ros.node_common import package_root
@@ -158,26 +159,6 @@ def transfer_gt_to_points(points: np.ndarray, gt_coords: np.ndarray, gt_instance
 
 
 # ----------------------------------------------------------------------------------------- images
-
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """int labels (...) -> uint8 (..., 3) colours (:func:`instance_color`, black background)."""
-    from instseg_ros.ros.conversions import instance_color
-
-    lab = np.asarray(labels).astype(np.int64)
-    ids = np.unique(lab[lab > 0])
-    lut = np.zeros((int(lab.max(initial=0)) + 1, 3), np.uint8)
-    for i in ids:
-        lut[i] = np.round(np.asarray(instance_color(int(i))) * 255).astype(np.uint8)
-    return lut[lab]
-
-
-def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Colour image with label colours blended in (background left as is)."""
-    out = rgb.astype(np.float32).copy()
-    m = labels > 0
-    out[m] = (1 - alpha) * out[m] + alpha * colorize(labels)[m].astype(np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
-
 
 def save_overlay(path: Path, rgb: np.ndarray, pred: np.ndarray, gt: np.ndarray, title: str) -> None:
     from PIL import Image, ImageDraw

@@ -75,7 +75,7 @@ def _run_node(a, views, env, backend: str, log: str) -> tuple[str, dict]:
     from rclpy.executors import SingleThreadedExecutor
 
     from instseg_ros.msg import ObjectInstanceArray
-    from instseg_ros.ros.conversions import ns_to_stamp
+    from instseg_ros.ros.conversions import ns_to_stamp, stamp_to_ns
     from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command, spin_until
 
     params = {"device": a.device, "diagnostics_period_s": 5.0}
@@ -128,9 +128,9 @@ def _run_node(a, views, env, backend: str, log: str) -> tuple[str, dict]:
             t_end = time.monotonic()
             spin_until(ex, lambda: False, 3.0)  # the frame in flight
             sent = set(stamps)
-            lat = [(recv - (m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec)) * 1e-6
+            lat = [(recv - stamp_to_ns(m.header.stamp)) * 1e-6
                    for recv, m in col.get("/clusternet_node/instances")
-                   if m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec in sent]
+                   if stamp_to_ns(m.header.stamp) in sent]
             results[f"{rate:g}hz"] = {
                 "sent": len(stamps), "answered": len(lat), "drop_fraction": 1 - len(lat) / max(len(stamps), 1),
                 "throughput_hz": len(lat) / (t_end - t0),

@@ -648,7 +648,10 @@ def msg_to_instances(msg: ObjectInstanceArray) -> tuple[Instances, np.ndarray, n
 
 
 def stamp_to_ns(stamp) -> int:
-    """builtin_interfaces/Time -> integer nanoseconds."""
+    """builtin_interfaces/Time (anything with ``sec`` / ``nanosec``) -> integer nanoseconds.
+
+    The package's one stamp reader: the nodes (through :func:`~instseg_ros.ros.sync.stamp_of`), the
+    replay player, the demo and the benches all key messages by this number."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 

@@ -226,6 +226,8 @@ def render_map(path: Path, points: np.ndarray, labels: np.ndarray, gt_points: np
 def load_views(bag: Path) -> tuple[list[dict], object, dict]:
     """Recording -> (views: list of {"color", "depth", "info", "pose", "gt_labels"} rclpy messages in
     stamp order, ground-truth voxel PointCloud2, recording.json dict)."""
+    from instseg_ros.ros.conversions import stamp_to_ns
+
     by_stamp: dict[int, dict] = {}
     gt_voxels = None
     names = {rec.COLOR_TOPIC: "color", rec.DEPTH_TOPIC: "depth", rec.INFO_TOPIC: "info",
@@ -235,7 +237,7 @@ def load_views(bag: Path) -> tuple[list[dict], object, dict]:
         if topic == rec.GT_VOXELS_TOPIC:
             gt_voxels = msg
         elif topic in names:
-            s = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            s = stamp_to_ns(msg.header.stamp)
             by_stamp.setdefault(s, {})[names[topic]] = msg
     views = [by_stamp[s] for s in sorted(by_stamp)]
     missing = [i for i, v in enumerate(views) if set(v) != set(names.values())]
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     from visualization_msgs.msg import MarkerArray
 
     from instseg_ros.msg import ObjectInstanceArray
-    from instseg_ros.ros.conversions import image_to_array, image_to_rgb, msg_to_labeled_cloud, ns_to_stamp
+    from instseg_ros.ros.conversions import image_to_array, image_to_rgb, msg_to_labeled_cloud, ns_to_stamp, stamp_to_ns
     from instseg_ros.ros.graph import wait_until
     from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command
 
@@ -380,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
 
     by_stamp = {}
     for recv, m in col.get(cn_out["instances"]):
-        by_stamp[m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec] = (recv, m)
-    labels_by_stamp = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec: m
+        by_stamp[stamp_to_ns(m.header.stamp)] = (recv, m)
+    labels_by_stamp = {stamp_to_ns(m.header.stamp): m
                        for _, m in col.get(cn_out["labels"])}
     from instseg_ros.ros.node_params import ClusterNetNodeConfig, config_from_yaml
 
@@ -476,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stamps_seen(msgs, stamps) -> int:
-    seen = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for _, m in msgs}
+    from instseg_ros.ros.conversions import stamp_to_ns
+
+    seen = {stamp_to_ns(m.header.stamp) for _, m in msgs}
     return sum(s in seen for s in stamps)
 
 

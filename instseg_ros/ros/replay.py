@@ -82,13 +82,14 @@ def parse_remap(pair: list[str]) -> tuple[str, str]:
 def load_messages(cfg: PlayerConfig) -> list[BagMessage]:
     """Every message of ``cfg.bag`` (only ``cfg.topics`` when given, names as recorded), remapped,
     deserialized, sorted by playback time. ValueError when the bag is missing or empty."""
+    from instseg_ros.ros.conversions import stamp_to_ns
     from instseg_ros.ros.recording import deserialize, read_bag
 
     out = []
     for topic, typ, t, raw in read_bag(cfg.bag, cfg.topics):
         msg = deserialize(raw, typ)
         header = getattr(msg, "header", None)
-        t_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec if header is not None else t
+        t_ns = stamp_to_ns(header.stamp) if header is not None else t
         out.append(BagMessage(cfg.remaps.get(topic, topic), typ, msg, int(t_ns)))
     if not out:
         raise ValueError(f"{cfg.bag} holds no message to play")

@@ -70,7 +70,7 @@ def test_matched_camera_instances_sit_at_their_ground_truth_centroids(demo):
 def test_summary_accuracy_matches_an_independent_recomputation(demo):
     from pycocotools import mask as mask_utils
 
-    from instseg_ros.ros.conversions import image_to_array
+    from instseg_ros.ros.conversions import image_to_array, stamp_to_ns
     from instseg_ros.ros.demo import load_views
     from instseg_ros.ros.recording import DEMO_BAG, deserialize, read_bag
 
@@ -80,7 +80,7 @@ def test_summary_accuracy_matches_an_independent_recomputation(demo):
     checked = 0
     for topic, typ, _, raw in read_bag(out / "outputs", ["/clusternet_node/labels"]):
         m = deserialize(raw, typ)
-        s = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+        s = stamp_to_ns(m.header.stamp)
         f = frames[s]
         pred = image_to_array(m, metres=False).astype(np.int64)
         gt = image_to_array(views[f["view"]]["gt_labels"], metres=False).astype(np.int64)
@@ -108,7 +108,7 @@ def test_camera_tracks_keep_their_ids_over_the_moving_camera(demo):
     every published instance is a confirmed track."""
     from pycocotools import mask as mask_utils
 
-    from instseg_ros.ros.conversions import image_to_array
+    from instseg_ros.ros.conversions import image_to_array, stamp_to_ns
     from instseg_ros.ros.demo import load_views
     from instseg_ros.ros.recording import DEMO_BAG, deserialize, read_bag
 
@@ -130,7 +130,7 @@ def test_camera_tracks_keep_their_ids_over_the_moving_camera(demo):
             n_inst += len(m.instances)
             continue
         pred = image_to_array(m, metres=False).astype(np.int64)
-        gt = image_to_array(views[view_of[m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec]]["gt_labels"],
+        gt = image_to_array(views[view_of[stamp_to_ns(m.header.stamp)]]["gt_labels"],
                             metres=False).astype(np.int64)
         pid, gid = np.unique(pred[pred > 0]), np.unique(gt[gt > 0])
         if not len(pid):

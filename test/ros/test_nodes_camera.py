@@ -122,6 +122,8 @@ class CameraRig:
                           timeout) and self.proc.alive()
 
     def outputs_for(self, stamp_ns: int) -> dict:
+        from instseg_ros.ros.conversions import stamp_to_ns
+
         out = {}
         for key, topic in self.topics.items():
             for _, m in self.col.get(topic):
@@ -129,7 +131,7 @@ class CameraRig:
                     h = m.markers[0].header if m.markers else None
                 else:
                     h = m.header
-                if h is not None and h.stamp.sec * 1_000_000_000 + h.stamp.nanosec == stamp_ns:
+                if h is not None and stamp_to_ns(h.stamp) == stamp_ns:
                     out[key] = m
         return out
 

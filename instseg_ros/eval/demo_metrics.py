@@ -6,6 +6,8 @@ independent numbering schemes, matched here by overlap.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 #: IoU at which a predicted instance counts as matching a ground-truth instance.
@@ -84,6 +86,29 @@ def track_metrics(pairs_per_frame: list[list[tuple[int, int, float]]]) -> dict:
     per_obj = [len(set(ids)) for ids in seq.values()]
     return {"id_switches": int(switches), "tracks_per_object": float(np.mean(per_obj)) if per_obj else None,
             "objects_seen": len(seq), "ids_per_object": {str(g): ids for g, ids in sorted(seq.items())}}
+
+
+def centroid_errors(published: Mapping[int, np.ndarray], pairs: list[tuple[int, int, float]], gt_labels: np.ndarray,
+                    points: np.ndarray, valid: np.ndarray) -> list[float]:
+    """Distance (m) between each matched instance's published centroid and the centroid of its
+    ground-truth object's visible pixels with valid depth.
+
+    Args:
+        published: {published id: centroid float (3,)}, metres, camera frame.
+        pairs: (published id, ground-truth id, IoU) matches (``match_instances(...)["pairs"]``).
+        gt_labels: int (H, W) ground-truth instance ids of the view.
+        points: float (H, W, 3) the view's depth back-projected in the camera frame, metres.
+        valid: bool (H, W) pixels with valid depth.
+    Returns:
+        One distance per pair, in pair order, skipping pairs whose id was not published or whose
+        object has no valid pixel.
+    """
+    out = []
+    for pid, gid, _ in pairs:
+        m = (gt_labels == gid) & valid
+        if m.any() and pid in published:
+            out.append(float(np.linalg.norm(points[m].astype(np.float64).mean(0) - published[pid])))
+    return out
 
 
 def transfer_gt_to_points(points: np.ndarray, gt_coords: np.ndarray, gt_instance: np.ndarray,

@@ -32,7 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from instseg_ros.core.palette import colorize, overlay
-from instseg_ros.eval.demo_metrics import MATCH_IOU, match_instances, track_metrics, transfer_gt_to_points
+from instseg_ros.eval.demo_metrics import (
+    MATCH_IOU,
+    centroid_errors,
+    match_instances,
+    track_metrics,
+    transfer_gt_to_points,
+)
 from instseg_ros.ros import recording as rec
 from instseg_ros.ros.graph import apply_ros_environment, ros_environment
 from instseg_ros.ros.node_common import package_root
@@ -49,9 +55,10 @@ MAX_PLOT_POINTS = 60000
 
 # ----------------------------------------------------------------------------------------- metrics
 
-def centroid_errors(inst_msg, pairs, gt_labels: np.ndarray, depth_msg, info_msg) -> list[float]:
-    """Distance (m) between each matched instance's published centroid and the centroid of its
-    ground-truth object's visible pixels back-projected with the same input depth (camera frame)."""
+def centroid_errors_from_messages(inst_msg, pairs, gt_labels: np.ndarray, depth_msg, info_msg) -> list[float]:
+    """:func:`~instseg_ros.eval.demo_metrics.centroid_errors` of one view: the published centroids of
+    ``inst_msg`` (ObjectInstanceArray) against the ground-truth objects' pixels back-projected with the
+    view's own depth (``depth_msg``) and intrinsics (``info_msg``), camera frame, metres."""
     from instseg_ros.core.geometry import backproject
     from instseg_ros.ros.conversions import camera_info_to_intrinsics, image_to_depth
 
@@ -59,12 +66,7 @@ def centroid_errors(inst_msg, pairs, gt_labels: np.ndarray, depth_msg, info_msg)
     pts = backproject(depth, camera_info_to_intrinsics(info_msg).K)
     valid = np.isfinite(depth) & (depth > 0)
     cents = {o.id: np.array([o.centroid.x, o.centroid.y, o.centroid.z]) for o in inst_msg.instances}
-    out = []
-    for pid, gid, _ in pairs:
-        m = (gt_labels == gid) & valid
-        if m.any() and pid in cents:
-            out.append(float(np.linalg.norm(pts[m].astype(np.float64).mean(0) - cents[pid])))
-    return out
+    return centroid_errors(cents, pairs, gt_labels, pts, valid)
 
 
 # ----------------------------------------------------------------------------------------- images
@@ -314,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                 pred = image_to_array(labels_by_stamp[s], metres=False).astype(np.int64)
                 acc = match_instances(pred, gt)
                 entry["accuracy_2d"] = acc
-                entry["centroid_errors_m"] = centroid_errors(m, acc["pairs"], gt, v["depth"], v["info"])
+                entry["centroid_errors_m"] = centroid_errors_from_messages(m, acc["pairs"], gt, v["depth"], v["info"])
                 save_overlay(out / "overlays" / f"view_{k:02d}.png", image_to_rgb(v["color"]), pred, gt,
                              f"view {k}: latency {entry['latency_ms']:.0f} ms")
         frames.append(entry)

@@ -1,10 +1,10 @@
-"""The demo's metrics (match_instances, track_metrics, transfer_gt_to_points) on labels worked out by hand."""
+"""The demo's metrics (match_instances, track_metrics, centroid_errors, transfer_gt_to_points) worked out by hand."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from instseg_ros.eval.demo_metrics import match_instances, track_metrics, transfer_gt_to_points
+from instseg_ros.eval.demo_metrics import centroid_errors, match_instances, track_metrics, transfer_gt_to_points
 
 
 def test_track_metrics_by_hand():
@@ -52,3 +52,18 @@ def test_transfer_gt_uses_the_nearest_voxel_within_range():
     lab, has = transfer_gt_to_points(np.array([[0.004, 0, 0], [0.0065, 0, 0], [0.05, 0, 0]]), gt_coords,
                                      np.array([3, 4]), 0.015)
     assert lab.tolist() == [3, 4, 0] and has.tolist() == [True, True, False]
+
+
+def test_centroid_errors_use_only_valid_pixels_of_published_matches():
+    # a 2 x 3 view; object 1 covers the top row, whose pixels sit at x = 0, 0.1, 0.2 (z = 1) except the
+    # last, which has no depth: its visible centroid is (0.05, 0, 1). Published id 7 is at (0.08, 0.04, 1):
+    # error sqrt(0.03^2 + 0.04^2) = 0.05. Object 2 has no valid pixel; id 9 was never published.
+    gt = np.array([[1, 1, 1], [2, 2, 0]])
+    pts = np.zeros((2, 3, 3), np.float32)
+    pts[0, :, 0] = [0.0, 0.1, 0.2]
+    pts[0, :, 2] = 1.0
+    valid = np.array([[True, True, False], [False, False, False]])
+    published = {7: np.array([0.08, 0.04, 1.0]), 8: np.array([0.0, 0.0, 1.0])}
+    errs = centroid_errors(published, [(7, 1, 0.9), (8, 2, 0.8), (9, 1, 0.7)], gt, pts, valid)
+    assert errs == [pytest.approx(0.05, abs=1e-7)]
+    assert centroid_errors(published, [], gt, pts, valid) == []

@@ -52,7 +52,7 @@ def geometric_clusternet(path: str) -> str:
 
 def scene_frame(shift: float = 0.0):
     """Three boxes on a 0.36 m plate seen from 0.5 m above: rgb uint8, depth float32 m, K, gt ids."""
-    from instseg_ros.mapping.render import box_mesh, intrinsics, look_at, render
+    from instseg_ros.data.mesh_render import box_mesh, intrinsics, look_at, render
 
     meshes = [box_mesh((0, 0, -0.01), (0.36, 0.36, 0.02), (120, 120, 120)),
               box_mesh((0.08 + shift, 0.02, 0.03), (0.06, 0.08, 0.06), (200, 50, 50)),
@@ -566,7 +566,7 @@ FLAT_C = ((0.0, -0.12, 0.0), (0.05, 0.05, 0.01), (50, 50, 200))
 def flat_scene(boxes, dx: float = 0.0):
     """Boxes seen from 0.5 m above, camera shifted by ``dx`` (m) along x: rgb, depth (mm-rounded),
     K, mesh index + 1 per pixel (0 = nothing), T_world_camera."""
-    from instseg_ros.mapping.render import box_mesh, intrinsics, look_at, render
+    from instseg_ros.data.mesh_render import box_mesh, intrinsics, look_at, render
 
     K = intrinsics(W, H)
     T = look_at((0.02 + dx, 0.01, 0.5), (dx, 0.0, 0.0))

@@ -41,7 +41,7 @@ def box_distance(p: np.ndarray) -> np.ndarray:
 
 def views(n: int = 4):
     """n posed frames around the scene: (rgb, depth m, K, T_map_camera)."""
-    from instseg_ros.mapping.render import box_mesh, intrinsics, look_at, render
+    from instseg_ros.data.mesh_render import box_mesh, intrinsics, look_at, render
 
     colors = [(120, 120, 120), (200, 50, 50), (50, 200, 50)]
     meshes = [box_mesh(c, s, col) for (c, s), col in zip(BOXES, colors)]

@@ -143,7 +143,7 @@ class Player:
     """Publishers for the bag's topics on ``node`` plus the readiness checks (see the module docstring)."""
 
     def __init__(self, node, cfg: PlayerConfig, messages: list[BagMessage]) -> None:
-        from instseg_ros.ros.launcher import reliable_qos
+        from instseg_ros.ros.graph import reliable_qos
 
         self.node, self.cfg, self.messages = node, cfg, messages
         self.pubs = {}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from instseg_ros.ros import recording as rec
+from instseg_ros.ros.bag import DEMO_BAG
 from instseg_ros.ros.graph import apply_ros_environment, ros_environment
 from instseg_ros.ros.node_common import package_root
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="publishing time per rate")
     ap.add_argument("--model", default="", help="ClusterNet weights ('' = models/clusternet_lite.pt)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--bag", default=str(rec.DEMO_BAG), help="recording whose views are sent")
+    ap.add_argument("--bag", default=str(DEMO_BAG), help="recording whose views are sent")
     ap.add_argument("--log", default="bench_nodes.log", help="node output (one file per backend: <stem>.<backend>.log)")
     ap.add_argument("--backends", default="",
                     help="comma-separated node 'backend' values to run one after the other, e.g. torch,onnxruntime "

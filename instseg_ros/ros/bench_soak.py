@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from instseg_ros.ros import recording as rec
+from instseg_ros.ros.bag import DEMO_BAG
 from instseg_ros.ros.graph import apply_ros_environment, ros_environment
 from instseg_ros.ros.node_common import package_root
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-s", type=float, default=30.0, help="seconds excluded from the RSS slope")
     ap.add_argument("--model", default="", help="weights ('' = the shipped model)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--bag", default=str(rec.DEMO_BAG), help="recording whose views are sent")
+    ap.add_argument("--bag", default=str(DEMO_BAG), help="recording whose views are sent")
     ap.add_argument("--log", default=os.path.join(tempfile.gettempdir(), "instseg_bench_soak.log"),
                     help="node output (default: the system's temporary folder, not the working directory)")
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",

@@ -40,6 +40,7 @@ from instseg_ros.eval.demo_metrics import (
     transfer_gt_to_points,
 )
 from instseg_ros.ros import recording as rec
+from instseg_ros.ros.bag import DEMO_BAG, BagWriter, deserialize, read_bag
 from instseg_ros.ros.graph import apply_ros_environment, ros_environment
 from instseg_ros.ros.node_common import package_root
 
@@ -143,8 +144,8 @@ def load_views(bag: Path) -> tuple[list[dict], object, dict]:
     gt_voxels = None
     names = {rec.COLOR_TOPIC: "color", rec.DEPTH_TOPIC: "depth", rec.INFO_TOPIC: "info",
              rec.POSE_TOPIC: "pose", rec.GT_LABELS_TOPIC: "gt_labels"}
-    for topic, typ, t, raw in rec.read_bag(bag):
-        msg = rec.deserialize(raw, typ)
+    for topic, typ, t, raw in read_bag(bag):
+        msg = deserialize(raw, typ)
         if topic == rec.GT_VOXELS_TOPIC:
             gt_voxels = msg
         elif topic in names:
@@ -167,7 +168,7 @@ def _restamp(msg, stamp) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="instseg demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="demo_out", help="output directory (created; existing files replaced)")
-    ap.add_argument("--bag", default=str(rec.DEMO_BAG), help="recording to play (rosbag2 directory)")
+    ap.add_argument("--bag", default=str(DEMO_BAG), help="recording to play (rosbag2 directory)")
     ap.add_argument("--rate", type=float, default=2.0, help="views published per second (at most)")
     ap.add_argument("--free-run", action="store_true",
                     help="publish at --rate without waiting for the camera node's output of each view (a slow "
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---------------------------------------------------------------------------- outputs
     bag_out = out / "outputs"
-    with rec.BagWriter(bag_out) as bw:
+    with BagWriter(bag_out) as bw:
         for topic in types:
             for recv, msg in col.get(topic):
                 bw.write(topic, msg, recv)

@@ -82,8 +82,8 @@ def parse_remap(pair: list[str]) -> tuple[str, str]:
 def load_messages(cfg: PlayerConfig) -> list[BagMessage]:
     """Every message of ``cfg.bag`` (only ``cfg.topics`` when given, names as recorded), remapped,
     deserialized, sorted by playback time. ValueError when the bag is missing or empty."""
+    from instseg_ros.ros.bag import deserialize, read_bag
     from instseg_ros.ros.conversions import stamp_to_ns
-    from instseg_ros.ros.recording import deserialize, read_bag
 
     out = []
     for topic, typ, t, raw in read_bag(cfg.bag, cfg.topics):
@@ -287,7 +287,7 @@ class LifecycleStates:
 
 
 def parse_args(argv: list[str] | None) -> PlayerConfig:
-    from instseg_ros.ros.recording import DEMO_BAG
+    from instseg_ros.ros.bag import DEMO_BAG
 
     ap = argparse.ArgumentParser(prog="replay_player", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bag", default=str(DEMO_BAG), help="rosbag2 directory (default: the demo recording)")

@@ -31,7 +31,7 @@ def demo(ros_env, tmp_path_factory):
 
 
 def test_demo_runs_both_nodes_and_writes_every_output(demo):
-    from instseg_ros.ros.recording import read_bag
+    from instseg_ros.ros.bag import read_bag
 
     out, head, summary = demo
     assert summary["node_exit_codes"] == [0, 0]
@@ -70,9 +70,9 @@ def test_matched_camera_instances_sit_at_their_ground_truth_centroids(demo):
 def test_summary_accuracy_matches_an_independent_recomputation(demo):
     from pycocotools import mask as mask_utils
 
+    from instseg_ros.ros.bag import DEMO_BAG, deserialize, read_bag
     from instseg_ros.ros.conversions import image_to_array, stamp_to_ns
     from instseg_ros.ros.demo import load_views
-    from instseg_ros.ros.recording import DEMO_BAG, deserialize, read_bag
 
     out, _, summary = demo
     views, _, _ = load_views(DEMO_BAG)
@@ -108,9 +108,9 @@ def test_camera_tracks_keep_their_ids_over_the_moving_camera(demo):
     every published instance is a confirmed track."""
     from pycocotools import mask as mask_utils
 
+    from instseg_ros.ros.bag import DEMO_BAG, deserialize, read_bag
     from instseg_ros.ros.conversions import image_to_array, stamp_to_ns
     from instseg_ros.ros.demo import load_views
-    from instseg_ros.ros.recording import DEMO_BAG, deserialize, read_bag
 
     out, head, summary = demo
     views, _, _ = load_views(DEMO_BAG)

@@ -279,8 +279,9 @@ def test_playback_schedule_keeps_spacing_and_increases_across_passes():
 
 def test_recorded_pose_becomes_the_map_to_camera_transform():
     """What the player sends on /tf (where tf2_msgs exists): the recorded T_map_camera unchanged."""
+    from instseg_ros.ros.bag import DEMO_BAG
     from instseg_ros.ros.demo import load_views
-    from instseg_ros.ros.recording import CAMERA_FRAME, DEMO_BAG, MAP_FRAME
+    from instseg_ros.ros.recording import CAMERA_FRAME, MAP_FRAME
     from instseg_ros.ros.replay import pose_to_transform
 
     pose = load_views(DEMO_BAG)[0][2]["pose"]
@@ -320,9 +321,10 @@ def test_replay_waits_for_the_nodes_then_sigint_stops_everything_cleanly(ros_env
     from rclpy.executors import SingleThreadedExecutor
 
     from instseg_ros.msg import ObjectInstanceArray
+    from instseg_ros.ros.bag import DEMO_BAG
     from instseg_ros.ros.demo import load_views
     from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, spin_until
-    from instseg_ros.ros.recording import CAMERA_NS, COLOR_TOPIC, DEMO_BAG, POSE_TOPIC
+    from instseg_ros.ros.recording import CAMERA_NS, COLOR_TOPIC, POSE_TOPIC
 
     env = dict(ros_env, OMP_NUM_THREADS="1")
     player_cmd = [sys.executable, "-u", "-m", "instseg_ros.ros.replay", "--bag", str(DEMO_BAG), "--timeout", "240"]

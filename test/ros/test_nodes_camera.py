@@ -83,13 +83,13 @@ def graph(ros_env, tmp_path_factory):
 
 
 def spin_until(ex, pred, timeout=TIMEOUT) -> bool:
-    from instseg_ros.ros.launcher import spin_until as _spin_until
+    from instseg_ros.ros.tools.launcher import spin_until as _spin_until
 
     return _spin_until(ex, pred, timeout)
 
 
 def lifecycle_call(graph, node_fqn: str, transition: int | None):
-    from instseg_ros.ros.launcher import lifecycle_call as _call
+    from instseg_ros.ros.tools.launcher import lifecycle_call as _call
 
     return _call(graph[0], graph[1], node_fqn, transition)
 
@@ -102,7 +102,7 @@ class CameraRig:
         from visualization_msgs.msg import MarkerArray
 
         from instseg_ros.msg import ObjectInstanceArray
-        from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command
+        from instseg_ros.ros.tools.launcher import Collector, FramePublisher, NodeProcess, node_command
 
         node, self.ex, tmp = graph
         self.ns = ns
@@ -230,7 +230,7 @@ def _bad_then_good(rig, publish_bad, expect_in_log: str, settle: float = 0.4):
 
 def test_bad_inputs_are_logged_skipped_and_the_next_frame_is_published(rig):
     from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info
-    from instseg_ros.ros.launcher import make_header
+    from instseg_ros.ros.tools.launcher import make_header
 
     rgb, depth, K = scene_frame()
     frame = "camera_color_optical_frame"
@@ -385,7 +385,7 @@ def test_stamp_jumps_do_not_block_the_pipeline(rig):
 
 def test_empty_frame_id_is_refused_with_one_warning(rig):
     from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info
-    from instseg_ros.ros.launcher import make_header
+    from instseg_ros.ros.tools.launcher import make_header
 
     rgb, depth, K = scene_frame()
     n_before = rig.col.count(rig.topics["instances"])
@@ -404,7 +404,7 @@ def test_empty_frame_id_is_refused_with_one_warning(rig):
 
 def test_empty_frame_id_replaced_by_default_frame_id(graph, ros_env):
     from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info
-    from instseg_ros.ros.launcher import make_header
+    from instseg_ros.ros.tools.launcher import make_header
 
     model = geometric_clusternet(str(graph[2] / "geometric_fid.pt"))
     r = CameraRig(graph, ros_env, f"/fid{os.getpid()}", model, default_frame_id="cam_fallback")
@@ -480,7 +480,7 @@ def test_lifecycle_churn_with_failing_transitions_leaks_nothing(graph, ros_env):
     from diagnostic_msgs.msg import DiagnosticArray
     from lifecycle_msgs.msg import State, Transition
 
-    from instseg_ros.ros.launcher import Collector
+    from instseg_ros.ros.tools.launcher import Collector
 
     node, ex, tmp = graph
     good = geometric_clusternet(str(tmp / "geometric_churn.pt"))
@@ -695,7 +695,7 @@ def test_diagnostics_turn_error_while_an_input_is_missing(rig, graph):
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
     from instseg_ros.ros.conversions import array_to_image
-    from instseg_ros.ros.launcher import Collector, make_header
+    from instseg_ros.ros.tools.launcher import Collector, make_header
 
     node, ex, _ = graph
     fqn = f"{rig.ns}/clusternet_node"

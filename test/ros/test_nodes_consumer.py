@@ -20,7 +20,7 @@ def test_consumer_prints_the_pose_of_the_closest_object_that_fits(ros_env, tmp_p
     from instseg_ros.msg import ObjectInstanceArray
     from instseg_ros.ros.conversions import instances_to_msg
     from instseg_ros.ros.graph import reliable_qos
-    from instseg_ros.ros.launcher import NodeProcess, make_header, node_command, spin_until
+    from instseg_ros.ros.tools.launcher import NodeProcess, make_header, node_command, spin_until
 
     ns = f"/grasp{os.getpid()}"
     proc = NodeProcess(node_command("grasp_consumer", namespace=ns, params={"once": True}), ros_env,

@@ -39,10 +39,10 @@ from instseg_ros.eval.demo_metrics import (
     track_metrics,
     transfer_gt_to_points,
 )
-from instseg_ros.ros import recording as rec
 from instseg_ros.ros.bag import DEMO_BAG, BagWriter, deserialize, read_bag
 from instseg_ros.ros.graph import apply_ros_environment, ros_environment
 from instseg_ros.ros.node_common import package_root
+from instseg_ros.ros.tools import recording as rec
 
 #: Seconds to wait for both nodes to load their models and subscribe.
 STARTUP_TIMEOUT_S = 120.0
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from instseg_ros.msg import ObjectInstanceArray
     from instseg_ros.ros.conversions import image_to_array, image_to_rgb, msg_to_labeled_cloud, ns_to_stamp, stamp_to_ns
     from instseg_ros.ros.graph import wait_until
-    from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command
+    from instseg_ros.ros.tools.launcher import Collector, FramePublisher, NodeProcess, node_command
 
     cfg_dir = package_root() / "config"
     remaps = {"color/image_raw": rec.COLOR_TOPIC, "aligned_depth_to_color/image_raw": rec.DEPTH_TOPIC,

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"--backends: unknown {bad}; choose from {CLUSTERNET_BACKENDS}")
 
-    from instseg_ros.ros.demo import load_views
+    from instseg_ros.ros.tools.demo import load_views
 
     views, _, _ = load_views(Path(a.bag))
     env = ros_environment()
@@ -76,7 +76,7 @@ def _run_node(a, views, env, backend: str, log: str) -> tuple[str, dict]:
 
     from instseg_ros.msg import ObjectInstanceArray
     from instseg_ros.ros.conversions import ns_to_stamp, stamp_to_ns
-    from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command, spin_until
+    from instseg_ros.ros.tools.launcher import Collector, FramePublisher, NodeProcess, node_command, spin_until
 
     params = {"device": a.device, "diagnostics_period_s": 5.0}
     if backend:

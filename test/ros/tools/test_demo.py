@@ -14,7 +14,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.graph
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 OUTPUT_TOPICS = ["/clusternet_node/instances", "/clusternet_node/labels", "/clusternet_node/cloud",
                  "/clusternet_node/markers", "/occuseg_mapping_node/instances", "/occuseg_mapping_node/map_cloud",
                  "/occuseg_mapping_node/markers", "/diagnostics"]
@@ -72,7 +72,7 @@ def test_summary_accuracy_matches_an_independent_recomputation(demo):
 
     from instseg_ros.ros.bag import DEMO_BAG, deserialize, read_bag
     from instseg_ros.ros.conversions import image_to_array, stamp_to_ns
-    from instseg_ros.ros.demo import load_views
+    from instseg_ros.ros.tools.demo import load_views
 
     out, _, summary = demo
     views, _, _ = load_views(DEMO_BAG)
@@ -110,7 +110,7 @@ def test_camera_tracks_keep_their_ids_over_the_moving_camera(demo):
 
     from instseg_ros.ros.bag import DEMO_BAG, deserialize, read_bag
     from instseg_ros.ros.conversions import image_to_array, stamp_to_ns
-    from instseg_ros.ros.demo import load_views
+    from instseg_ros.ros.tools.demo import load_views
 
     out, head, summary = demo
     views, _, _ = load_views(DEMO_BAG)

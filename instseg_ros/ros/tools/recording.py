@@ -3,7 +3,7 @@
 The bags are read and written with :mod:`instseg_ros.ros.bag` (``rosbags``, rclpy's CDR bytes).
 
 The demo recording (``instseg_ros/data/demo/bin_sequence/``) is made from a multi-view sequence of
-the synthetic generator (:func:`make_recording`; ``python -m instseg_ros.ros.recording --help``).
+the synthetic generator (:func:`make_recording`; ``python -m instseg_ros.ros.tools.recording --help``).
 Topics, as realsense2_camera 4.x names them under the default ``/camera/camera`` namespace:
 
 ==========================================================  =========================================
@@ -57,7 +57,7 @@ def make_recording(seq_dir: str | Path, out: str | Path, period_s: float = 0.5, 
     """
     from instseg_ros.data.io import load_sequence
     from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info, labeled_cloud_to_msg
-    from instseg_ros.ros.launcher import make_header, pose_msg
+    from instseg_ros.ros.tools.launcher import make_header, pose_msg
 
     seq = load_sequence(seq_dir)
     views = seq["views"][:max_views] if max_views else seq["views"]
@@ -91,7 +91,7 @@ def make_recording(seq_dir: str | Path, out: str | Path, period_s: float = 0.5, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m instseg_ros.ros.recording",
+    ap = argparse.ArgumentParser(prog="python -m instseg_ros.ros.tools.recording",
                                  description="write the demo rosbag2 (MCAP) from a generator sequence")
     ap.add_argument("--sequence", required=True, help="<root>/sequences/<split>/<sid> of `instseg generate`")
     ap.add_argument("--out", default=str(DEMO_BAG), help=f"bag directory (default {DEMO_BAG})")

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra node parameter (repeatable), e.g. network_height=240")
     a = ap.parse_args(argv)
 
-    from instseg_ros.ros.demo import load_views
+    from instseg_ros.ros.tools.demo import load_views
 
     views, _, _ = load_views(Path(a.bag))
     env = ros_environment()
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from instseg_ros.msg import ObjectInstanceArray
     from instseg_ros.ros.conversions import ns_to_stamp, stamp_to_ns
-    from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command, spin_until
+    from instseg_ros.ros.tools.launcher import Collector, FramePublisher, NodeProcess, node_command, spin_until
 
     name = "clusternet_node" if a.node == "camera" else "occuseg_mapping_node"
     params = {"device": a.device, "diagnostics_period_s": 1.0}

@@ -305,7 +305,8 @@ def main(argv: list[str]) -> int:
         res["examples"] = res["examples"][:N_EXAMPLES]
     res_json = _clean({**res, "data": os.path.abspath(a.data), "split": None if real else a.split,
                        "real_folder": real,
-                       "refine": (dataclasses.asdict(predictor.refine) if predictor else None), "checkpoint": a.checkpoint,
+                       "refine": (dataclasses.asdict(predictor.refine) if predictor else None),
+                       "checkpoint": a.checkpoint,
                        "steps": (predictor.meta.get("steps") if predictor else None),
                        "cluster_params": (dataclasses.asdict(predictor.params) if predictor else None),
                        "tuning": tuning, "resolution": (list(predictor.resolution) if predictor else None),

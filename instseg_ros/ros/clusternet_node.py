@@ -25,8 +25,9 @@ cloud labels.
 Outputs, each with the colour image's header (stamp and camera optical frame):
 ``~/instances`` (instseg_ros/ObjectInstanceArray), ``~/labels`` (16UC1 instance ids aligned to
 colour, 0 = background; ids above 65535 wrap to 1..65535 there, with a warning), ``~/cloud``
-(PointCloud2 x y z rgb label of the valid-depth pixels, every ``cloud_stride``-th pixel), ``~/markers`` (MarkerArray, DELETEALL first, one ellipsoid + id text per
-instance). ``/diagnostics`` carries input / output rate, latency, drops and synchronizer counters.
+(PointCloud2 x y z rgb label of the valid-depth pixels, every ``cloud_stride``-th pixel), ``~/markers``
+(MarkerArray, DELETEALL first, one ellipsoid + id text per instance). ``/diagnostics`` carries input /
+output rate, latency, drops and synchronizer counters.
 
 Frames never queue up: the model runs in one worker thread and at most one synchronized frame
 waits; a newer frame replaces it (counted in ``dropped_busy``). A bad frame (unknown encoding,

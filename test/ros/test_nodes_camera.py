@@ -519,7 +519,7 @@ def test_lifecycle_churn_with_failing_transitions_leaks_nothing(graph, ros_env):
             assert change(Transition.TRANSITION_CONFIGURE)
             n_logged = r.proc.output().count("bogus_key")
             assert not change(Transition.TRANSITION_ACTIVATE)
-            assert spin_until(ex, lambda: r.proc.output().count("bogus_key") > n_logged, 10.0), \
+            assert spin_until(ex, lambda n_logged=n_logged: r.proc.output().count("bogus_key") > n_logged, 10.0), \
                 f"the failed activation was not logged with its reason:\n{r.proc.output()[-3000:]}"
             assert state() == State.PRIMARY_STATE_INACTIVE
             assert change(Transition.TRANSITION_CLEANUP)

@@ -277,7 +277,8 @@ def test_package_logging_is_forwarded_to_the_node_logger():
         logging.getLogger("instseg_ros.core.device").info("device=cpu")
         logging.getLogger("instseg_ros.mapping").warning("budget")
         logging.getLogger("instseg_ros.mapping").debug("not forwarded")
-        assert log.lines == [("info", "instseg_ros.core.device: device=cpu"), ("warning", "instseg_ros.mapping: budget")]
+        assert log.lines == [("info", "instseg_ros.core.device: device=cpu"),
+                             ("warning", "instseg_ros.mapping: budget")]
         # a second node replaces the first one's handler
         log2 = ListLogger()
         handler = route_package_logging(log2)

@@ -84,9 +84,10 @@ def _run_node(a, views, env, backend: str, log: str) -> tuple[str, dict]:
     if a.model:
         params["model_path"] = str(Path(a.model).resolve())
     cmd = node_command("clusternet_node", params_file=package_root() / "config" / "clusternet_node.yaml",
-                       params=params, remaps={"color/image_raw": "/bench/color/image_raw",
-                                              "aligned_depth_to_color/image_raw": "/bench/aligned_depth_to_color/image_raw",
-                                              "color/camera_info": "/bench/color/camera_info"})
+                       params=params,
+                       remaps={"color/image_raw": "/bench/color/image_raw",
+                               "aligned_depth_to_color/image_raw": "/bench/aligned_depth_to_color/image_raw",
+                               "color/camera_info": "/bench/color/camera_info"})
     rclpy.init()
     node = rclpy.create_node("instseg_bench_nodes")
     ex = SingleThreadedExecutor()
@@ -106,7 +107,7 @@ def _run_node(a, views, env, backend: str, log: str) -> tuple[str, dict]:
         for v in views[:2]:
             _publish(pub, v, ns_to_stamp(time.time_ns()))
             n = col.count("/clusternet_node/instances")
-            spin_until(ex, lambda: col.count("/clusternet_node/instances") > n, 60.0)
+            spin_until(ex, lambda n=n: col.count("/clusternet_node/instances") > n, 60.0)
         for rate in a.rates:
             col.messages["/clusternet_node/instances"].clear()
             stamps = []

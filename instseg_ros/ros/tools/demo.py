@@ -97,24 +97,24 @@ def render_map(path: Path, points: np.ndarray, labels: np.ndarray, gt_points: np
 
     rng = np.random.default_rng(0)
 
-    def sub(p, l):
+    def sub(p, lab):
         if len(p) > MAX_PLOT_POINTS:
             i = rng.choice(len(p), MAX_PLOT_POINTS, replace=False)
-            return p[i], l[i]
-        return p, l
+            return p[i], lab[i]
+        return p, lab
 
     fig = plt.figure(figsize=(14, 10), dpi=90)
     # the ground-truth voxels are coarser (10 mm) than the map (5 mm): bigger dots
-    for row, (p, l, name, size) in enumerate([(points, labels, "OccuSeg map (occuseg_mapping_node)", 1.0),
-                                              (gt_points, gt_labels, "ground truth voxels", 4.0)]):
-        p, l = sub(np.asarray(p), np.asarray(l))
-        c = colorize(l).astype(np.float32) / 255.0
-        c[l == 0] = (0.75, 0.75, 0.75)
+    for row, (p, lab, name, size) in enumerate([(points, labels, "OccuSeg map (occuseg_mapping_node)", 1.0),
+                                                (gt_points, gt_labels, "ground truth voxels", 4.0)]):
+        p, lab = sub(np.asarray(p), np.asarray(lab))
+        c = colorize(lab).astype(np.float32) / 255.0
+        c[lab == 0] = (0.75, 0.75, 0.75)
         ax = fig.add_subplot(2, 2, 2 * row + 1)
         order = np.argsort(p[:, 2]) if len(p) else np.zeros(0, int)
         ax.scatter(p[order, 0], p[order, 1], c=c[order], s=size, linewidths=0)
         ax.set_aspect("equal")
-        ax.set_title(f"{name}: top view ({len(np.unique(l[l > 0]))} instances)")
+        ax.set_title(f"{name}: top view ({len(np.unique(lab[lab > 0]))} instances)")
         ax.set_xlabel("x [m]")
         ax.set_ylabel("y [m]")
         ax3 = fig.add_subplot(2, 2, 2 * row + 2, projection="3d", proj_type="ortho")
@@ -144,7 +144,7 @@ def load_views(bag: Path) -> tuple[list[dict], object, dict]:
     gt_voxels = None
     names = {rec.COLOR_TOPIC: "color", rec.DEPTH_TOPIC: "depth", rec.INFO_TOPIC: "info",
              rec.POSE_TOPIC: "pose", rec.GT_LABELS_TOPIC: "gt_labels"}
-    for topic, typ, t, raw in read_bag(bag):
+    for topic, typ, _t, raw in read_bag(bag):
         msg = deserialize(raw, typ)
         if topic == rec.GT_VOXELS_TOPIC:
             gt_voxels = msg
@@ -236,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         pub = FramePublisher(node, rec.CAMERA_NS)
         pose_pub = node.create_publisher(type(views[0]["pose"]), rec.POSE_TOPIC, 10)
         col = Collector(node, types)
-        failed = lambda: not all(p.alive() for p in procs) or any("autostart:" in p.output() for p in procs)
+
+        def failed() -> bool:
+            return not all(p.alive() for p in procs) or any("autostart:" in p.output() for p in procs)
+
         ok = wait_until(lambda: all(p.get_subscription_count() >= 2 for p in pub.publishers)
                         and pose_pub.get_subscription_count() >= 2 or failed(), STARTUP_TIMEOUT_S)
         if not ok or failed():

@@ -20,6 +20,13 @@ OUTPUT_TOPICS = ["/clusternet_node/instances", "/clusternet_node/labels", "/clus
                  "/occuseg_mapping_node/markers", "/diagnostics"]
 
 
+def _rle(labels: np.ndarray, ids: np.ndarray):
+    """pycocotools RLE masks of ``ids`` in an int (H, W) label image."""
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.encode(np.asfortranarray(np.stack([labels == i for i in ids], -1).astype(np.uint8)))
+
+
 @pytest.fixture(scope="module")
 def demo(ros_env, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo_out"
@@ -78,19 +85,18 @@ def test_summary_accuracy_matches_an_independent_recomputation(demo):
     views, _, _ = load_views(DEMO_BAG)
     frames = {f["stamp_ns"]: f for f in summary["camera"]["frames"] if "accuracy_2d" in f}
     checked = 0
-    for topic, typ, _, raw in read_bag(out / "outputs", ["/clusternet_node/labels"]):
+    for _topic, typ, _, raw in read_bag(out / "outputs", ["/clusternet_node/labels"]):
         m = deserialize(raw, typ)
         s = stamp_to_ns(m.header.stamp)
         f = frames[s]
         pred = image_to_array(m, metres=False).astype(np.int64)
         gt = image_to_array(views[f["view"]]["gt_labels"], metres=False).astype(np.int64)
-        enc = lambda lab, ids: mask_utils.encode(np.asfortranarray(np.stack([lab == i for i in ids], -1).astype(np.uint8)))
         pid, gid = np.unique(pred[pred > 0]), np.unique(gt[gt > 0])
         if len(pid) == 0:  # e.g. the first view: no track is confirmed yet
             assert f["accuracy_2d"]["matched"] == 0
             checked += 1
             continue
-        iou = mask_utils.iou(enc(pred, pid), enc(gt, gid), [0] * len(gid))
+        iou = mask_utils.iou(_rle(pred, pid), _rle(gt, gid), [0] * len(gid))
         # greedy one-to-one matching at 0.5: with IoU > 0.5 a pair is unique anyway
         matched = int(((iou >= 0.5).sum(axis=1) > 0).sum())
         assert f["accuracy_2d"]["matched"] == matched
@@ -135,8 +141,7 @@ def test_camera_tracks_keep_their_ids_over_the_moving_camera(demo):
         pid, gid = np.unique(pred[pred > 0]), np.unique(gt[gt > 0])
         if not len(pid):
             continue
-        enc = lambda lab, ids: mask_utils.encode(np.asfortranarray(np.stack([lab == i for i in ids], -1).astype(np.uint8)))
-        iou = mask_utils.iou(enc(pred, pid), enc(gt, gid), [0] * len(gid))
+        iou = mask_utils.iou(_rle(pred, pid), _rle(gt, gid), [0] * len(gid))
         for a, b in zip(*np.nonzero(iou >= 0.5)):   # IoU > 0.5 pairs are one-to-one
             ids_per_object.setdefault(int(gid[b]), []).append(int(pid[a]))
     assert n_inst > 0

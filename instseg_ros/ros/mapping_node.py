@@ -55,15 +55,14 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from instseg_ros.core.instance_geometry import oriented_extents
 from instseg_ros.core.instances import Instances
 from instseg_ros.msg import ObjectInstanceArray
-from instseg_ros.ros.clusternet_node import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY
 from instseg_ros.ros.conversions import (
     instances_to_markers,
     instances_to_msg,
     labeled_cloud_to_msg,
     ns_to_stamp,
-    oriented_extents,
 )
 from instseg_ros.ros.graph import image_qos
 from instseg_ros.ros.node_common import (
@@ -82,8 +81,9 @@ from instseg_ros.ros.node_common import (
     run,
 )
 from instseg_ros.ros.node_params import MappingNodeConfig, declare_config, read_config
-from instseg_ros.ros.pose_source import POSE_TOPIC, CameraPoseSource, pose_to_matrix  # noqa: F401 (re-export)
+from instseg_ros.ros.pose_source import CameraPoseSource, pose_to_matrix  # noqa: F401 (re-export)
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
+from instseg_ros.ros.topics import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY, POSE_TOPIC
 
 #: Weights loaded when ``model_path`` is "".
 DEFAULT_MODEL = "occuseg_bin5mm.pt"

@@ -17,13 +17,14 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("evaluate", "occuseg"): ("instseg_ros.eval.occuseg_eval", "3D AP and occupancy eval of OccuSeg"),
     ("export", "clusternet"): ("instseg_ros.clusternet.export", "ClusterNet as ONNX (fp32 / int8) for ONNX Runtime"),
     ("segment",): ("instseg_ros.clusternet.segment_cli", "segment one RGB-D frame with ClusterNet"),
-    ("demo",): ("instseg_ros.ros.demo", "both nodes on the bundled recording, outputs to a folder"),
-    ("bench", "ros"): ("instseg_ros.ros.bench", "message conversion and DDS latency benchmark"),
+    ("demo",): ("instseg_ros.ros.tools.demo", "both nodes on the bundled recording, outputs to a folder"),
+    ("bench", "ros"): ("instseg_ros.ros.tools.bench", "message conversion and DDS latency benchmark"),
     ("bench", "generate"): ("instseg_ros.data.bench", "synthetic data generation benchmark"),
     ("bench", "clusternet"): ("instseg_ros.clusternet.bench", "ClusterNet per-stage timing"),
     ("bench", "occuseg"): ("instseg_ros.occuseg.bench", "OccuSeg + TSDF timing"),
-    ("bench", "nodes"): ("instseg_ros.ros.bench_nodes", "end-to-end node latency and throughput"),
-    ("bench", "soak"): ("instseg_ros.ros.bench_soak", "a node at a fixed input rate for minutes: RSS slope, latency, drops"),
+    ("bench", "nodes"): ("instseg_ros.ros.tools.bench_nodes", "end-to-end node latency and throughput"),
+    ("bench", "soak"): ("instseg_ros.ros.tools.bench_soak",
+                        "a node at a fixed input rate for minutes: RSS slope, latency, drops"),
 }
 
 

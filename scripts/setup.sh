@@ -128,7 +128,7 @@ if [ "$(cat "$stamps/msgs" 2>/dev/null)" != "$msg_key" ]; then
 fi
 
 # --- the package itself, editable ----------------------------------------------------------
-setup_key="$(cat setup.py | sha256sum | cut -c1-16)"
+setup_key="$(cat setup.py pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamps/editable" 2>/dev/null)" != "$setup_key" ]; then
   log "installing instseg_ros (editable)"
   "$vpy" -m pip install -q --no-deps --no-build-isolation -e .

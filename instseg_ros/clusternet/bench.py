@@ -205,7 +205,7 @@ def backend_figures(checkpoint: str, backends: list[str], device: str, objects: 
     preds = {}
     for b in backends:
         preds[b] = ClusterNetPredictor.from_checkpoint(checkpoint, device=device, backend=b,
-                                                       log=lambda m: print(f"[{b}] {m}", flush=True))
+                                                       log=lambda m, b=b: print(f"[{b}] {m}", flush=True))
         preds[b].predict(rgb, depth, K)             # warm-up (allocations, JIT)
     runs: dict[str, list] = {b: [] for b in backends}
     totals: dict[str, list] = {b: [] for b in backends}

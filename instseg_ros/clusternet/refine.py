@@ -9,7 +9,8 @@ steps, each plain geometry on the backprojected depth (camera optical frame, met
    ``max(step_abs, step_rel * z)`` lies on a depth discontinuity; such pixels (flying / mixed pixels among
    them) never anchor a label.
 2. **Boundary snapping** (:func:`snap_boundaries`): pixels within ``band_px`` of a label change (object /
-   object or object / background), and depth-edge pixels within ``snap_radius_px`` of one, are re-labelled with the label of the nearest *core*
+   object or object / background), and depth-edge pixels within ``snap_radius_px`` of one, are re-labelled
+   with the label of the nearest *core*
    pixel in 3D within a small window. Core pixels keep their network label. A thin sliver is all band, so it
    dissolves into whichever surface it is nearest to in 3D, and a boundary moves to the depth step.
 3. **Fragment merging** (:func:`merge_fragments`): two instances that touch along at least
@@ -429,7 +430,7 @@ def merge_fragments(labels: np.ndarray, depth: np.ndarray, K: np.ndarray, params
     h, w = labels.shape
     fx, fy, cx, cy = (np.float32(K[0, 0]), np.float32(K[1, 1]), np.float32(K[0, 2]), np.float32(K[1, 2]))
     cos_flat = np.cos(np.radians(params.merge_flat_deg))
-    for k, (a, b) in enumerate(pairs):
+    for a, b in pairs:
         ra, rb = find(a), find(b)
         if ra == rb:
             continue

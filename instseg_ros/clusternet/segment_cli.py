@@ -59,10 +59,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--min-size", type=int, default=20)
     a = p.parse_args(argv)
     from instseg_ros.core.geometry import principal_axes
+    from instseg_ros.core.palette import overlay
 
     from .clustering import ClusterParams
     from .predictor import ClusterNetPredictor
-    from .viz import overlay
 
     with Image.open(a.rgb) as im:
         rgb = np.asarray(im.convert("RGB"))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from instseg_ros.core.palette import colorize
 from instseg_ros.data import io
 from instseg_ros.data.scene import SceneConfig, generate_scene_frames, generate_sequence
 
@@ -138,26 +139,19 @@ def _colorize_depth(z: np.ndarray, lo: float = 0.2, hi: float = 1.6) -> np.ndarr
     return col
 
 
-def _label_colors(n: int) -> np.ndarray:
-    pal = (np.random.default_rng(7).random((max(n, 1) + 1, 3)) * 200 + 55).astype(np.uint8)
-    pal[0] = 0
-    return pal
-
-
 def preview_tile(fr: dict) -> np.ndarray:
     """One preview row: rgb | depth (turbo, 0.2-1.6 m, black = invalid) | labels | occlusion level.
 
     Occlusion colours: green little [0.75, 1], yellow medium [0.3, 0.75), red heavy [0, 0.3).
     """
     labels = fr["labels"]
-    pal = _label_colors(int(labels.max()))
     occ = np.zeros(labels.shape + (3,), np.uint8)
     for inst in fr["instances"]:
         o = inst["occlusion"]
         key = "heavy" if o < 0.3 else ("medium" if o < 0.75 else "little")
         occ[labels == inst["id"]] = OCC_COLORS[key]
     # draw instance borders on the label image so touching objects are distinguishable
-    lab = pal[labels]
+    lab = colorize(labels)
     edge = np.zeros(labels.shape, bool)
     edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
     edge[1:, :] |= labels[1:, :] != labels[:-1, :]
@@ -184,7 +178,8 @@ def write_preview(prefixes: list[str], path: str | os.PathLike, scale: float = 0
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="instseg generate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--split", required=True, choices=["train", "val", "test"])
-    ap.add_argument("--scenes", type=int, default=100, help="number of physics scenes (each gives --views-per-scene frames)")
+    ap.add_argument("--scenes", type=int, default=100,
+                    help="number of physics scenes (each gives --views-per-scene frames)")
     ap.add_argument("--views-per-scene", type=int, default=4, help="single frames rendered per settled pile")
     ap.add_argument("--out", required=True, help="dataset root")
     ap.add_argument("--seed", type=int, default=0)

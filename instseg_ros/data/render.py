@@ -198,7 +198,8 @@ def amodal_counts(scene: Scene, K: np.ndarray, T_wc: np.ndarray, width: int, hei
     """Pixels each object would cover if rendered alone (no other object, no bin or table).
 
     Rasterises every object's camera-facing triangles (no depth test; object meshes are closed, so these
-    cover the silhouette) and counts the pixel centres inside its projected silhouette, united with its visible pixels in ``labels`` (int (H, W), optional) so that amodal >= visible.
+    cover the silhouette) and counts the pixel centres inside its projected silhouette, united with its visible
+    pixels in ``labels`` (int (H, W), optional) so that amodal >= visible.
     Same pixel convention as :func:`cast`; agrees with the exhaustive ray listing of
     :func:`amodal_counts_raycast` up to pixels whose centre lies on a silhouette edge. Falls back to that
     ray listing when an object reaches behind the camera plane. Returns {instance id: pixel count > 0}.
@@ -385,7 +386,8 @@ def _package_texture(rng, S, kind):
         th = int(rng.integers(S // 12, S // 5))
         if rng.random() < 0.5:
             img[max(ty - th // 4, 0):ty + th + th // 4] = _rand_color(rng)
-        _draw_text(img, rng, int(rng.integers(4, S // 5)), ty, int(rng.integers(S // 2, S - S // 8)), th, _rand_color(rng))
+        _draw_text(img, rng, int(rng.integers(4, S // 5)), ty, int(rng.integers(S // 2, S - S // 8)), th,
+                   _rand_color(rng))
         # logo: a filled circle / ellipse
         if rng.random() < 0.7:
             cx, cy, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.04, 0.12)
@@ -393,8 +395,9 @@ def _package_texture(rng, S, kind):
         # small print: several lines of text
         for _ in range(int(rng.integers(2, 12))):
             h = int(rng.integers(2, 7))
-            _draw_text(img, rng, int(rng.integers(0, S // 2)), int(rng.integers(0, S - h)), int(rng.integers(S // 8, S // 2)),
-                       h, _rand_color(rng) if rng.random() < 0.5 else np.full(3, float(bgc.mean() < 0.5)))
+            _draw_text(img, rng, int(rng.integers(0, S // 2)), int(rng.integers(0, S - h)),
+                       int(rng.integers(S // 8, S // 2)), h,
+                       _rand_color(rng) if rng.random() < 0.5 else np.full(3, float(bgc.mean() < 0.5)))
         if rng.random() < 0.4:  # barcode
             bx, by = int(rng.integers(0, S - 40)), int(rng.integers(0, S - 24))
             img[by:by + 24, bx:bx + 36] = 1.0
@@ -437,7 +440,8 @@ def make_texture_bank(seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
                     t[(y * n_b) % 1.0 < 0.012] *= 0.3
             elif kind == "stripes":
                 f = rng.integers(2, 16)
-                t = (np.sin(2 * np.pi * f * (x + (y if rng.random() < 0.3 else 0))) > rng.uniform(-0.5, 0.5)).astype(float)
+                phase = x + (y if rng.random() < 0.3 else 0)
+                t = (np.sin(2 * np.pi * f * phase) > rng.uniform(-0.5, 0.5)).astype(float)
             elif kind == "checker":
                 f = rng.integers(2, 10)
                 t = ((np.floor(f * x) + np.floor(f * y)) % 2).astype(float)

@@ -488,9 +488,9 @@ def _pack(rng, shapes: list[Shape], top: float, cfg: SceneConfig):
             norms = np.concatenate([nl for _, _, _, nl in placed])
             starts = np.cumsum([0] + [len(pl) for _, _, pl, _ in placed]).astype(np.int64)
 
-            def hits(p):
-                return _kernels.footprint_hits(foot, nrm, float(p[0]), float(p[1]), polys, norms, starts, cs, rs,
-                                               rad, gap)
+            def hits(p):  # called only within this iteration, so the loop variables it reads are current
+                return _kernels.footprint_hits(foot, nrm, float(p[0]), float(p[1]), polys, norms,  # noqa: B023
+                                               starts, cs, rs, rad, gap)  # noqa: B023
 
             best = None
             for _ in range(4):

@@ -171,7 +171,7 @@ def save_plot(result: dict[str, Any], path: str, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from instseg_ros.clusternet.viz import overlay
+    from instseg_ros.core.palette import overlay
 
     keys = list(COCO_KEYS) + ["AR_HO", "AR_MO", "AR_LO", "overlap_F", "boundary_F", "obj_F>=0.75"]
     ex = result.get("examples", [])
@@ -206,7 +206,7 @@ def save_overlays(examples: list, names: list[str], folder: str) -> None:
     image, boundaries dark; a method that did not run shows the plain image)."""
     from PIL import Image
 
-    from instseg_ros.clusternet.viz import overlay
+    from instseg_ros.core.palette import overlay
 
     os.makedirs(folder, exist_ok=True)
     for (rgb, gt, cl, bl), name in zip(examples, names):
@@ -305,7 +305,8 @@ def main(argv: list[str]) -> int:
         res["examples"] = res["examples"][:N_EXAMPLES]
     res_json = _clean({**res, "data": os.path.abspath(a.data), "split": None if real else a.split,
                        "real_folder": real,
-                       "refine": (dataclasses.asdict(predictor.refine) if predictor else None), "checkpoint": a.checkpoint,
+                       "refine": (dataclasses.asdict(predictor.refine) if predictor else None),
+                       "checkpoint": a.checkpoint,
                        "steps": (predictor.meta.get("steps") if predictor else None),
                        "cluster_params": (dataclasses.asdict(predictor.params) if predictor else None),
                        "tuning": tuning, "resolution": (list(predictor.resolution) if predictor else None),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from instseg_ros.core.instance_geometry import oriented_extents
 from instseg_ros.core.instances import Instances
 
 #: File names :func:`save_map` writes in its directory.
@@ -34,10 +35,6 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray, labels: 
 
 def instances_to_json(inst: Instances, frame: str, stamp_ns: int) -> dict:
     """JSON-serialisable description of map instances (metres, m^2, ``frame``)."""
-    # oriented_extents still lives in ros/conversions (issue #19 moves it to core): imported here, in
-    # the function, so that importing this module does not import ROS
-    from instseg_ros.ros.conversions import oriented_extents
-
     ext = oriented_extents(inst) if len(inst) else np.zeros((0, 3))
     return {"frame_id": frame, "stamp_ns": int(stamp_ns), "instances": [
         {"id": int(inst.ids[i]), "score": float(inst.scores[i]), "num_points": int(inst.num_points[i]),

@@ -93,7 +93,7 @@ def bench_segmenter(checkpoint: str | None, sizes: list[int], scene_cache: str |
 
 
 def bench_tsdf(frames: int, voxel: float) -> dict:
-    from instseg_ros.mapping.render import box_mesh, intrinsics, look_at, render
+    from instseg_ros.data.mesh_render import box_mesh, intrinsics, look_at, render
     from instseg_ros.mapping.tsdf import TsdfConfig, TsdfMap
 
     rng = np.random.default_rng(1)

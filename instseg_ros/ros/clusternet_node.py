@@ -25,8 +25,9 @@ cloud labels.
 Outputs, each with the colour image's header (stamp and camera optical frame):
 ``~/instances`` (instseg_ros/ObjectInstanceArray), ``~/labels`` (16UC1 instance ids aligned to
 colour, 0 = background; ids above 65535 wrap to 1..65535 there, with a warning), ``~/cloud``
-(PointCloud2 x y z rgb label of the valid-depth pixels, every ``cloud_stride``-th pixel), ``~/markers`` (MarkerArray, DELETEALL first, one ellipsoid + id text per
-instance). ``/diagnostics`` carries input / output rate, latency, drops and synchronizer counters.
+(PointCloud2 x y z rgb label of the valid-depth pixels, every ``cloud_stride``-th pixel), ``~/markers``
+(MarkerArray, DELETEALL first, one ellipsoid + id text per instance). ``/diagnostics`` carries input /
+output rate, latency, drops and synchronizer counters.
 
 Frames never queue up: the model runs in one worker thread and at most one synchronized frame
 waits; a newer frame replaces it (counted in ``dropped_busy``). A bad frame (unknown encoding,
@@ -77,17 +78,12 @@ from instseg_ros.ros.node_common import (
     run,
 )
 from instseg_ros.ros.node_params import ClusterNetNodeConfig, declare_config, read_config
-from instseg_ros.ros.pose_source import POSE_TOPIC, CameraPoseSource
+from instseg_ros.ros.pose_source import CameraPoseSource
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
+from instseg_ros.ros.topics import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY, POSE_TOPIC
 
-#: Input topics (relative; remap them in launch files).
-COLOR_TOPIC = "color/image_raw"
-DEPTH_TOPIC = "aligned_depth_to_color/image_raw"
-INFO_TOPIC = "color/camera_info"
 #: Weights loaded when ``model_path`` is "".
 DEFAULT_MODEL = "clusternet_lite.pt"
-#: Output QoS: reliable, KEEP_LAST of this depth.
-OUTPUT_HISTORY = 5
 #: Largest instance id a 16UC1 ~/labels pixel holds.
 MAX_LABEL_ID = 65535
 

@@ -11,7 +11,8 @@ with numpy directly:
 * Labeled ``sensor_msgs/PointCloud2`` (x y z float32, rgb float32-packed, label uint32), built as
   one numpy structured array and read back through the message's own field offsets.
 * ``visualization_msgs/MarkerArray`` and ``instseg_ros/ObjectInstanceArray`` from an
-  :class:`~instseg_ros.core.Instances`.
+  :class:`~instseg_ros.core.Instances` (the geometry itself, principal axes and oriented extents, is
+  computed in :mod:`instseg_ros.core.instance_geometry`).
 
 Bad input raises ValueError naming the message field (e.g. "Image.data length 100 !=
 height*step 921600"). All geometry is in the frame of the header passed in (camera optical frame
@@ -20,7 +21,6 @@ for the camera pipeline, map frame for the mapping pipeline), metres.
 from __future__ import annotations
 
 import array
-import colorsys
 import sys
 from dataclasses import dataclass
 
@@ -31,8 +31,10 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from instseg_ros.core.geometry import principal_axes, quaternion_to_rotation, rotation_to_quaternion
-from instseg_ros.core.instances import BACKGROUND, Instances
+from instseg_ros.core.geometry import quaternion_to_rotation
+from instseg_ros.core.instance_geometry import N_SIGMA, covariance_to_pose, oriented_extents, validated_covariances
+from instseg_ros.core.instances import Instances
+from instseg_ros.core.palette import instance_color
 from instseg_ros.msg import ObjectInstance, ObjectInstanceArray
 
 _NATIVE_BIGENDIAN = sys.byteorder == "big"
@@ -509,50 +511,11 @@ def msg_to_labeled_cloud(msg: PointCloud2) -> CloudArrays:
 # Instances -> MarkerArray / ObjectInstanceArray
 # ----------------------------------------------------------------------------------------------
 
-#: Ellipsoid half-axes in standard deviations: the marker spans +-N_SIGMA * sqrt(eigenvalue) along
-#: each principal axis (RViz SPHERE scale = full diameter = 2 * N_SIGMA * sqrt(eigenvalue)). For a
-#: solid uniform ellipsoid of semi-axis a, sigma = a / sqrt(5) (2 sigma = 0.89 a); for points on a
-#: sphere's surface sigma = r / sqrt(3) (2 sigma = 1.15 r): 2 sigma draws roughly the object.
-N_SIGMA = 2.0
-
 #: Namespace suffix of the id text markers.
 TEXT_NS_SUFFIX = "/ids"
 
 #: Smallest marker dimension (m): RViz does not draw zero-size ellipsoids (flat objects, 1 point).
 MIN_MARKER_SCALE = 1e-3
-
-
-def instance_color(instance_id: int) -> tuple[float, float, float]:
-    """Stable, well-separated RGB in [0, 1] for an instance id (golden-ratio hue steps)."""
-    hue = (int(instance_id) * 0.618033988749895) % 1.0
-    return colorsys.hsv_to_rgb(hue, 0.75, 0.95)
-
-
-def _validated_covariances(inst: Instances) -> np.ndarray:
-    cov = inst.covariances
-    for i in range(len(inst)):
-        c = cov[i]
-        if not np.isfinite(c).all():
-            raise ValueError(f"Instances.covariances[{i}] (id {inst.ids[i]}) contains NaN/inf")
-        if np.abs(c - c.T).max() > 1e-9 * max(1.0, np.abs(c).max()):
-            raise ValueError(f"Instances.covariances[{i}] (id {inst.ids[i]}) is not symmetric")
-        if np.linalg.eigvalsh(c).min() < -1e-9 * max(1.0, np.abs(c).max()):
-            raise ValueError(f"Instances.covariances[{i}] (id {inst.ids[i]}) is not positive semi-definite")
-    if not np.isfinite(inst.centroids).all():
-        bad = int(np.flatnonzero(~np.isfinite(inst.centroids).all(axis=1))[0])
-        raise ValueError(f"Instances.centroids[{bad}] (id {inst.ids[bad]}) contains NaN/inf")
-    return cov
-
-
-def covariance_to_pose(centroid: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centroid (3,) + covariance (3, 3) -> (R (3, 3), quaternion (x, y, z, w), sigmas (3,)).
-
-    R = :func:`~instseg_ros.core.geometry.principal_axes` (columns: largest, middle, smallest
-    variance axis, right-handed); sigmas = standard deviations along those columns (m).
-    """
-    R = principal_axes(cov)
-    var = np.einsum("ji,jk,ki->i", R, np.asarray(cov, np.float64), R)  # diag(R^T C R)
-    return R, rotation_to_quaternion(R), np.sqrt(np.clip(var, 0.0, None))
 
 
 def _pose(centroid: np.ndarray, q: np.ndarray) -> Pose:
@@ -568,13 +531,15 @@ def instances_to_markers(instances: Instances, header: Header, ns: str = "instan
     objects), then per instance an
     ellipsoid (SPHERE, namespace ``ns``, marker id = instance id) at the centroid, oriented by the
     covariance's principal axes, with scale = 2 * ``n_sigma`` * sqrt(eigenvalue) per axis (the
-    full diameter of the ``n_sigma`` ellipsoid: +-2 sigma by default, see :data:`N_SIGMA`; at
+    full diameter of the ``n_sigma`` ellipsoid: +-2 sigma by default, see
+    :data:`~instseg_ros.core.instance_geometry.N_SIGMA`; at
     least :data:`MIN_MARKER_SCALE`), and a TEXT_VIEW_FACING marker (namespace ``ns + "/ids"``,
-    same id) with the instance id at the centroid. Colours come from :func:`instance_color`, so
+    same id) with the instance id at the centroid. Colours come from
+    :func:`~instseg_ros.core.palette.instance_color`, so
     an id keeps its colour across frames. Frame and stamp: ``header``.
     Raises ValueError for non-finite, asymmetric or indefinite covariances.
     """
-    cov = _validated_covariances(instances)
+    cov = validated_covariances(instances)
     out = MarkerArray()
     markers = []
     # One DELETEALL per namespace used: some RViz versions clear only the marker's namespace on
@@ -616,56 +581,18 @@ def instances_to_markers(instances: Instances, header: Header, ns: str = "instan
     return out
 
 
-def oriented_extents(instances: Instances, points: np.ndarray | None = None,
-                     labels: np.ndarray | None = None) -> np.ndarray:
-    """Size (N, 3) of each object's oriented bounding box along its principal axes, metres.
-
-    The box is measured on the object's points: ``points`` (float (H, W, 3) aligned with an image
-    ``labels`` (H, W), or (M, 3) aligned with per-point labels (M,)), defaulting to
-    ``instances.points`` / ``instances.labels``. Points that are not finite or exactly (0, 0, 0)
-    (what :func:`~instseg_ros.core.geometry.backproject` returns for invalid depth) are ignored.
-    Where no points are given (or an object has none), the extent is the 2 * N_SIGMA * sigma
-    ellipsoid diameter of :func:`instances_to_markers` (NaN-free, an estimate).
-    """
-    n = len(instances)
-    cov = _validated_covariances(instances)
-    axes = [covariance_to_pose(instances.centroids[i], cov[i]) for i in range(n)]
-    ext = np.array([2.0 * N_SIGMA * a[2] for a in axes]).reshape(n, 3)
-    if points is None and instances.points is not None:
-        points = instances.points
-    if labels is None:
-        labels = instances.labels
-    if points is None or n == 0:
-        return ext
-    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    lab = np.asarray(labels).reshape(-1)
-    if lab.shape[0] != p.shape[0]:
-        raise ValueError(f"points ({p.shape[0]}) and labels ({lab.shape[0]}) must be aligned")
-    valid = np.isfinite(p).all(axis=1) & (p != 0).any(axis=1) & (lab != BACKGROUND)
-    p, lab = p[valid], lab[valid]
-    order = np.argsort(lab, kind="stable")
-    lab_sorted = lab[order]
-    for i in range(n):
-        lo, hi = np.searchsorted(lab_sorted, [instances.ids[i], instances.ids[i] + 1])
-        if hi <= lo:
-            continue
-        local = (p[order[lo:hi]] - instances.centroids[i]) @ axes[i][0]
-        ext[i] = local.max(axis=0) - local.min(axis=0)
-    return ext
-
-
 def instances_to_msg(instances: Instances, header: Header, points: np.ndarray | None = None,
                      labels: np.ndarray | None = None) -> ObjectInstanceArray:
     """Instances -> ObjectInstanceArray (one ObjectInstance per instance, in the order of ``ids``).
 
     pose.position = centroid, pose.orientation = right-handed principal axes of the covariance
     (x = largest variance); covariance = row-major 3x3 (m^2); extent = oriented bounding box size
-    along the pose axes from :func:`oriented_extents` (true box when points are available, else
-    the +-2 sigma estimate). ``header`` is copied (stamp + frame of the source data).
+    along the pose axes from :func:`~instseg_ros.core.instance_geometry.oriented_extents` (true box
+    when points are available, else the +-2 sigma estimate). ``header`` is copied (stamp + frame of the source data).
     hits / age / confirmed come from ``instances.hits`` / ``age_s`` / ``confirmed`` (the
     :class:`~instseg_ros.core.tracking.Tracker`'s, or a mapping node's id matching).
     """
-    cov = _validated_covariances(instances)
+    cov = validated_covariances(instances)
     ext = oriented_extents(instances, points, labels)
     out = ObjectInstanceArray()
     out.header = header
@@ -721,7 +648,10 @@ def msg_to_instances(msg: ObjectInstanceArray) -> tuple[Instances, np.ndarray, n
 
 
 def stamp_to_ns(stamp) -> int:
-    """builtin_interfaces/Time -> integer nanoseconds."""
+    """builtin_interfaces/Time (anything with ``sec`` / ``nanosec``) -> integer nanoseconds.
+
+    The package's one stamp reader: the nodes (through :func:`~instseg_ros.ros.sync.stamp_of`), the
+    replay player, the demo and the benches all key messages by this number."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 

@@ -136,6 +136,15 @@ def image_qos(reliability: str = "reliable", depth: int = 5):
                       reliability=policies[key], durability=DurabilityPolicy.VOLATILE)
 
 
+def reliable_qos(depth: int = 10):
+    """QoS for messages that must not be lost (instances, poses, the replayed recording): KEEP_LAST
+    ``depth``, RELIABLE, VOLATILE."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, spin_once: Callable[[float], None] | None = None,
                period: float = 0.05) -> bool:
     """Poll ``predicate`` until it holds or ``timeout`` seconds pass; returns its last value.

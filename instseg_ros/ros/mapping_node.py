@@ -27,12 +27,12 @@ from instseg_ros.core.instances import Instances
 from instseg_ros.mapping.session import MapSession, NotSegmentable
 from instseg_ros.msg import ObjectInstanceArray
 from instseg_ros.ros import node_common as nc
-from instseg_ros.ros.clusternet_node import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY
 from instseg_ros.ros.conversions import instances_to_markers, instances_to_msg, labeled_cloud_to_msg, ns_to_stamp
 from instseg_ros.ros.graph import image_qos
 from instseg_ros.ros.node_params import MappingNodeConfig, declare_config, read_config
-from instseg_ros.ros.pose_source import POSE_TOPIC, CameraPoseSource
+from instseg_ros.ros.pose_source import CameraPoseSource
 from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
+from instseg_ros.ros.topics import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY, POSE_TOPIC
 
 #: Weights loaded when ``model_path`` is "".
 DEFAULT_MODEL = "occuseg_bin5mm.pt"

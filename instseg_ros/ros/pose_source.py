@@ -17,9 +17,6 @@ import numpy as np
 from instseg_ros.core.geometry import quaternion_to_rotation, validate_pose
 from instseg_ros.ros.node_common import QUATERNION_TOLERANCE, FrameError, pose_from_xyz_quat
 
-#: PoseStamped input for pose_source=topic (relative; remap in launch).
-POSE_TOPIC = "pose"
-
 
 def pose_to_matrix(msg, quaternion_tolerance: float = QUATERNION_TOLERANCE,
                    world_bound: float = float("inf")) -> np.ndarray:

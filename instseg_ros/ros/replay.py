@@ -82,13 +82,14 @@ def parse_remap(pair: list[str]) -> tuple[str, str]:
 def load_messages(cfg: PlayerConfig) -> list[BagMessage]:
     """Every message of ``cfg.bag`` (only ``cfg.topics`` when given, names as recorded), remapped,
     deserialized, sorted by playback time. ValueError when the bag is missing or empty."""
-    from instseg_ros.ros.recording import deserialize, read_bag
+    from instseg_ros.ros.bag import deserialize, read_bag
+    from instseg_ros.ros.conversions import stamp_to_ns
 
     out = []
     for topic, typ, t, raw in read_bag(cfg.bag, cfg.topics):
         msg = deserialize(raw, typ)
         header = getattr(msg, "header", None)
-        t_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec if header is not None else t
+        t_ns = stamp_to_ns(header.stamp) if header is not None else t
         out.append(BagMessage(cfg.remaps.get(topic, topic), typ, msg, int(t_ns)))
     if not out:
         raise ValueError(f"{cfg.bag} holds no message to play")
@@ -142,7 +143,7 @@ class Player:
     """Publishers for the bag's topics on ``node`` plus the readiness checks (see the module docstring)."""
 
     def __init__(self, node, cfg: PlayerConfig, messages: list[BagMessage]) -> None:
-        from instseg_ros.ros.launcher import reliable_qos
+        from instseg_ros.ros.graph import reliable_qos
 
         self.node, self.cfg, self.messages = node, cfg, messages
         self.pubs = {}
@@ -286,7 +287,7 @@ class LifecycleStates:
 
 
 def parse_args(argv: list[str] | None) -> PlayerConfig:
-    from instseg_ros.ros.recording import DEMO_BAG
+    from instseg_ros.ros.bag import DEMO_BAG
 
     ap = argparse.ArgumentParser(prog="replay_player", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bag", default=str(DEMO_BAG), help="rosbag2 directory (default: the demo recording)")

@@ -33,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from instseg_ros.ros.conversions import stamp_to_ns
+
 _NS = 1_000_000_000
 #: Stamp steps per input kept to estimate its period (median).
 PERIOD_WINDOW = 16
@@ -53,7 +55,7 @@ def to_ns(stamp: Any) -> int:
     ``Time`` objects for nanosecond precision). ValueError for NaN/inf or anything else.
     """
     if hasattr(stamp, "sec") and hasattr(stamp, "nanosec"):
-        return int(stamp.sec) * _NS + int(stamp.nanosec)
+        return stamp_to_ns(stamp)
     if hasattr(stamp, "nanoseconds"):
         return int(stamp.nanoseconds)
     try:

@@ -12,7 +12,8 @@ def _same_partition(a, b):
 def test_boxes_on_a_table_are_separated(make_scene):
     rng = np.random.default_rng(3)
     f = make_scene(rng, 120, 160, 4, table_z=0.7)
-    labels, scores = plane_dbscan_segment(f["depth_gt"], f["K"], BaselineParams(stride=1, min_size=10, min_points=5))  # 5 mm pixels at 160x120
+    # 5 mm pixels at 160x120
+    labels, scores = plane_dbscan_segment(f["depth_gt"], f["K"], BaselineParams(stride=1, min_size=10, min_points=5))
     gt = f["labels"]
     assert len(scores) == gt.max() and scores.max() == 1.0
     # each object's pixels carry one predicted label (plane / edge pixels may be dropped)
@@ -24,5 +25,6 @@ def test_boxes_on_a_table_are_separated(make_scene):
 
 
 def test_no_points_gives_no_objects():
-    labels, scores = plane_dbscan_segment(np.zeros((20, 30), np.float32), np.array([[30.0, 0, 15], [0, 30, 10], [0, 0, 1]]))
+    K = np.array([[30.0, 0, 15], [0, 30, 10], [0, 0, 1]])
+    labels, scores = plane_dbscan_segment(np.zeros((20, 30), np.float32), K)
     assert labels.shape == (20, 30) and not labels.any() and len(scores) == 0

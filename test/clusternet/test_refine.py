@@ -43,8 +43,8 @@ def test_depth_edges_mark_both_sides_of_a_step_only():
 
 def test_two_boxes_touching_with_a_2cm_step_split_exactly_at_the_step():
     """Box A (z 0.50 m) left of column 40, box B (z 0.52 m) from 40; the network's labels put the boundary
-    2 px too far right (inside the default 2 px band). Every pixel of the band is nearer in 3D to the core of its own surface, so the
-    boundary moves onto the step; the contact is a depth step, so the two are never merged."""
+    2 px too far right (inside the default 2 px band). Every pixel of the band is nearer in 3D to the core of its own
+    surface, so the boundary moves onto the step; the contact is a depth step, so the two are never merged."""
     depth = np.full((H, W), 0.50, np.float32)
     depth[:, 40:] = 0.52
     lab = np.where(np.arange(W)[None, :] < 42, 1, 2).repeat(H, 0).astype(np.int32)
@@ -172,7 +172,7 @@ def test_disabled_passes_labels_through_and_params_are_validated():
     lab[5:9, 5:9] = 1
     out, sc = refine_labels(lab, np.array([0.3]), np.full((H, W), 0.5, np.float32), K_(), RefineParams(enabled=False))
     np.testing.assert_array_equal(out, lab)
-    for bad in ({"step_abs": 0.0}, {"band_px": 3, "snap_radius_px": 6}, {"merge_evidence_ratio": 0.0}, {"max_edge_share": 0.0},
-                {"max_snap_dist": float("nan")}, {"merge_min_contact": 0}):
+    for bad in ({"step_abs": 0.0}, {"band_px": 3, "snap_radius_px": 6}, {"merge_evidence_ratio": 0.0},
+                {"max_edge_share": 0.0}, {"max_snap_dist": float("nan")}, {"merge_min_contact": 0}):
         with pytest.raises(ValueError):
             RefineParams(**bad)

@@ -10,6 +10,9 @@ import pytest
 from instseg_ros.data import generate, io
 from instseg_ros.data.scene import SceneConfig, generate_scene_frames, generate_sequence
 
+# End-to-end generator runs (scenes, physics, rendering, COCO writing): `-m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 SMALL = replace(SceneConfig(), width=160, height=120, views_per_scene=2, max_objects=8)
 
 

@@ -85,7 +85,7 @@ def test_depth_and_labels_match_analytic_ray_box(eye, method):
     assert (lab[clear] == ids[clear]).mean() > 0.995
     assert (lab == 1).sum() > 100 and (lab == 2).sum() > 100
     # every labelled pixel's depth = the ray's hit distance on *that* box (camera z = ray parameter)
-    for k, (iid, dims, R, t) in enumerate(boxes):
+    for k, (iid, _dims, _R, _t) in enumerate(boxes):
         m = lab == iid
         np.testing.assert_allclose(z[m], hits[m, k], atol=2e-5)
 

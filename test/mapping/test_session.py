@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
+from instseg_ros.data.mesh_render import box_mesh, intrinsics, look_at, render
 from instseg_ros.mapping import MapSession, MapSessionConfig, NotSegmentable, TsdfConfig
-from instseg_ros.mapping.render import box_mesh, intrinsics, look_at, render
 
 W, H = 160, 120
 VOXEL = 0.005

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
+from instseg_ros.data.mesh_render import box_mesh, intrinsics, look_at, render
 from instseg_ros.mapping import TsdfConfig, TsdfMap, snap_to_voxels
-from instseg_ros.mapping.render import box_mesh, intrinsics, look_at, render
 
 W, H = 320, 240
 K = intrinsics(W, H)

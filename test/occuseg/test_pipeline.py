@@ -8,8 +8,8 @@ import yaml
 
 from instseg_ros.core.instances import Instances
 from instseg_ros.data import io
+from instseg_ros.data.mesh_render import box_mesh, intrinsics, look_at, render
 from instseg_ros.mapping import TsdfConfig, TsdfMap
-from instseg_ros.mapping.render import box_mesh, intrinsics, look_at, render
 from instseg_ros.occuseg import MapSegmenter
 from instseg_ros.occuseg.data import build_scene, transfer_labels
 

@@ -279,9 +279,10 @@ def test_playback_schedule_keeps_spacing_and_increases_across_passes():
 
 def test_recorded_pose_becomes_the_map_to_camera_transform():
     """What the player sends on /tf (where tf2_msgs exists): the recorded T_map_camera unchanged."""
-    from instseg_ros.ros.demo import load_views
-    from instseg_ros.ros.recording import CAMERA_FRAME, DEMO_BAG, MAP_FRAME
+    from instseg_ros.ros.bag import DEMO_BAG
     from instseg_ros.ros.replay import pose_to_transform
+    from instseg_ros.ros.tools.demo import load_views
+    from instseg_ros.ros.tools.recording import CAMERA_FRAME, MAP_FRAME
 
     pose = load_views(DEMO_BAG)[0][2]["pose"]
     t = pose_to_transform(pose, CAMERA_FRAME)
@@ -304,7 +305,7 @@ def test_player_refuses_loop_without_restamp():
 # ------------------------------------------------------------------------------ real graph
 
 def node_cmd(node: str, mode: str) -> list[str]:
-    from instseg_ros.ros.launcher import NODE_MODULES
+    from instseg_ros.ros.tools.launcher import NODE_MODULES
 
     files = ls.parameter_files(ROOT, node, mode, str(CONFIG / "site_overrides.yaml"))
     return [sys.executable, "-u", "-m", NODE_MODULES[node]] + launch_ros_args(node, GRAPH_PREFIX, files)
@@ -320,9 +321,10 @@ def test_replay_waits_for_the_nodes_then_sigint_stops_everything_cleanly(ros_env
     from rclpy.executors import SingleThreadedExecutor
 
     from instseg_ros.msg import ObjectInstanceArray
-    from instseg_ros.ros.demo import load_views
-    from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, spin_until
-    from instseg_ros.ros.recording import CAMERA_NS, COLOR_TOPIC, DEMO_BAG, POSE_TOPIC
+    from instseg_ros.ros.bag import DEMO_BAG
+    from instseg_ros.ros.tools.demo import load_views
+    from instseg_ros.ros.tools.launcher import Collector, FramePublisher, NodeProcess, spin_until
+    from instseg_ros.ros.tools.recording import CAMERA_NS, COLOR_TOPIC, POSE_TOPIC
 
     env = dict(ros_env, OMP_NUM_THREADS="1")
     player_cmd = [sys.executable, "-u", "-m", "instseg_ros.ros.replay", "--bag", str(DEMO_BAG), "--timeout", "240"]
@@ -428,7 +430,7 @@ def test_shutdown_budget_reports_work_that_overruns_and_passes_errors_on():
 def test_sigint_while_the_model_loads_ends_the_node_at_once(ros_env, tmp_path):
     """Ctrl-C right after start-up (nothing in flight yet) does not wait for the model to load."""
     from instseg_ros.ros.graph import wait_until
-    from instseg_ros.ros.launcher import NodeProcess
+    from instseg_ros.ros.tools.launcher import NodeProcess
 
     p = NodeProcess(node_cmd("clusternet_node", "realsense"), dict(ros_env, OMP_NUM_THREADS="1"),
                     tmp_path / "clusternet_node.log")

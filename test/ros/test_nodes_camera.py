@@ -52,7 +52,7 @@ def geometric_clusternet(path: str) -> str:
 
 def scene_frame(shift: float = 0.0):
     """Three boxes on a 0.36 m plate seen from 0.5 m above: rgb uint8, depth float32 m, K, gt ids."""
-    from instseg_ros.mapping.render import box_mesh, intrinsics, look_at, render
+    from instseg_ros.data.mesh_render import box_mesh, intrinsics, look_at, render
 
     meshes = [box_mesh((0, 0, -0.01), (0.36, 0.36, 0.02), (120, 120, 120)),
               box_mesh((0.08 + shift, 0.02, 0.03), (0.06, 0.08, 0.06), (200, 50, 50)),
@@ -83,13 +83,13 @@ def graph(ros_env, tmp_path_factory):
 
 
 def spin_until(ex, pred, timeout=TIMEOUT) -> bool:
-    from instseg_ros.ros.launcher import spin_until as _spin_until
+    from instseg_ros.ros.tools.launcher import spin_until as _spin_until
 
     return _spin_until(ex, pred, timeout)
 
 
 def lifecycle_call(graph, node_fqn: str, transition: int | None):
-    from instseg_ros.ros.launcher import lifecycle_call as _call
+    from instseg_ros.ros.tools.launcher import lifecycle_call as _call
 
     return _call(graph[0], graph[1], node_fqn, transition)
 
@@ -102,7 +102,7 @@ class CameraRig:
         from visualization_msgs.msg import MarkerArray
 
         from instseg_ros.msg import ObjectInstanceArray
-        from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command
+        from instseg_ros.ros.tools.launcher import Collector, FramePublisher, NodeProcess, node_command
 
         node, self.ex, tmp = graph
         self.ns = ns
@@ -122,6 +122,8 @@ class CameraRig:
                           timeout) and self.proc.alive()
 
     def outputs_for(self, stamp_ns: int) -> dict:
+        from instseg_ros.ros.conversions import stamp_to_ns
+
         out = {}
         for key, topic in self.topics.items():
             for _, m in self.col.get(topic):
@@ -129,7 +131,7 @@ class CameraRig:
                     h = m.markers[0].header if m.markers else None
                 else:
                     h = m.header
-                if h is not None and h.stamp.sec * 1_000_000_000 + h.stamp.nanosec == stamp_ns:
+                if h is not None and stamp_to_ns(h.stamp) == stamp_ns:
                     out[key] = m
         return out
 
@@ -228,7 +230,7 @@ def _bad_then_good(rig, publish_bad, expect_in_log: str, settle: float = 0.4):
 
 def test_bad_inputs_are_logged_skipped_and_the_next_frame_is_published(rig):
     from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info
-    from instseg_ros.ros.launcher import make_header
+    from instseg_ros.ros.tools.launcher import make_header
 
     rgb, depth, K = scene_frame()
     frame = "camera_color_optical_frame"
@@ -383,7 +385,7 @@ def test_stamp_jumps_do_not_block_the_pipeline(rig):
 
 def test_empty_frame_id_is_refused_with_one_warning(rig):
     from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info
-    from instseg_ros.ros.launcher import make_header
+    from instseg_ros.ros.tools.launcher import make_header
 
     rgb, depth, K = scene_frame()
     n_before = rig.col.count(rig.topics["instances"])
@@ -402,7 +404,7 @@ def test_empty_frame_id_is_refused_with_one_warning(rig):
 
 def test_empty_frame_id_replaced_by_default_frame_id(graph, ros_env):
     from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info
-    from instseg_ros.ros.launcher import make_header
+    from instseg_ros.ros.tools.launcher import make_header
 
     model = geometric_clusternet(str(graph[2] / "geometric_fid.pt"))
     r = CameraRig(graph, ros_env, f"/fid{os.getpid()}", model, default_frame_id="cam_fallback")
@@ -478,7 +480,7 @@ def test_lifecycle_churn_with_failing_transitions_leaks_nothing(graph, ros_env):
     from diagnostic_msgs.msg import DiagnosticArray
     from lifecycle_msgs.msg import State, Transition
 
-    from instseg_ros.ros.launcher import Collector
+    from instseg_ros.ros.tools.launcher import Collector
 
     node, ex, tmp = graph
     good = geometric_clusternet(str(tmp / "geometric_churn.pt"))
@@ -517,7 +519,7 @@ def test_lifecycle_churn_with_failing_transitions_leaks_nothing(graph, ros_env):
             assert change(Transition.TRANSITION_CONFIGURE)
             n_logged = r.proc.output().count("bogus_key")
             assert not change(Transition.TRANSITION_ACTIVATE)
-            assert spin_until(ex, lambda: r.proc.output().count("bogus_key") > n_logged, 10.0), \
+            assert spin_until(ex, lambda n_logged=n_logged: r.proc.output().count("bogus_key") > n_logged, 10.0), \
                 f"the failed activation was not logged with its reason:\n{r.proc.output()[-3000:]}"
             assert state() == State.PRIMARY_STATE_INACTIVE
             assert change(Transition.TRANSITION_CLEANUP)
@@ -564,7 +566,7 @@ FLAT_C = ((0.0, -0.12, 0.0), (0.05, 0.05, 0.01), (50, 50, 200))
 def flat_scene(boxes, dx: float = 0.0):
     """Boxes seen from 0.5 m above, camera shifted by ``dx`` (m) along x: rgb, depth (mm-rounded),
     K, mesh index + 1 per pixel (0 = nothing), T_world_camera."""
-    from instseg_ros.mapping.render import box_mesh, intrinsics, look_at, render
+    from instseg_ros.data.mesh_render import box_mesh, intrinsics, look_at, render
 
     K = intrinsics(W, H)
     T = look_at((0.02 + dx, 0.01, 0.5), (dx, 0.0, 0.0))
@@ -693,7 +695,7 @@ def test_diagnostics_turn_error_while_an_input_is_missing(rig, graph):
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
     from instseg_ros.ros.conversions import array_to_image
-    from instseg_ros.ros.launcher import Collector, make_header
+    from instseg_ros.ros.tools.launcher import Collector, make_header
 
     node, ex, _ = graph
     fqn = f"{rig.ns}/clusternet_node"

@@ -19,7 +19,8 @@ def test_consumer_prints_the_pose_of_the_closest_object_that_fits(ros_env, tmp_p
     from instseg_ros.core.instances import Instances
     from instseg_ros.msg import ObjectInstanceArray
     from instseg_ros.ros.conversions import instances_to_msg
-    from instseg_ros.ros.launcher import NodeProcess, make_header, node_command, reliable_qos, spin_until
+    from instseg_ros.ros.graph import reliable_qos
+    from instseg_ros.ros.tools.launcher import NodeProcess, make_header, node_command, spin_until
 
     ns = f"/grasp{os.getpid()}"
     proc = NodeProcess(node_command("grasp_consumer", namespace=ns, params={"once": True}), ros_env,
@@ -32,8 +33,10 @@ def test_consumer_prints_the_pose_of_the_closest_object_that_fits(ros_env, tmp_p
     try:
         pub = node.create_publisher(ObjectInstanceArray, f"{ns}/instances", reliable_qos())
         assert spin_until(ex, lambda: pub.get_subscription_count() >= 1, 30.0), proc.output()
+        def sd(*s):  # axis-aligned covariance with these standard deviations
+            return np.diag(np.square(s))
+
         # id 1: 0.5 m away, 4 cm wide; id 2: closer (0.4 m) but 12 cm wide; id 3: 0.45 m, 3 cm wide
-        sd = lambda *s: np.diag(np.square(s))  # axis-aligned covariance with these standard deviations
         inst = Instances(labels=np.zeros(0, np.int32), ids=[1, 2, 3],
                          centroids=[[0, 0, 0.5], [0, 0, 0.4], [0.05, 0, 0.45]],
                          covariances=[sd(0.03, 0.01, 0.005), sd(0.05, 0.03, 0.02), sd(0.02, 0.0075, 0.005)],

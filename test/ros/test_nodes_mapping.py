@@ -18,8 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from instseg_ros.ros.launcher import lifecycle_call as _lifecycle_call
-from instseg_ros.ros.launcher import spin_until
+from instseg_ros.ros.tools.launcher import lifecycle_call as _lifecycle_call
+from instseg_ros.ros.tools.launcher import spin_until
 
 pytestmark = pytest.mark.graph
 
@@ -42,7 +42,7 @@ def box_distance(p: np.ndarray) -> np.ndarray:
 
 def views(n: int = 4):
     """n posed frames around the scene: (rgb, depth m, K, T_map_camera)."""
-    from instseg_ros.mapping.render import box_mesh, intrinsics, look_at, render
+    from instseg_ros.data.mesh_render import box_mesh, intrinsics, look_at, render
 
     colors = [(120, 120, 120), (200, 50, 50), (50, 200, 50)]
     meshes = [box_mesh(c, s, col) for (c, s), col in zip(BOXES, colors)]
@@ -90,7 +90,7 @@ class MapRig:
         from visualization_msgs.msg import MarkerArray
 
         from instseg_ros.msg import ObjectInstanceArray
-        from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command
+        from instseg_ros.ros.tools.launcher import Collector, FramePublisher, NodeProcess, node_command
 
         self.node, self.ex, tmp = graph
         self.ns = ns
@@ -211,7 +211,7 @@ def test_map_segment_save_reset(rig, graph):
 
 def test_bad_poses_are_logged_skipped_and_the_next_frame_integrates(rig):
     from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info
-    from instseg_ros.ros.launcher import make_header, pose_msg
+    from instseg_ros.ros.tools.launcher import make_header, pose_msg
 
     (rgb, depth, K, T), = views(1)
     assert spin_until(rig.ex, lambda: rig.stat("frames_integrated") >= 0, 10.0)
@@ -301,7 +301,7 @@ def _status(rig):
 def test_far_poses_and_unnormalised_quaternions_are_rejected_and_the_map_stays_segmentable(rig):
     """A pose 1e6 m away used to be integrated and break every later ~/segment; a quaternion of norm
     1.4e-5 used to be normalised into a 90 degree yaw."""
-    from instseg_ros.ros.launcher import make_header, pose_msg
+    from instseg_ros.ros.tools.launcher import make_header, pose_msg
 
     assert rig.call("reset").success
     vs = views(4)

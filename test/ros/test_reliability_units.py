@@ -258,7 +258,7 @@ def test_infinite_slop_is_refused_by_the_synchronizer():
 
 
 def test_soak_rss_slope_is_megabytes_per_minute():
-    from instseg_ros.ros.bench_soak import slope_per_min
+    from instseg_ros.ros.tools.bench_soak import slope_per_min
 
     t = np.arange(0.0, 120.0, 1.0)               # two minutes of 1 s samples
     assert slope_per_min(t, 500.0 + 0.05 * t) == pytest.approx(3.0)   # 0.05 MB/s = 3 MB/min
@@ -277,7 +277,8 @@ def test_package_logging_is_forwarded_to_the_node_logger():
         logging.getLogger("instseg_ros.core.device").info("device=cpu")
         logging.getLogger("instseg_ros.mapping").warning("budget")
         logging.getLogger("instseg_ros.mapping").debug("not forwarded")
-        assert log.lines == [("info", "instseg_ros.core.device: device=cpu"), ("warning", "instseg_ros.mapping: budget")]
+        assert log.lines == [("info", "instseg_ros.core.device: device=cpu"),
+                             ("warning", "instseg_ros.mapping: budget")]
         # a second node replaces the first one's handler
         log2 = ListLogger()
         handler = route_package_logging(log2)

@@ -11,6 +11,7 @@ from visualization_msgs.msg import Marker
 
 from instseg_ros.core.geometry import moments
 from instseg_ros.core.instances import Instances
+from instseg_ros.core.palette import instance_color
 from instseg_ros.ros.conversions import (
     CLOUD_DTYPE,
     array_to_image,
@@ -18,7 +19,6 @@ from instseg_ros.ros.conversions import (
     image_to_array,
     image_to_depth,
     image_to_rgb,
-    instance_color,
     instances_to_markers,
     instances_to_msg,
     intrinsics_to_camera_info,

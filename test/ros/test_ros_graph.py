@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from instseg_ros.ros import peer
 from instseg_ros.ros.conversions import image_to_array, instances_to_msg, msg_to_instances, msg_to_labeled_cloud
 from instseg_ros.ros.graph import ros_environment
+from instseg_ros.ros.tools import peer
 
 pytestmark = pytest.mark.graph
 

@@ -14,10 +14,17 @@ from PIL import Image
 
 pytestmark = pytest.mark.graph
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 OUTPUT_TOPICS = ["/clusternet_node/instances", "/clusternet_node/labels", "/clusternet_node/cloud",
                  "/clusternet_node/markers", "/occuseg_mapping_node/instances", "/occuseg_mapping_node/map_cloud",
                  "/occuseg_mapping_node/markers", "/diagnostics"]
+
+
+def _rle(labels: np.ndarray, ids: np.ndarray):
+    """pycocotools RLE masks of ``ids`` in an int (H, W) label image."""
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.encode(np.asfortranarray(np.stack([labels == i for i in ids], -1).astype(np.uint8)))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,7 @@ def demo(ros_env, tmp_path_factory):
 
 
 def test_demo_runs_both_nodes_and_writes_every_output(demo):
-    from instseg_ros.ros.recording import read_bag
+    from instseg_ros.ros.bag import read_bag
 
     out, head, summary = demo
     assert summary["node_exit_codes"] == [0, 0]
@@ -70,27 +77,26 @@ def test_matched_camera_instances_sit_at_their_ground_truth_centroids(demo):
 def test_summary_accuracy_matches_an_independent_recomputation(demo):
     from pycocotools import mask as mask_utils
 
-    from instseg_ros.ros.conversions import image_to_array
-    from instseg_ros.ros.demo import load_views
-    from instseg_ros.ros.recording import DEMO_BAG, deserialize, read_bag
+    from instseg_ros.ros.bag import DEMO_BAG, deserialize, read_bag
+    from instseg_ros.ros.conversions import image_to_array, stamp_to_ns
+    from instseg_ros.ros.tools.demo import load_views
 
     out, _, summary = demo
     views, _, _ = load_views(DEMO_BAG)
     frames = {f["stamp_ns"]: f for f in summary["camera"]["frames"] if "accuracy_2d" in f}
     checked = 0
-    for topic, typ, _, raw in read_bag(out / "outputs", ["/clusternet_node/labels"]):
+    for _topic, typ, _, raw in read_bag(out / "outputs", ["/clusternet_node/labels"]):
         m = deserialize(raw, typ)
-        s = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+        s = stamp_to_ns(m.header.stamp)
         f = frames[s]
         pred = image_to_array(m, metres=False).astype(np.int64)
         gt = image_to_array(views[f["view"]]["gt_labels"], metres=False).astype(np.int64)
-        enc = lambda lab, ids: mask_utils.encode(np.asfortranarray(np.stack([lab == i for i in ids], -1).astype(np.uint8)))
         pid, gid = np.unique(pred[pred > 0]), np.unique(gt[gt > 0])
         if len(pid) == 0:  # e.g. the first view: no track is confirmed yet
             assert f["accuracy_2d"]["matched"] == 0
             checked += 1
             continue
-        iou = mask_utils.iou(enc(pred, pid), enc(gt, gid), [0] * len(gid))
+        iou = mask_utils.iou(_rle(pred, pid), _rle(gt, gid), [0] * len(gid))
         # greedy one-to-one matching at 0.5: with IoU > 0.5 a pair is unique anyway
         matched = int(((iou >= 0.5).sum(axis=1) > 0).sum())
         assert f["accuracy_2d"]["matched"] == matched
@@ -108,9 +114,9 @@ def test_camera_tracks_keep_their_ids_over_the_moving_camera(demo):
     every published instance is a confirmed track."""
     from pycocotools import mask as mask_utils
 
-    from instseg_ros.ros.conversions import image_to_array
-    from instseg_ros.ros.demo import load_views
-    from instseg_ros.ros.recording import DEMO_BAG, deserialize, read_bag
+    from instseg_ros.ros.bag import DEMO_BAG, deserialize, read_bag
+    from instseg_ros.ros.conversions import image_to_array, stamp_to_ns
+    from instseg_ros.ros.tools.demo import load_views
 
     out, head, summary = demo
     views, _, _ = load_views(DEMO_BAG)
@@ -130,13 +136,12 @@ def test_camera_tracks_keep_their_ids_over_the_moving_camera(demo):
             n_inst += len(m.instances)
             continue
         pred = image_to_array(m, metres=False).astype(np.int64)
-        gt = image_to_array(views[view_of[m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec]]["gt_labels"],
+        gt = image_to_array(views[view_of[stamp_to_ns(m.header.stamp)]]["gt_labels"],
                             metres=False).astype(np.int64)
         pid, gid = np.unique(pred[pred > 0]), np.unique(gt[gt > 0])
         if not len(pid):
             continue
-        enc = lambda lab, ids: mask_utils.encode(np.asfortranarray(np.stack([lab == i for i in ids], -1).astype(np.uint8)))
-        iou = mask_utils.iou(enc(pred, pid), enc(gt, gid), [0] * len(gid))
+        iou = mask_utils.iou(_rle(pred, pid), _rle(gt, gid), [0] * len(gid))
         for a, b in zip(*np.nonzero(iou >= 0.5)):   # IoU > 0.5 pairs are one-to-one
             ids_per_object.setdefault(int(gid[b]), []).append(int(pid[a]))
     assert n_inst > 0

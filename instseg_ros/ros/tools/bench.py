@@ -9,7 +9,7 @@ Measures, in this process:
 * reading the cloud back; converting 640x480 rgb8 and 16UC1 images both ways;
 
 and, between this process and a peer publisher subprocess on a private ROS domain with the
-project's Fast DDS profile (:func:`~instseg_ros.ros.peer.run_exchange`): one-way latency (receive
+project's Fast DDS profile (:func:`~instseg_ros.ros.tools.peer.run_exchange`): one-way latency (receive
 wall clock - header stamp set at publish) of 640x480 rgb8 images, 16UC1 depth images, clouds and
 ObjectInstanceArray messages, and how many arrived.
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     result["targets_met"] = bool(cloud_ms <= TARGET_CLOUD_MS and ref_ms / cloud_ms >= TARGET_RATIO)
 
     if not args.no_graph:
-        from instseg_ros.ros.peer import run_exchange
+        from instseg_ros.ros.tools.peer import run_exchange
 
         r = run_exchange(env, images=args.images, clouds=args.clouds, instances=args.images, points=n,
                          period=args.period, timeout=120.0)

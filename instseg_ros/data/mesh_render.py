@@ -2,6 +2,10 @@
 
 Used to build known geometry for tests and the TSDF benchmark. Frames as in core.geometry: camera
 optical frame x right, y down, z forward; ``T_world_camera`` camera -> world; metres.
+
+It lives with the synthetic data (not in ``mapping/``, whose modules the mapping node runs) because it
+makes test and benchmark inputs: ``instseg bench occuseg`` (:mod:`instseg_ros.occuseg.bench`) ray-casts
+its TSDF views with it, so it has to ship in the package rather than sit under ``test/``.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@
    ``~/save``), ``logs/`` (node output) and ``summary.json`` (per-frame latency and instance counts,
    per-frame 2D accuracy and map accuracy against the recording's ground truth, and the camera
    tracks' identity consistency: ``camera_id_switches``, ``camera_tracks_per_object``,
-   ``camera_confirmed_share``, see :func:`track_metrics`).
+   ``camera_confirmed_share``, see :func:`~instseg_ros.eval.demo_metrics.track_metrics`).
 
 Prints the summary's headline numbers as a final JSON line.
 """
@@ -31,12 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
-from instseg_ros.ros import recording as rec
+from instseg_ros.core.palette import colorize, overlay
+from instseg_ros.eval.demo_metrics import (
+    MATCH_IOU,
+    centroid_errors,
+    match_instances,
+    track_metrics,
+    transfer_gt_to_points,
+)
+from instseg_ros.ros.bag import DEMO_BAG, BagWriter, deserialize, read_bag
 from instseg_ros.ros.graph import apply_ros_environment, ros_environment
 from instseg_ros.ros.node_common import package_root
+from instseg_ros.ros.tools import recording as rec
 
-#: IoU at which a predicted instance counts as matching a ground-truth instance.
-MATCH_IOU = 0.5
 #: Seconds to wait for both nodes to load their models and subscribe.
 STARTUP_TIMEOUT_S = 120.0
 #: Seconds to wait for the last camera outputs after the last frame.
@@ -49,83 +56,10 @@ MAX_PLOT_POINTS = 60000
 
 # ----------------------------------------------------------------------------------------- metrics
 
-def match_instances(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = MATCH_IOU,
-                    ignore: np.ndarray | None = None) -> dict:
-    """Match predicted to ground-truth instances by IoU over the same pixels / points.
-
-    Args:
-        pred, gt: int label arrays of the same shape (0 = background / no instance).
-        iou_threshold: a pair matches when IoU >= this (one-to-one, greedy by decreasing IoU).
-        ignore: optional bool mask of elements left out of every count (e.g. no ground truth).
-    Returns:
-        dict: n_pred, n_gt, matched, precision, recall (0 when undefined), mean_iou_matched,
-        mean_best_iou (per ground-truth instance, its best IoU with any prediction: coverage),
-        pairs: [(pred id, gt id, IoU)] of the matches.
-    """
-    p = np.asarray(pred).reshape(-1).astype(np.int64)
-    g = np.asarray(gt).reshape(-1).astype(np.int64)
-    if p.shape != g.shape:
-        raise ValueError(f"pred and gt must have the same shape, got {np.shape(pred)} and {np.shape(gt)}")
-    if ignore is not None:
-        keep = ~np.asarray(ignore).reshape(-1)
-        p, g = p[keep], g[keep]
-    pid = np.unique(p[p > 0])
-    gid = np.unique(g[g > 0])
-    out = {"n_pred": int(len(pid)), "n_gt": int(len(gid)), "matched": 0, "precision": 0.0, "recall": 0.0,
-           "mean_iou_matched": 0.0, "mean_best_iou": 0.0, "pairs": []}
-    if not len(pid) or not len(gid):
-        return out
-    pi = np.searchsorted(pid, p)
-    gi = np.searchsorted(gid, g)
-    both = (p > 0) & (g > 0)
-    inter = np.bincount(pi[both] * len(gid) + gi[both], minlength=len(pid) * len(gid)).reshape(len(pid), len(gid))
-    sp = np.bincount(pi[p > 0], minlength=len(pid))
-    sg = np.bincount(gi[g > 0], minlength=len(gid))
-    iou = inter / (sp[:, None] + sg[None, :] - inter)
-    used_p, used_g, ious = set(), set(), []
-    for flat in np.argsort(-iou, axis=None, kind="stable"):
-        a, b = np.unravel_index(flat, iou.shape)
-        if iou[a, b] < iou_threshold:
-            break
-        if a in used_p or b in used_g:
-            continue
-        used_p.add(a)
-        used_g.add(b)
-        ious.append(float(iou[a, b]))
-        out["pairs"].append((int(pid[a]), int(gid[b]), float(iou[a, b])))
-    out.update(matched=len(ious), precision=len(ious) / len(pid), recall=len(ious) / len(gid),
-               mean_iou_matched=float(np.mean(ious)) if ious else 0.0,
-               mean_best_iou=float(iou.max(axis=0).mean()))
-    return out
-
-
-def track_metrics(pairs_per_frame: list[list[tuple[int, int, float]]]) -> dict:
-    """Identity consistency of tracked instances against the ground truth over a frame sequence.
-
-    Args:
-        pairs_per_frame: for each processed frame in stamp order, its (published id, ground-truth id,
-            IoU) matches (``match_instances(...)["pairs"]``; one-to-one within a frame).
-    Returns:
-        dict: ``id_switches`` = over all ground-truth objects, the number of times the id matched to
-        the object differs from the id matched in the previous frame where the object was matched
-        (frames where it is unmatched are skipped, not counted as a switch);
-        ``tracks_per_object`` = distinct ids matched to an object, averaged over the objects matched
-        in at least one frame (None when there are none); ``objects_seen`` = that number of objects;
-        ``ids_per_object`` = {ground-truth id: [matched id per frame where matched]}.
-    """
-    seq: dict[int, list[int]] = {}
-    for pairs in pairs_per_frame:
-        for pid, gid, _ in pairs:
-            seq.setdefault(int(gid), []).append(int(pid))
-    switches = sum(sum(a != b for a, b in zip(ids, ids[1:])) for ids in seq.values())
-    per_obj = [len(set(ids)) for ids in seq.values()]
-    return {"id_switches": int(switches), "tracks_per_object": float(np.mean(per_obj)) if per_obj else None,
-            "objects_seen": len(seq), "ids_per_object": {str(g): ids for g, ids in sorted(seq.items())}}
-
-
-def centroid_errors(inst_msg, pairs, gt_labels: np.ndarray, depth_msg, info_msg) -> list[float]:
-    """Distance (m) between each matched instance's published centroid and the centroid of its
-    ground-truth object's visible pixels back-projected with the same input depth (camera frame)."""
+def centroid_errors_from_messages(inst_msg, pairs, gt_labels: np.ndarray, depth_msg, info_msg) -> list[float]:
+    """:func:`~instseg_ros.eval.demo_metrics.centroid_errors` of one view: the published centroids of
+    ``inst_msg`` (ObjectInstanceArray) against the ground-truth objects' pixels back-projected with the
+    view's own depth (``depth_msg``) and intrinsics (``info_msg``), camera frame, metres."""
     from instseg_ros.core.geometry import backproject
     from instseg_ros.ros.conversions import camera_info_to_intrinsics, image_to_depth
 
@@ -133,51 +67,10 @@ def centroid_errors(inst_msg, pairs, gt_labels: np.ndarray, depth_msg, info_msg)
     pts = backproject(depth, camera_info_to_intrinsics(info_msg).K)
     valid = np.isfinite(depth) & (depth > 0)
     cents = {o.id: np.array([o.centroid.x, o.centroid.y, o.centroid.z]) for o in inst_msg.instances}
-    out = []
-    for pid, gid, _ in pairs:
-        m = (gt_labels == gid) & valid
-        if m.any() and pid in cents:
-            out.append(float(np.linalg.norm(pts[m].astype(np.float64).mean(0) - cents[pid])))
-    return out
-
-
-def transfer_gt_to_points(points: np.ndarray, gt_coords: np.ndarray, gt_instance: np.ndarray,
-                          max_dist: float) -> tuple[np.ndarray, np.ndarray]:
-    """Ground-truth instance of each map point = that of the nearest ground-truth voxel centre.
-
-    Returns (labels int (M,), has_gt bool (M,)): points farther than ``max_dist`` (m) from every
-    ground-truth voxel get no ground truth (left out of the accuracy).
-    """
-    from scipy.spatial import cKDTree
-
-    if len(points) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, bool)
-    d, idx = cKDTree(gt_coords).query(points, k=1)
-    has = d <= max_dist
-    return np.where(has, gt_instance[idx], 0).astype(np.int64), has
+    return centroid_errors(cents, pairs, gt_labels, pts, valid)
 
 
 # ----------------------------------------------------------------------------------------- images
-
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """int labels (...) -> uint8 (..., 3) colours (:func:`instance_color`, black background)."""
-    from instseg_ros.ros.conversions import instance_color
-
-    lab = np.asarray(labels).astype(np.int64)
-    ids = np.unique(lab[lab > 0])
-    lut = np.zeros((int(lab.max(initial=0)) + 1, 3), np.uint8)
-    for i in ids:
-        lut[i] = np.round(np.asarray(instance_color(int(i))) * 255).astype(np.uint8)
-    return lut[lab]
-
-
-def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Colour image with label colours blended in (background left as is)."""
-    out = rgb.astype(np.float32).copy()
-    m = labels > 0
-    out[m] = (1 - alpha) * out[m] + alpha * colorize(labels)[m].astype(np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
-
 
 def save_overlay(path: Path, rgb: np.ndarray, pred: np.ndarray, gt: np.ndarray, title: str) -> None:
     from PIL import Image, ImageDraw
@@ -204,24 +97,24 @@ def render_map(path: Path, points: np.ndarray, labels: np.ndarray, gt_points: np
 
     rng = np.random.default_rng(0)
 
-    def sub(p, l):
+    def sub(p, lab):
         if len(p) > MAX_PLOT_POINTS:
             i = rng.choice(len(p), MAX_PLOT_POINTS, replace=False)
-            return p[i], l[i]
-        return p, l
+            return p[i], lab[i]
+        return p, lab
 
     fig = plt.figure(figsize=(14, 10), dpi=90)
     # the ground-truth voxels are coarser (10 mm) than the map (5 mm): bigger dots
-    for row, (p, l, name, size) in enumerate([(points, labels, "OccuSeg map (occuseg_mapping_node)", 1.0),
-                                              (gt_points, gt_labels, "ground truth voxels", 4.0)]):
-        p, l = sub(np.asarray(p), np.asarray(l))
-        c = colorize(l).astype(np.float32) / 255.0
-        c[l == 0] = (0.75, 0.75, 0.75)
+    for row, (p, lab, name, size) in enumerate([(points, labels, "OccuSeg map (occuseg_mapping_node)", 1.0),
+                                                (gt_points, gt_labels, "ground truth voxels", 4.0)]):
+        p, lab = sub(np.asarray(p), np.asarray(lab))
+        c = colorize(lab).astype(np.float32) / 255.0
+        c[lab == 0] = (0.75, 0.75, 0.75)
         ax = fig.add_subplot(2, 2, 2 * row + 1)
         order = np.argsort(p[:, 2]) if len(p) else np.zeros(0, int)
         ax.scatter(p[order, 0], p[order, 1], c=c[order], s=size, linewidths=0)
         ax.set_aspect("equal")
-        ax.set_title(f"{name}: top view ({len(np.unique(l[l > 0]))} instances)")
+        ax.set_title(f"{name}: top view ({len(np.unique(lab[lab > 0]))} instances)")
         ax.set_xlabel("x [m]")
         ax.set_ylabel("y [m]")
         ax3 = fig.add_subplot(2, 2, 2 * row + 2, projection="3d", proj_type="ortho")
@@ -245,16 +138,18 @@ def render_map(path: Path, points: np.ndarray, labels: np.ndarray, gt_points: np
 def load_views(bag: Path) -> tuple[list[dict], object, dict]:
     """Recording -> (views: list of {"color", "depth", "info", "pose", "gt_labels"} rclpy messages in
     stamp order, ground-truth voxel PointCloud2, recording.json dict)."""
+    from instseg_ros.ros.conversions import stamp_to_ns
+
     by_stamp: dict[int, dict] = {}
     gt_voxels = None
     names = {rec.COLOR_TOPIC: "color", rec.DEPTH_TOPIC: "depth", rec.INFO_TOPIC: "info",
              rec.POSE_TOPIC: "pose", rec.GT_LABELS_TOPIC: "gt_labels"}
-    for topic, typ, t, raw in rec.read_bag(bag):
-        msg = rec.deserialize(raw, typ)
+    for topic, typ, _t, raw in read_bag(bag):
+        msg = deserialize(raw, typ)
         if topic == rec.GT_VOXELS_TOPIC:
             gt_voxels = msg
         elif topic in names:
-            s = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            s = stamp_to_ns(msg.header.stamp)
             by_stamp.setdefault(s, {})[names[topic]] = msg
     views = [by_stamp[s] for s in sorted(by_stamp)]
     missing = [i for i, v in enumerate(views) if set(v) != set(names.values())]
@@ -273,7 +168,7 @@ def _restamp(msg, stamp) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="instseg demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="demo_out", help="output directory (created; existing files replaced)")
-    ap.add_argument("--bag", default=str(rec.DEMO_BAG), help="recording to play (rosbag2 directory)")
+    ap.add_argument("--bag", default=str(DEMO_BAG), help="recording to play (rosbag2 directory)")
     ap.add_argument("--rate", type=float, default=2.0, help="views published per second (at most)")
     ap.add_argument("--free-run", action="store_true",
                     help="publish at --rate without waiting for the camera node's output of each view (a slow "
@@ -301,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     from visualization_msgs.msg import MarkerArray
 
     from instseg_ros.msg import ObjectInstanceArray
-    from instseg_ros.ros.conversions import image_to_array, image_to_rgb, msg_to_labeled_cloud, ns_to_stamp
+    from instseg_ros.ros.conversions import image_to_array, image_to_rgb, msg_to_labeled_cloud, ns_to_stamp, stamp_to_ns
     from instseg_ros.ros.graph import wait_until
-    from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command
+    from instseg_ros.ros.tools.launcher import Collector, FramePublisher, NodeProcess, node_command
 
     cfg_dir = package_root() / "config"
     remaps = {"color/image_raw": rec.COLOR_TOPIC, "aligned_depth_to_color/image_raw": rec.DEPTH_TOPIC,
@@ -341,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         pub = FramePublisher(node, rec.CAMERA_NS)
         pose_pub = node.create_publisher(type(views[0]["pose"]), rec.POSE_TOPIC, 10)
         col = Collector(node, types)
-        failed = lambda: not all(p.alive() for p in procs) or any("autostart:" in p.output() for p in procs)
+
+        def failed() -> bool:
+            return not all(p.alive() for p in procs) or any("autostart:" in p.output() for p in procs)
+
         ok = wait_until(lambda: all(p.get_subscription_count() >= 2 for p in pub.publishers)
                         and pose_pub.get_subscription_count() >= 2 or failed(), STARTUP_TIMEOUT_S)
         if not ok or failed():
@@ -391,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---------------------------------------------------------------------------- outputs
     bag_out = out / "outputs"
-    with rec.BagWriter(bag_out) as bw:
+    with BagWriter(bag_out) as bw:
         for topic in types:
             for recv, msg in col.get(topic):
                 bw.write(topic, msg, recv)
@@ -399,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
 
     by_stamp = {}
     for recv, m in col.get(cn_out["instances"]):
-        by_stamp[m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec] = (recv, m)
-    labels_by_stamp = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec: m
+        by_stamp[stamp_to_ns(m.header.stamp)] = (recv, m)
+    labels_by_stamp = {stamp_to_ns(m.header.stamp): m
                        for _, m in col.get(cn_out["labels"])}
     from instseg_ros.ros.node_params import ClusterNetNodeConfig, config_from_yaml
 
@@ -422,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                 pred = image_to_array(labels_by_stamp[s], metres=False).astype(np.int64)
                 acc = match_instances(pred, gt)
                 entry["accuracy_2d"] = acc
-                entry["centroid_errors_m"] = centroid_errors(m, acc["pairs"], gt, v["depth"], v["info"])
+                entry["centroid_errors_m"] = centroid_errors_from_messages(m, acc["pairs"], gt, v["depth"], v["info"])
                 save_overlay(out / "overlays" / f"view_{k:02d}.png", image_to_rgb(v["color"]), pred, gt,
                              f"view {k}: latency {entry['latency_ms']:.0f} ms")
         frames.append(entry)
@@ -495,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stamps_seen(msgs, stamps) -> int:
-    seen = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for _, m in msgs}
+    from instseg_ros.ros.conversions import stamp_to_ns
+
+    seen = {stamp_to_ns(m.header.stamp) for _, m in msgs}
     return sum(s in seen for s in stamps)
 
 

@@ -1,6 +1,6 @@
 """A publisher process for real-graph tests and ``instseg bench ros``.
 
-``python -m instseg_ros.ros.peer --prefix /t123 --images 10 --clouds 5 --instances 10`` publishes
+``python -m instseg_ros.ros.tools.peer --prefix /t123 --images 10 --clouds 5 --instances 10`` publishes
 deterministic payloads on
 
 * ``<prefix>/color``     sensor_msgs/Image rgb8 640x480,
@@ -85,7 +85,7 @@ def expected_instances(k: int, n: int = 6) -> Instances:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m instseg_ros.ros.peer", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m instseg_ros.ros.tools.peer", description=__doc__.split("\n")[0])
     ap.add_argument("--prefix", required=True, help="topic namespace, e.g. /instseg_test_1234")
     ap.add_argument("--images", type=int, default=10, help="colour + depth pairs to publish")
     ap.add_argument("--clouds", type=int, default=5, help="point clouds to publish")
@@ -199,7 +199,7 @@ class ExchangeResult:
 def run_exchange(env: dict[str, str], prefix: str | None = None, images: int = 10, clouds: int = 5,
                  instances: int = 10, points: int = 300_000, period: float = 0.05, timeout: float = 60.0,
                  slop: float = 0.01, reliability: str = "reliable") -> ExchangeResult:
-    """Spawn a peer publisher (``sys.executable -m instseg_ros.ros.peer``) and receive everything.
+    """Spawn a peer publisher (``sys.executable -m instseg_ros.ros.tools.peer``) and receive everything.
 
     ``env`` (from :func:`~instseg_ros.ros.graph.ros_environment`) is the peer's environment; this
     process must already run with the same ROS_DOMAIN_ID and profile (apply it before the first
@@ -251,7 +251,7 @@ def run_exchange(env: dict[str, str], prefix: str | None = None, images: int = 1
         executor.add_node(node)
         subs = [node.create_subscription(types[n], f"{prefix}/{n}", on_msg(n), image_qos(reliability, max(1, c)))
                 for n, c in counts.items() if c > 0]
-        cmd = [sys.executable, "-m", "instseg_ros.ros.peer", "--prefix", prefix, "--images", str(images),
+        cmd = [sys.executable, "-m", "instseg_ros.ros.tools.peer", "--prefix", prefix, "--images", str(images),
                "--clouds", str(clouds), "--instances", str(instances), "--points", str(points),
                "--period", str(period), "--linger", str(timeout), "--reliability", reliability]
         t0 = time.monotonic()

@@ -1,11 +1,9 @@
 """rosbag2 (MCAP) recordings with ``rosbags``: the shipped demo recording and the demo's output bag.
 
-rosbag2_py is not installable outside a ROS distribution; ``rosbags`` (pure Python) reads and writes
-rosbag2 directories, and the CDR bytes rclpy's ``serialize_message`` produces are exactly what a bag
-stores, so messages are built with rclpy and written as bytes.
+The bags are read and written with :mod:`instseg_ros.ros.bag` (``rosbags``, rclpy's CDR bytes).
 
 The demo recording (``instseg_ros/data/demo/bin_sequence/``) is made from a multi-view sequence of
-the synthetic generator (:func:`make_recording`; ``python -m instseg_ros.ros.recording --help``).
+the synthetic generator (:func:`make_recording`; ``python -m instseg_ros.ros.tools.recording --help``).
 Topics, as realsense2_camera 4.x names them under the default ``/camera/camera`` namespace:
 
 ==========================================================  =========================================
@@ -25,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from instseg_ros.ros.bag import DEMO_BAG, BagWriter
 
 CAMERA_NS = "/camera/camera"
 COLOR_TOPIC = f"{CAMERA_NS}/color/image_raw"
@@ -44,108 +42,12 @@ CAMERA_FRAME = "camera_color_optical_frame"
 MAP_FRAME = "map"
 #: Stamp of the first view (2026-01-01T00:00:00Z), nanoseconds.
 START_NS = 1_767_225_600 * 1_000_000_000
-#: Default location of the shipped recording.
-DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
-DEMO_BAG = DEMO_DIR / "bin_sequence"
 
 MSG_TYPES = {
     COLOR_TOPIC: "sensor_msgs/msg/Image", DEPTH_TOPIC: "sensor_msgs/msg/Image",
     INFO_TOPIC: "sensor_msgs/msg/CameraInfo", POSE_TOPIC: "geometry_msgs/msg/PoseStamped",
     GT_LABELS_TOPIC: "sensor_msgs/msg/Image", GT_VOXELS_TOPIC: "sensor_msgs/msg/PointCloud2",
 }
-
-
-def typestore():
-    """rosbags type store of ROS 2 Jazzy plus this package's messages (read from ``msg/``)."""
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
-    from instseg_ros.ros.node_common import package_root
-
-    store = get_typestore(Stores.ROS2_JAZZY)
-    types = {}
-    for name in ("ObjectInstance", "ObjectInstanceArray"):
-        path = package_root() / "msg" / f"{name}.msg"
-        types.update(get_types_from_msg(path.read_text(), f"instseg_ros/msg/{name}"))
-    store.register(types)
-    return store
-
-
-def ros_type_name(msg_or_cls) -> str:
-    """'pkg/msg/Type' of an rclpy message (instance or class)."""
-    cls = msg_or_cls if isinstance(msg_or_cls, type) else type(msg_or_cls)
-    mod = cls.__module__.split(".")  # e.g. sensor_msgs.msg._image
-    return f"{mod[0]}/msg/{cls.__name__}"
-
-
-class BagWriter:
-    """rosbag2 MCAP writer (zstd chunk compression) taking rclpy messages or CDR bytes; topics are
-    added on first use."""
-
-    def __init__(self, path: str | Path, overwrite: bool = True, compress: bool = True) -> None:
-        from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
-
-        self.path = Path(path)
-        if self.path.exists():
-            if not overwrite:
-                raise FileExistsError(f"{self.path} exists")
-            shutil.rmtree(self.path)
-        self._store = typestore()
-        self._writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
-        if compress:
-            self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
-        self._writer.open()
-        self._conns: dict[str, object] = {}
-        self.counts: dict[str, int] = {}
-
-    def write(self, topic: str, msg, stamp_ns: int, msgtype: str | None = None) -> None:
-        """Write ``msg`` (an rclpy message, or CDR bytes with ``msgtype``) at ``stamp_ns``."""
-        from rclpy.serialization import serialize_message
-
-        if isinstance(msg, (bytes, bytearray, memoryview)):
-            if msgtype is None:
-                raise ValueError("msgtype is needed to write serialized bytes")
-            data = bytes(msg)
-        else:
-            msgtype = msgtype or ros_type_name(msg)
-            data = serialize_message(msg)
-        if topic not in self._conns:
-            self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self._store)
-            self.counts[topic] = 0
-        self._writer.write(self._conns[topic], int(stamp_ns), data)
-        self.counts[topic] += 1
-
-    def close(self) -> None:
-        self._writer.close()
-
-    def __enter__(self) -> BagWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def read_bag(path: str | Path, topics: list[str] | None = None) -> Iterator[tuple[str, str, int, bytes]]:
-    """(topic, msgtype, bag timestamp ns, CDR bytes) in time order; ValueError if ``path`` is no bag."""
-    from rosbags.rosbag2 import Reader
-
-    p = Path(path)
-    if not (p / "metadata.yaml").is_file():
-        raise ValueError(f"{p} is not a rosbag2 directory (no metadata.yaml)")
-    with Reader(p) as reader:
-        conns = [c for c in reader.connections if topics is None or c.topic in topics]
-        for conn, t, raw in reader.messages(connections=conns):
-            yield conn.topic, conn.msgtype, int(t), bytes(raw)
-
-
-def deserialize(raw: bytes, msgtype: str):
-    """CDR bytes -> rclpy message of ``msgtype`` ('pkg/msg/Type')."""
-    import importlib
-
-    from rclpy.serialization import deserialize_message
-
-    pkg, _, name = msgtype.split("/")
-    cls = getattr(importlib.import_module(f"{pkg}.msg"), name)
-    return deserialize_message(raw, cls)
 
 
 def make_recording(seq_dir: str | Path, out: str | Path, period_s: float = 0.5, max_views: int | None = None) -> dict:
@@ -155,7 +57,7 @@ def make_recording(seq_dir: str | Path, out: str | Path, period_s: float = 0.5, 
     """
     from instseg_ros.data.io import load_sequence
     from instseg_ros.ros.conversions import array_to_image, intrinsics_to_camera_info, labeled_cloud_to_msg
-    from instseg_ros.ros.launcher import make_header, pose_msg
+    from instseg_ros.ros.tools.launcher import make_header, pose_msg
 
     seq = load_sequence(seq_dir)
     views = seq["views"][:max_views] if max_views else seq["views"]
@@ -189,7 +91,7 @@ def make_recording(seq_dir: str | Path, out: str | Path, period_s: float = 0.5, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m instseg_ros.ros.recording",
+    ap = argparse.ArgumentParser(prog="python -m instseg_ros.ros.tools.recording",
                                  description="write the demo rosbag2 (MCAP) from a generator sequence")
     ap.add_argument("--sequence", required=True, help="<root>/sequences/<split>/<sid> of `instseg generate`")
     ap.add_argument("--out", default=str(DEMO_BAG), help=f"bag directory (default {DEMO_BAG})")

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from instseg_ros.ros.graph import reliable_qos
+
 #: node executable name -> module run with ``python -m``.
 NODE_MODULES = {
     "clusternet_node": "instseg_ros.ros.clusternet_node",
@@ -90,13 +92,6 @@ class NodeProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def reliable_qos(depth: int = 10):
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
 
 
 def make_header(stamp_ns: int, frame_id: str):

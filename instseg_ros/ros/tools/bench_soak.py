@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from instseg_ros.ros import recording as rec
+from instseg_ros.ros.bag import DEMO_BAG
 from instseg_ros.ros.graph import apply_ros_environment, ros_environment
 from instseg_ros.ros.node_common import package_root
 
@@ -69,14 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-s", type=float, default=30.0, help="seconds excluded from the RSS slope")
     ap.add_argument("--model", default="", help="weights ('' = the shipped model)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--bag", default=str(rec.DEMO_BAG), help="recording whose views are sent")
+    ap.add_argument("--bag", default=str(DEMO_BAG), help="recording whose views are sent")
     ap.add_argument("--log", default=os.path.join(tempfile.gettempdir(), "instseg_bench_soak.log"),
                     help="node output (default: the system's temporary folder, not the working directory)")
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="extra node parameter (repeatable), e.g. network_height=240")
     a = ap.parse_args(argv)
 
-    from instseg_ros.ros.demo import load_views
+    from instseg_ros.ros.tools.demo import load_views
 
     views, _, _ = load_views(Path(a.bag))
     env = ros_environment()
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     from instseg_ros.msg import ObjectInstanceArray
-    from instseg_ros.ros.conversions import ns_to_stamp
-    from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command, spin_until
+    from instseg_ros.ros.conversions import ns_to_stamp, stamp_to_ns
+    from instseg_ros.ros.tools.launcher import Collector, FramePublisher, NodeProcess, node_command, spin_until
 
     name = "clusternet_node" if a.node == "camera" else "occuseg_mapping_node"
     params = {"device": a.device, "diagnostics_period_s": 1.0}
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     y = np.array([m for _, m in rss])
     after = t >= a.warmup_s
     drops = {c: int(float(diag.get(c, 0))) for c in DROP_COUNTERS}
-    answered = len({m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for _, m in col.get(out_topic)})
+    answered = len({stamp_to_ns(m.header.stamp) for _, m in col.get(out_topic)})
     if a.node == "camera":
         drops["unanswered"] = len(sent) - answered
     result = {
@@ -202,9 +202,11 @@ def main(argv: list[str] | None = None) -> int:
 def _minute(col, topic: str, sent: list[int], start: float, end: float, sent0: int, out0: int,
             integ: list[float]) -> dict:
     """Latency percentiles and rates of one minute window (camera: per answered frame sent in it)."""
+    from instseg_ros.ros.conversions import stamp_to_ns
+
     window = set(sent[sent0:])
-    lat = [(recv - (m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec)) * 1e-6
-           for recv, m in col.get(topic) if m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec in window]
+    lat = [(recv - stamp_to_ns(m.header.stamp)) * 1e-6
+           for recv, m in col.get(topic) if stamp_to_ns(m.header.stamp) in window]
     span = max(end - start, 1e-9)
     out = {"sent_per_s": (len(sent) - sent0) / span, "outputs_per_s": (col.count(topic) - out0) / span}
     if lat:

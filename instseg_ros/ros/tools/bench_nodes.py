@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from instseg_ros.ros import recording as rec
+from instseg_ros.ros.bag import DEMO_BAG
 from instseg_ros.ros.graph import apply_ros_environment, ros_environment
 from instseg_ros.ros.node_common import package_root
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="publishing time per rate")
     ap.add_argument("--model", default="", help="ClusterNet weights ('' = models/clusternet_lite.pt)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--bag", default=str(rec.DEMO_BAG), help="recording whose views are sent")
+    ap.add_argument("--bag", default=str(DEMO_BAG), help="recording whose views are sent")
     ap.add_argument("--log", default="bench_nodes.log", help="node output (one file per backend: <stem>.<backend>.log)")
     ap.add_argument("--backends", default="",
                     help="comma-separated node 'backend' values to run one after the other, e.g. torch,onnxruntime "
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"--backends: unknown {bad}; choose from {CLUSTERNET_BACKENDS}")
 
-    from instseg_ros.ros.demo import load_views
+    from instseg_ros.ros.tools.demo import load_views
 
     views, _, _ = load_views(Path(a.bag))
     env = ros_environment()
@@ -75,8 +75,8 @@ def _run_node(a, views, env, backend: str, log: str) -> tuple[str, dict]:
     from rclpy.executors import SingleThreadedExecutor
 
     from instseg_ros.msg import ObjectInstanceArray
-    from instseg_ros.ros.conversions import ns_to_stamp
-    from instseg_ros.ros.launcher import Collector, FramePublisher, NodeProcess, node_command, spin_until
+    from instseg_ros.ros.conversions import ns_to_stamp, stamp_to_ns
+    from instseg_ros.ros.tools.launcher import Collector, FramePublisher, NodeProcess, node_command, spin_until
 
     params = {"device": a.device, "diagnostics_period_s": 5.0}
     if backend:
@@ -84,9 +84,10 @@ def _run_node(a, views, env, backend: str, log: str) -> tuple[str, dict]:
     if a.model:
         params["model_path"] = str(Path(a.model).resolve())
     cmd = node_command("clusternet_node", params_file=package_root() / "config" / "clusternet_node.yaml",
-                       params=params, remaps={"color/image_raw": "/bench/color/image_raw",
-                                              "aligned_depth_to_color/image_raw": "/bench/aligned_depth_to_color/image_raw",
-                                              "color/camera_info": "/bench/color/camera_info"})
+                       params=params,
+                       remaps={"color/image_raw": "/bench/color/image_raw",
+                               "aligned_depth_to_color/image_raw": "/bench/aligned_depth_to_color/image_raw",
+                               "color/camera_info": "/bench/color/camera_info"})
     rclpy.init()
     node = rclpy.create_node("instseg_bench_nodes")
     ex = SingleThreadedExecutor()
@@ -106,7 +107,7 @@ def _run_node(a, views, env, backend: str, log: str) -> tuple[str, dict]:
         for v in views[:2]:
             _publish(pub, v, ns_to_stamp(time.time_ns()))
             n = col.count("/clusternet_node/instances")
-            spin_until(ex, lambda: col.count("/clusternet_node/instances") > n, 60.0)
+            spin_until(ex, lambda n=n: col.count("/clusternet_node/instances") > n, 60.0)
         for rate in a.rates:
             col.messages["/clusternet_node/instances"].clear()
             stamps = []
@@ -128,9 +129,9 @@ def _run_node(a, views, env, backend: str, log: str) -> tuple[str, dict]:
             t_end = time.monotonic()
             spin_until(ex, lambda: False, 3.0)  # the frame in flight
             sent = set(stamps)
-            lat = [(recv - (m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec)) * 1e-6
+            lat = [(recv - stamp_to_ns(m.header.stamp)) * 1e-6
                    for recv, m in col.get("/clusternet_node/instances")
-                   if m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec in sent]
+                   if stamp_to_ns(m.header.stamp) in sent]
             results[f"{rate:g}hz"] = {
                 "sent": len(stamps), "answered": len(lat), "drop_fraction": 1 - len(lat) / max(len(stamps), 1),
                 "throughput_hz": len(lat) / (t_end - t0),

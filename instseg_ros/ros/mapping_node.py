@@ -69,12 +69,12 @@ class MappingNode(nc.LifecycleTeardown, LifecycleNode):
                                            cfg.tf_timeout_s, cfg.quaternion_tolerance, cfg.world_bound_m)
             self._poses.start()
             self._model_path = nc.resolve_model_path(cfg.model_path, DEFAULT_MODEL)
-            session_cfg = cfg.session_config(float(load_checkpoint(self._model_path)["voxel_size"]))
+            model_voxel_size = float(load_checkpoint(self._model_path)["voxel_size"])
+            self._session = MapSession(cfg.session_config(model_voxel_size), self.get_logger(),
+                                       on_update=lambda r: self._publish_map(r.instances, r.stamp_ns))
         except MODEL_ERRORS as e:  # bad parameters, no tf2_ros for pose_source=tf, no readable model
             self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
-        self._session = MapSession(session_cfg, self.get_logger(),
-                                   on_update=lambda r: self._publish_map(r.instances, r.stamp_ns))
         qos = QoSProfile(depth=OUTPUT_HISTORY, reliability=ReliabilityPolicy.RELIABLE)
         self._pubs = {name: self.create_lifecycle_publisher(t, f"~/{name}", qos) for name, t in
                       (("map_cloud", PointCloud2), ("instances", ObjectInstanceArray), ("markers", MarkerArray))}
@@ -87,7 +87,7 @@ class MappingNode(nc.LifecycleTeardown, LifecycleNode):
         self._tmrs = [self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics)]
         if cfg.segment_period_s > 0:  # does nothing while inactive
             self._tmrs.append(self.create_timer(cfg.segment_period_s, self._periodic_segment))
-        self.get_logger().info(f"configured: {cfg}; map voxel_size {session_cfg.tsdf.voxel_size} m")
+        self.get_logger().info(f"configured: {cfg}; map voxel_size {self._session.voxel_size} m")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:

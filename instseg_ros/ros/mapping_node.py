@@ -28,10 +28,9 @@ from instseg_ros.mapping.session import MapSession, NotSegmentable
 from instseg_ros.msg import ObjectInstanceArray
 from instseg_ros.ros import node_common as nc
 from instseg_ros.ros.conversions import instances_to_markers, instances_to_msg, labeled_cloud_to_msg, ns_to_stamp
-from instseg_ros.ros.graph import image_qos
 from instseg_ros.ros.node_params import MappingNodeConfig, declare_config, read_config
 from instseg_ros.ros.pose_source import CameraPoseSource
-from instseg_ros.ros.sync import ApproximateTimeSynchronizer, stamp_of
+from instseg_ros.ros.sync import stamp_of
 from instseg_ros.ros.topics import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_HISTORY, POSE_TOPIC
 
 #: Weights loaded when ``model_path`` is "".
@@ -106,14 +105,9 @@ class MappingNode(nc.LifecycleTeardown, LifecycleNode):
         self._stamps = nc.StampGuard(cfg.future_stamp_tolerance_s, cfg.stamp_jump_reset_s)
         self._worker = nc.LatestFrameWorker(self._integrate, self._on_frame_error, name="mapping-integrate")
         self._seg_worker = nc.LatestFrameWorker(lambda _: self._segment(), self._on_segment_error, name="map-segment")
-        topics = [DEPTH_TOPIC, COLOR_TOPIC, INFO_TOPIC] + ([POSE_TOPIC] if self._poses.needs_topic else [])
-        self._sync = ApproximateTimeSynchronizer(len(topics), self._on_synced, queue_size=cfg.queue_size, slop=cfg.slop)
-        self._sync_watch = nc.SyncWatch(topics)
-        qos = image_qos(cfg.input_reliability, cfg.input_history)
-        # poses are small: reliable with a deep history, so none is lost while images queue
-        pose_qos = QoSProfile(depth=max(50, cfg.queue_size), reliability=ReliabilityPolicy.RELIABLE)
-        self._subs = [self.create_subscription(t, name, self._sync.input_callback(i), pose_qos if i == 3 else qos)
-                      for i, (t, name) in enumerate(zip([Image, Image, CameraInfo, PoseStamped], topics))]
+        inputs = [(Image, DEPTH_TOPIC), (Image, COLOR_TOPIC), (CameraInfo, INFO_TOPIC)]
+        inputs += [(PoseStamped, POSE_TOPIC)] if self._poses.needs_topic else []
+        self._sync, self._sync_watch, self._subs = nc.subscribe_synced(self, inputs, self._on_synced, cfg)
         return super().on_activate(state)
 
     def _stop_processing(self) -> None:

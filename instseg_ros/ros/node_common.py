@@ -533,6 +533,33 @@ class SyncWatch:
                 f"stamps differ by more than slop")
 
 
+#: Least history of a PoseStamped input (a pose is small: a deep reliable queue loses none while images queue).
+POSE_HISTORY = 50
+
+
+def subscribe_synced(node, inputs: list[tuple[type, str]], callback: Callable, cfg) -> tuple[Any, SyncWatch, list]:
+    """Subscribe ``node`` to ``inputs`` ([(message type, topic), ...]) through one approximate-time
+    synchronizer that calls ``callback`` with one message per input, in that order.
+
+    Images and camera_info get the image QoS of ``cfg.input_reliability`` / ``cfg.input_history``; a
+    PoseStamped is reliable with a history of max(:data:`POSE_HISTORY`, ``cfg.queue_size``). ``cfg``: a
+    node config with queue_size, slop, input_reliability, input_history.
+    Returns (the :class:`~instseg_ros.ros.sync.ApproximateTimeSynchronizer`, a :class:`SyncWatch` over
+    the topics, the subscriptions)."""
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from instseg_ros.ros.graph import image_qos
+    from instseg_ros.ros.sync import ApproximateTimeSynchronizer
+
+    sync = ApproximateTimeSynchronizer(len(inputs), callback, queue_size=cfg.queue_size, slop=cfg.slop)
+    image = image_qos(cfg.input_reliability, cfg.input_history)
+    pose = QoSProfile(depth=max(POSE_HISTORY, cfg.queue_size), reliability=ReliabilityPolicy.RELIABLE)
+    subs = [node.create_subscription(t, topic, sync.input_callback(i), pose if t is PoseStamped else image)
+            for i, (t, topic) in enumerate(inputs)]
+    return sync, SyncWatch([topic for _, topic in inputs]), subs
+
+
 def sync_values(stats) -> dict[str, Any]:
     """A node's synchronizer figures for /diagnostics from its :class:`~instseg_ros.ros.sync.SyncStats`
     (None before activate: zeros); per-input lists comma-separated in input order."""

@@ -63,7 +63,7 @@ def _tiled(scenes: list[SurfaceVoxels], n_target: int) -> SurfaceVoxels:
 
 def bench_segmenter(checkpoint: str | None, sizes: list[int], scene_cache: str | None, repeats: int,
                     device: str) -> dict:
-    from instseg_ros.occuseg.network import NetConfig, OccuSegNet
+    from instseg_ros.occuseg.model import NetConfig, OccuSegNet
     from instseg_ros.occuseg.segmenter import MapSegmenter, SegmenterConfig
 
     if checkpoint:

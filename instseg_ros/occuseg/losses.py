@@ -1,7 +1,7 @@
 """OccuSeg losses, eq. (1)-(10) of the paper, for one scene.
 
 Notation: V voxels; instance ids > 0 (0 = background, excluded from the instance terms);
-C = number of instances; positions mu and offsets d in normalised units (see network.py).
+C = number of instances; positions mu and offsets d in normalised units (see model.py).
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def occuseg_loss(out, pos: torch.Tensor, semantic: torch.Tensor, instance: torch
     """Eq. (1): L_joint = L_c + L_sp + (L_var + L_dist + L_reg) + L_cov + L_o for one scene.
 
     Args:
-        out: :class:`~instseg_ros.occuseg.network.HeadOutputs`.
+        out: :class:`~instseg_ros.occuseg.model.HeadOutputs`.
         pos: float32 (V, 3) voxel positions, normalised units.
         semantic: int64 (V,) class per voxel (0 = background; ``ignore_index`` = unlabelled).
         instance: int64 (V,) instance id per voxel (0 = background / unlabelled).

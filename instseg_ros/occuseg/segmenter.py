@@ -13,7 +13,7 @@ from instseg_ros.core.instances import Instances
 from instseg_ros.mapping.tsdf import SurfaceVoxels, TsdfMap
 
 from .clustering import ClusterConfig, ClusterResult, cluster_voxels
-from .network import NetConfig, OccuSegNet, voxel_features
+from .model import NetConfig, OccuSegNet, voxel_features
 from .sparse import sparse_threads
 from .supervoxels import SupervoxelConfig, supervoxels
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from instseg_ros.occuseg.losses import covariance_loss, feature_losses, occupancy_loss, occuseg_loss, spatial_loss
+from instseg_ros.occuseg.loss import covariance_loss, feature_losses, occupancy_loss, occuseg_loss, spatial_loss
 from instseg_ros.occuseg.model import HeadOutputs
 
 T = torch.tensor

@@ -72,7 +72,7 @@ def bench_segmenter(checkpoint: str | None, sizes: list[int], scene_cache: str |
         seg = MapSegmenter(OccuSegNet(NetConfig()), SegmenterConfig(), device=device)
     scenes = []
     if scene_cache:
-        from instseg_ros.occuseg.data import load_scene
+        from instseg_ros.occuseg.dataset import load_scene
 
         scenes = [load_scene(p).sv for p in sorted(glob.glob(f"{scene_cache}/*.npz"))[:20]]
         scenes = [s for s in scenes if len(s)]

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from instseg_ros.mapping.tsdf import TsdfConfig
 
-from .data import Scene, augment, load_scene, prepare_scenes
+from .dataset import Scene, augment, load_scene, prepare_scenes
 from .loss import LossWeights, occuseg_loss
 from .model import NetConfig, OccuSegNet, voxel_features
 from .segmenter import net_config_from_dict, save_checkpoint

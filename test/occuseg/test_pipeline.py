@@ -11,7 +11,7 @@ from instseg_ros.data import io
 from instseg_ros.data.mesh_render import box_mesh, intrinsics, look_at, render
 from instseg_ros.mapping import TsdfConfig, TsdfMap
 from instseg_ros.occuseg import MapSegmenter
-from instseg_ros.occuseg.data import build_scene, transfer_labels
+from instseg_ros.occuseg.dataset import build_scene, transfer_labels
 
 W, H = 160, 120
 VOX = 0.01
@@ -111,7 +111,7 @@ def test_train_resume_segment_evaluate(dataset, tmp_path):
 def test_prepare_scenes_skips_sequences_still_being_written(dataset, tmp_path):
     import shutil
 
-    from instseg_ros.occuseg.data import prepare_scenes
+    from instseg_ros.occuseg.dataset import prepare_scenes
 
     root = tmp_path / "root"
     shutil.copytree(dataset / "sequences" / "train", root / "sequences" / "train")

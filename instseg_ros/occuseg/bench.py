@@ -63,8 +63,9 @@ def _tiled(scenes: list[SurfaceVoxels], n_target: int) -> SurfaceVoxels:
 
 def bench_segmenter(checkpoint: str | None, sizes: list[int], scene_cache: str | None, repeats: int,
                     device: str) -> dict:
-    from instseg_ros.occuseg.model import NetConfig, OccuSegNet
-    from instseg_ros.occuseg.segmenter import MapSegmenter, SegmenterConfig
+    from instseg_ros.occuseg.config import NetConfig, SegmenterConfig
+    from instseg_ros.occuseg.model import OccuSegNet
+    from instseg_ros.occuseg.segmenter import MapSegmenter
 
     if checkpoint:
         seg = MapSegmenter.from_checkpoint(checkpoint, device=device)

@@ -5,25 +5,14 @@ C = number of instances; positions mu and offsets d in normalised units (see mod
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+
+from .config import LossWeights
 
 DELTA_V = 0.1      #: eq. (5) intra-instance hinge
 DELTA_D = 1.5      #: eq. (6) inter-instance hinge (centres pushed 2 * delta_d apart)
 P_EPS = 1e-6       #: clamp of p_i in the BCE of eq. (9)
-
-
-@dataclass
-class LossWeights:
-    """Multipliers of the terms of eq. (1)/(2); 0 switches a term off (ablation training)."""
-
-    semantic: float = 1.0
-    spatial: float = 1.0
-    feature: float = 1.0
-    covariance: float = 1.0
-    occupancy: float = 1.0
 
 
 def _instance_index(instance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

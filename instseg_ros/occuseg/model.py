@@ -11,35 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import NetConfig
 from .sparse import import_spconv
 
 spconv = import_spconv()
 
 #: Input feature channels: RGB in [-0.5, 0.5], unit normal, height z (m) / spatial_scale.
 IN_CHANNELS = 7
-
-
-@dataclass
-class NetConfig:
-    """Network hyper-parameters.
-
-    num_classes: semantic classes incl. background 0 (1 + shape families).
-    channels: feature width per U-Net level (len = levels; each level below the first halves the grid).
-    embed_dim: feature-embedding dimension of s_i.
-    spatial_scale: metres per normalised unit for positions, offsets and sigma_d.
-    reps: SubMConv3d blocks per level on each side.
-    """
-
-    num_classes: int = 10
-    channels: tuple[int, ...] = (16, 32, 48, 64)
-    embed_dim: int = 8
-    spatial_scale: float = 0.05
-    reps: int = 1
-
-    def __post_init__(self) -> None:
-        self.channels = tuple(int(c) for c in self.channels)
-        if self.num_classes < 2 or len(self.channels) < 1 or self.embed_dim < 1 or self.spatial_scale <= 0:
-            raise ValueError(f"invalid NetConfig {self}")
 
 
 @dataclass

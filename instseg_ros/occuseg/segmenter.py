@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -13,23 +13,14 @@ from instseg_ros.core.instances import Instances
 from instseg_ros.mapping.tsdf import SurfaceVoxels, TsdfMap
 
 from .clustering import ClusterConfig, ClusterResult, cluster_voxels
-from .model import NetConfig, OccuSegNet, voxel_features
+from .config import SegmenterConfig, net_config_from_dict
+from .model import OccuSegNet, voxel_features
 from .sparse import sparse_threads
 from .supervoxels import SupervoxelConfig, supervoxels
 
 _log = logging.getLogger("instseg_ros.occuseg")
 
 CHECKPOINT_FORMAT = "occuseg-v1"
-
-
-@dataclass
-class SegmenterConfig:
-    """Everything inference needs besides the weights."""
-
-    net: NetConfig = field(default_factory=NetConfig)
-    supervoxel: SupervoxelConfig = field(default_factory=SupervoxelConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    voxel_size: float = 0.005
 
 
 @dataclass
@@ -41,12 +32,6 @@ class VoxelPredictions:
     centre: np.ndarray      # float32 (V, 3) mu_i + d_i
     sigma: np.ndarray       # float32 (V, 2)
     log_occ: np.ndarray     # float32 (V,)
-
-
-def net_config_from_dict(d: dict) -> NetConfig:
-    d = dict(d)
-    d["channels"] = tuple(d.get("channels", NetConfig.channels))
-    return NetConfig(**d)
 
 
 def save_checkpoint(path: str, model: OccuSegNet, voxel_size: float, extra: dict | None = None) -> None:

@@ -12,60 +12,23 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from instseg_ros.mapping.tsdf import TsdfConfig
 
+from .config import TrainConfig, net_config_from_dict
 from .dataset import Scene, augment, load_scene, prepare_scenes
-from .loss import LossWeights, occuseg_loss
-from .model import NetConfig, OccuSegNet, voxel_features
-from .segmenter import net_config_from_dict, save_checkpoint
+from .loss import occuseg_loss
+from .model import OccuSegNet, voxel_features
+from .segmenter import save_checkpoint
 from .sparse import sparse_threads
 
 _log = logging.getLogger("instseg_ros.occuseg.train")
-
-
-@dataclass
-class TrainConfig:
-    """Training run settings (YAML keys of the same names; ``net`` and ``loss`` are nested mappings)."""
-
-    data_root: str = "/work/data_out/occuseg"
-    train_split: str = "train"
-    cache_dir: str = ""                       # default <data_root>/cache
-    voxel_size: float = 0.005
-    depth_max: float = 2.0
-    use_gt_depth: bool = False
-    out_dir: str = "runs/occuseg"
-    export: str = ""                          # shippable checkpoint path written at each save
-    steps: int = 2000
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    ckpt_every: int = 100
-    max_voxels: int = 200000
-    seed: int = 0
-    limit_scenes: int = 0
-    rescan_every: int = 0                     # steps; > 0 picks up sequences generated while training
-    init_from: str = ""                       # fine-tune: start from this checkpoint's weights (new optimiser)
-    net: NetConfig = field(default_factory=NetConfig)
-    loss: LossWeights = field(default_factory=LossWeights)
-
-    @classmethod
-    def from_yaml(cls, path: str) -> TrainConfig:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        net = net_config_from_dict(raw.pop("net", {}) or {})
-        loss = LossWeights(**(raw.pop("loss", {}) or {}))
-        return cls(net=net, loss=loss, **raw)
 
 
 def scene_tensors(s: Scene, spatial_scale: float):

@@ -125,7 +125,8 @@ def test_init_from_starts_at_the_given_weights(dataset, tmp_path):
     import torch
 
     from instseg_ros.occuseg import train
-    from instseg_ros.occuseg.model import NetConfig, OccuSegNet
+    from instseg_ros.occuseg.config import NetConfig
+    from instseg_ros.occuseg.model import OccuSegNet
     from instseg_ros.occuseg.segmenter import load_checkpoint, save_checkpoint
 
     net = {"num_classes": 2, "channels": [8, 16], "embed_dim": 4, "spatial_scale": 0.05}
@@ -163,7 +164,8 @@ def test_inference_config_travels_with_the_checkpoint(tmp_path):
     import torch
 
     from instseg_ros.occuseg.clustering import ClusterConfig
-    from instseg_ros.occuseg.model import NetConfig, OccuSegNet
+    from instseg_ros.occuseg.config import NetConfig
+    from instseg_ros.occuseg.model import OccuSegNet
     from instseg_ros.occuseg.segmenter import save_checkpoint, set_inference_config
     from instseg_ros.occuseg.supervoxels import SupervoxelConfig
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ from instseg_ros.core.geometry import moments
 from instseg_ros.core.instances import Instances
 from instseg_ros.mapping.tsdf import SurfaceVoxels, TsdfMap
 
+from .checkpoint import _stored_config, load_checkpoint
 from .clustering import ClusterConfig, ClusterResult, cluster_voxels
 from .config import SegmenterConfig, net_config_from_dict
 from .model import OccuSegNet, voxel_features
@@ -19,8 +20,6 @@ from .sparse import sparse_threads
 from .supervoxels import SupervoxelConfig, supervoxels
 
 _log = logging.getLogger("instseg_ros.occuseg")
-
-CHECKPOINT_FORMAT = "occuseg-v1"
 
 
 @dataclass
@@ -32,47 +31,6 @@ class VoxelPredictions:
     centre: np.ndarray      # float32 (V, 3) mu_i + d_i
     sigma: np.ndarray       # float32 (V, 2)
     log_occ: np.ndarray     # float32 (V,)
-
-
-def save_checkpoint(path: str, model: OccuSegNet, voxel_size: float, extra: dict | None = None) -> None:
-    """Write a ``weights_only``-loadable checkpoint (state dict + plain-type config)."""
-    cfg = asdict(model.cfg)
-    cfg["channels"] = list(cfg["channels"])
-    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "net_config": cfg,
-                "voxel_size": float(voxel_size), **(extra or {})}, path)
-
-
-def set_inference_config(src: str, dst: str, cluster: dict | None = None, supervoxel: dict | None = None) -> None:
-    """Copy checkpoint ``src`` to ``dst`` with clustering / supervoxel settings that
-    :meth:`MapSegmenter.from_checkpoint` applies (keys of :class:`ClusterConfig` / :class:`SupervoxelConfig`;
-    a None argument keeps what ``src`` has)."""
-    ckpt = load_checkpoint(src)
-    for key, value, cls in (("cluster", cluster, ClusterConfig), ("supervoxel", supervoxel, SupervoxelConfig)):
-        if value is not None:
-            try:
-                cls(**value)
-            except TypeError as e:
-                raise ValueError(f"{key} settings {value}: {e}; use fields of {cls.__name__}") from None
-            ckpt[key] = {k: (v if isinstance(v, (bool, int, str)) else float(v)) for k, v in value.items()}
-    torch.save(ckpt, dst)
-
-
-def _stored_config(ckpt: dict, key: str, cls, path: str):
-    d = ckpt.get(key)
-    if d is None:
-        return cls()
-    try:
-        return cls(**d)
-    except TypeError as e:
-        raise ValueError(f"{path}: stored {key} settings {d} do not fit {cls.__name__} ({e}); rewrite them with "
-                         f"set_inference_config") from None
-
-
-def load_checkpoint(path: str) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an OccuSeg checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
 
 
 class MapSegmenter:

@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from instseg_ros.mapping.tsdf import TsdfConfig
 
+from .checkpoint import save_checkpoint
 from .config import TrainConfig, net_config_from_dict
 from .dataset import Scene, augment, load_scene, prepare_scenes
 from .loss import occuseg_loss
 from .model import OccuSegNet, voxel_features
-from .segmenter import save_checkpoint
 from .sparse import sparse_threads
 
 _log = logging.getLogger("instseg_ros.occuseg.train")
@@ -83,7 +83,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> str:
     _log.info("%d training scenes, %.0f voxels on average", len(scenes), np.mean([len(s.sv) for s in scenes]))
     model = OccuSegNet(cfg.net)
     if cfg.init_from and not (resume and (out / "last.pt").exists()):
-        from .segmenter import load_checkpoint
+        from .checkpoint import load_checkpoint
 
         ck = load_checkpoint(cfg.init_from)
         if net_config_from_dict(ck["net_config"]) != cfg.net:

@@ -127,7 +127,7 @@ def test_init_from_starts_at_the_given_weights(dataset, tmp_path):
     from instseg_ros.occuseg import train
     from instseg_ros.occuseg.config import NetConfig
     from instseg_ros.occuseg.model import OccuSegNet
-    from instseg_ros.occuseg.segmenter import load_checkpoint, save_checkpoint
+    from instseg_ros.occuseg.checkpoint import load_checkpoint, save_checkpoint
 
     net = {"num_classes": 2, "channels": [8, 16], "embed_dim": 4, "spatial_scale": 0.05}
     torch.manual_seed(123)
@@ -166,7 +166,7 @@ def test_inference_config_travels_with_the_checkpoint(tmp_path):
     from instseg_ros.occuseg.clustering import ClusterConfig
     from instseg_ros.occuseg.config import NetConfig
     from instseg_ros.occuseg.model import OccuSegNet
-    from instseg_ros.occuseg.segmenter import save_checkpoint, set_inference_config
+    from instseg_ros.occuseg.checkpoint import save_checkpoint, set_inference_config
     from instseg_ros.occuseg.supervoxels import SupervoxelConfig
 
     save_checkpoint(str(tmp_path / "a.pt"), OccuSegNet(NetConfig(num_classes=2, channels=(8, 16))), VOX)

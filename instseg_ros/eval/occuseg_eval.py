@@ -179,7 +179,7 @@ def evaluate(checkpoint: str, data_root: str, split: str, out_dir: str, limit: i
         sc = load_scene(p)
         if len(sc.sv) == 0:
             continue
-        pred = seg.predict(sc.sv)
+        pred = seg.predict_heads(sc.sv)
         svc = supervoxels(sc.sv.coords, sc.sv.normals, sc.sv.colors, seg.config.supervoxel)
         rcs.append(occupancy_errors(sc.instance, pred.log_occ, min_gt_voxels))
         for v in variants:

@@ -20,6 +20,7 @@ from .sparse import sparse_threads
 from .supervoxels import SupervoxelConfig, supervoxels
 
 _log = logging.getLogger("instseg_ros.occuseg")
+MS_PER_S = 1e3   #: last_timings are milliseconds, as ClusterNetPredictor's
 
 
 @dataclass
@@ -34,7 +35,12 @@ class VoxelPredictions:
 
 
 class MapSegmenter:
-    """Segment the surface voxels of a TSDF map into object instances (OccuSeg)."""
+    """Segment the surface voxels of a TSDF map into object instances (OccuSeg).
+
+    :meth:`predict` returns :class:`Instances` (as ``ClusterNetPredictor.predict`` does); :meth:`predict_heads`
+    runs the network only. After each :meth:`predict`, ``last_timings`` holds milliseconds of "network",
+    "supervoxels" and "clustering" (:meth:`cluster` alone updates the last two).
+    """
 
     def __init__(self, model: OccuSegNet, config: SegmenterConfig, device: str = "auto") -> None:
         from instseg_ros.core.device import resolve_device
@@ -63,8 +69,8 @@ class MapSegmenter:
         return cls(model, cfg, device)
 
     @torch.no_grad()
-    def predict(self, sv: SurfaceVoxels) -> VoxelPredictions:
-        """Run the network on surface voxels."""
+    def predict_heads(self, sv: SurfaceVoxels) -> VoxelPredictions:
+        """Run the network on surface voxels; ValueError when there are none."""
         if len(sv) == 0:
             raise ValueError("the map has no surface voxels to segment")
         scale = self.model.cfg.spatial_scale
@@ -89,10 +95,10 @@ class MapSegmenter:
         res = cluster_voxels(sv_labels, edges, pred.centre, pred.embedding, pred.log_occ, pred.sigma,
                              pred.prob, cluster_cfg or self.config.cluster)
         t2 = time.perf_counter()
-        self.last_timings.update(supervoxels=t1 - t0, clustering=t2 - t1)
+        self.last_timings.update(supervoxels=(t1 - t0) * MS_PER_S, clustering=(t2 - t1) * MS_PER_S)
         return res
 
-    def segment(self, tsdf_map: TsdfMap | SurfaceVoxels, cluster_cfg: ClusterConfig | None = None) -> Instances:
+    def predict(self, tsdf_map: TsdfMap | SurfaceVoxels, cluster_cfg: ClusterConfig | None = None) -> Instances:
         """Segment a map.
 
         Args:
@@ -108,8 +114,8 @@ class MapSegmenter:
             return Instances(labels=np.zeros(0, np.int32), points=np.zeros((0, 3), np.float32),
                              colors=np.zeros((0, 3), np.uint8))
         t0 = time.perf_counter()
-        pred = self.predict(sv)
-        self.last_timings = {"network": time.perf_counter() - t0}
+        pred = self.predict_heads(sv)
+        self.last_timings = {"network": (time.perf_counter() - t0) * MS_PER_S}
         res = self.cluster(sv, pred, cluster_cfg)
         return instances_from_clusters(sv, res)
 

@@ -87,7 +87,7 @@ def test_train_resume_segment_evaluate(dataset, tmp_path):
     m = TsdfMap(TsdfConfig(voxel_size=VOX))
     for v in seq["views"]:
         m.integrate(v["depth"], v["rgb"], v["K"], v["T_world_camera"])
-    inst = seg.segment(m)
+    inst = seg.predict(m)
     assert isinstance(inst, Instances)
     sv = m.surface_voxels()
     assert inst.labels.shape == (len(sv),) and inst.points.shape == (len(sv), 3)
@@ -96,6 +96,7 @@ def test_train_resume_segment_evaluate(dataset, tmp_path):
         assert inst.num_points[k] == (inst.labels == i).sum()
         np.testing.assert_allclose(inst.centroids[k], sv.points[inst.labels == i].mean(0), atol=1e-5)
     assert set(seg.last_timings) == {"network", "supervoxels", "clustering"}
+    assert all(v >= 0 for v in seg.last_timings.values())
 
     out = tmp_path / "eval"
     assert occuseg_eval.main(["--checkpoint", str(tmp_path / "occuseg_tiny.pt"), "--data-root", str(dataset),

@@ -12,12 +12,12 @@ from instseg_ros.core.geometry import moments
 from instseg_ros.core.instances import Instances
 from instseg_ros.mapping.tsdf import SurfaceVoxels, TsdfMap
 
-from .checkpoint import _stored_config, load_checkpoint
+from .checkpoint import build_model, load_checkpoint
 from .clustering import ClusterConfig, ClusterResult, cluster_voxels
-from .config import SegmenterConfig, net_config_from_dict
+from .config import SegmenterConfig
 from .model import OccuSegNet, voxel_features
 from .sparse import sparse_threads
-from .supervoxels import SupervoxelConfig, supervoxels
+from .supervoxels import supervoxels
 
 _log = logging.getLogger("instseg_ros.occuseg")
 MS_PER_S = 1e3   #: last_timings are milliseconds, as ClusterNetPredictor's
@@ -53,19 +53,20 @@ class MapSegmenter:
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "auto",
                         config: SegmenterConfig | None = None) -> MapSegmenter:
-        """Load weights saved by :func:`save_checkpoint` (``torch.load(weights_only=True)``).
+        """Load weights saved by :func:`.checkpoint.save_checkpoint` (``torch.load(weights_only=True)``).
 
-        Clustering and supervoxel settings stored by :func:`set_inference_config` (tuned for the model)
-        are used unless ``config`` is given; without them the defaults (the paper's T0 = 0.5) apply.
+        Clustering and supervoxel settings stored by :func:`.checkpoint.set_inference_config` (tuned for the
+        model) are used unless ``config`` is given; without them the defaults (the paper's T0 = 0.5) apply.
+
+        Raises:
+            RuntimeError: ``path`` is missing, unreadable, not an OccuSeg checkpoint, or its weights do not
+                fit its network config (the message names the path).
+            ValueError: a stored config is invalid.
         """
         ckpt = load_checkpoint(path)
-        net_cfg = net_config_from_dict(ckpt["net_config"])
-        model = OccuSegNet(net_cfg)
-        model.load_state_dict(ckpt["model"])
-        cfg = config or SegmenterConfig(net=net_cfg, voxel_size=float(ckpt["voxel_size"]),
-                                        supervoxel=_stored_config(ckpt, "supervoxel", SupervoxelConfig, path),
-                                        cluster=_stored_config(ckpt, "cluster", ClusterConfig, path))
-        cfg.net = net_cfg
+        model = build_model(ckpt, path)
+        cfg = config or ckpt["segmenter_config"]
+        cfg.net = ckpt["model_config"]
         return cls(model, cfg, device)
 
     @torch.no_grad()

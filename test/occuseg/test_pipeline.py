@@ -157,7 +157,7 @@ def test_checkpoint_rejects_foreign_files(tmp_path):
     import torch
     p = tmp_path / "x.pt"
     torch.save({"model": {}}, p)
-    with pytest.raises(ValueError, match="not an OccuSeg checkpoint"):
+    with pytest.raises(RuntimeError, match="not an OccuSeg checkpoint"):
         MapSegmenter.from_checkpoint(str(p), device="cpu")
 
 

@@ -104,7 +104,7 @@ def occuseg_loss(out, pos: torch.Tensor, semantic: torch.Tensor, instance: torch
         semantic: int64 (V,) class per voxel (0 = background; ``ignore_index`` = unlabelled).
         instance: int64 (V,) instance id per voxel (0 = background / unlabelled).
     Returns:
-        dict of scalar tensors: "total" and each term.
+        dict of scalar tensors: "loss" (eq. 1, weighted) first, then each unweighted term.
     """
     w = weights or LossWeights()
     terms: dict[str, torch.Tensor] = {}
@@ -119,5 +119,4 @@ def occuseg_loss(out, pos: torch.Tensor, semantic: torch.Tensor, instance: torch
     total = (w.semantic * terms["semantic"] + w.spatial * terms["spatial"]
              + w.feature * (fl["var"] + fl["dist"] + fl["reg"]) + w.covariance * terms["covariance"]
              + w.occupancy * terms["occupancy"])
-    terms["total"] = total
-    return terms
+    return {"loss": total, **terms}

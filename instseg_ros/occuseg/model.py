@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import NetConfig
+from .config import LossWeights, NetConfig
 from .sparse import import_spconv
 
 spconv = import_spconv()
@@ -86,11 +86,16 @@ class SparseUNet(nn.Module):
 
 
 class OccuSegNet(nn.Module):
-    """U-Net backbone + linear heads c_i, s_i, d_i, b_i = (sigma_s, sigma_d), o_i."""
+    """U-Net backbone + linear heads c_i, s_i, d_i, b_i = (sigma_s, sigma_d), o_i, and the loss of eq. (1).
 
-    def __init__(self, cfg: NetConfig | None = None) -> None:
+    ``forward(features, coords, targets)`` returns the dict of loss terms (total under "loss") in training
+    mode and the :class:`HeadOutputs` in eval mode, as ClusterNet's model does.
+    """
+
+    def __init__(self, cfg: NetConfig | None = None, loss_weights: LossWeights | None = None) -> None:
         super().__init__()
         self.cfg = cfg or NetConfig()
+        self.loss_weights = loss_weights or LossWeights()
         c0 = self.cfg.channels[0]
         self.backbone = SparseUNet(self.cfg)
         self.head_sem = nn.Linear(c0, self.cfg.num_classes)
@@ -102,11 +107,20 @@ class OccuSegNet(nn.Module):
             self.head_occ.bias.fill_(float(np.log(500.0)))   # a typical object's surface-voxel count
             self.head_sig.bias.fill_(0.5)
 
-    def forward(self, features: torch.Tensor, coords: torch.Tensor) -> HeadOutputs:
+    def forward(self, features: torch.Tensor, coords: torch.Tensor,
+                targets: dict[str, torch.Tensor] | None = None) -> HeadOutputs | dict[str, torch.Tensor]:
         """Args:
             features: float32 (V, IN_CHANNELS), see :func:`voxel_features`.
             coords: int32 (V, 3) voxel indices (x, y, z), may be negative; batch 0.
+            targets: training mode only: "pos" float32 (V, 3) voxel positions in normalised units (metres /
+                spatial_scale), "semantic" int64 (V,) class (0 = background, -1 = unlabelled), "instance"
+                int64 (V,) id (0 = background / unlabelled).
+        Returns:
+            training mode: the loss terms of :func:`.loss.occuseg_loss` (scalar tensors, total under "loss");
+            eval mode: :class:`HeadOutputs`.
         """
+        if self.training and targets is None:
+            raise RuntimeError("OccuSegNet in training mode needs targets; call .eval() for inference")
         if features.ndim != 2 or features.shape[1] != IN_CHANNELS:
             raise ValueError(f"features must be (V, {IN_CHANNELS}), got {tuple(features.shape)}")
         if coords.shape != (features.shape[0], 3):
@@ -120,8 +134,13 @@ class OccuSegNet(nn.Module):
         x = spconv.SparseConvTensor(features, idx, shape, 1)
         f = self.backbone(x).features
         sig = nn.functional.softplus(self.head_sig(f)) + 1e-3
-        return HeadOutputs(semantic=self.head_sem(f), embedding=self.head_emb(f), offset=self.head_off(f),
-                           sigma=sig, occupancy=self.head_occ(f)[:, 0])
+        out = HeadOutputs(semantic=self.head_sem(f), embedding=self.head_emb(f), offset=self.head_off(f),
+                          sigma=sig, occupancy=self.head_occ(f)[:, 0])
+        if self.training:
+            from .loss import occuseg_loss
+
+            return occuseg_loss(out, targets["pos"], targets["semantic"], targets["instance"], self.loss_weights)
+        return out
 
 
 def voxel_features(colors: np.ndarray, normals: np.ndarray, points: np.ndarray,

@@ -24,7 +24,6 @@ from instseg_ros.mapping.tsdf import TsdfConfig
 from .checkpoint import save_checkpoint
 from .config import TrainConfig, net_config_from_dict
 from .dataset import Scene, augment, load_scene, prepare_scenes
-from .loss import occuseg_loss
 from .model import OccuSegNet, voxel_features
 from .sparse import sparse_threads
 
@@ -48,7 +47,7 @@ def _plot(history: list[dict], path: str) -> None:
 
     steps = np.array([h["step"] for h in history])
     fig, ax = plt.subplots(figsize=(8, 5))
-    for key in ("total", "semantic", "spatial", "feature_var", "feature_dist", "covariance", "occupancy"):
+    for key in ("loss", "semantic", "spatial", "feature_var", "feature_dist", "covariance", "occupancy"):
         v = np.array([h[key] for h in history])
         k = max(1, len(v) // 50)
         sm = np.convolve(v, np.ones(k) / k, mode="valid")
@@ -81,7 +80,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> str:
 
     scenes = load_all(paths)
     _log.info("%d training scenes, %.0f voxels on average", len(scenes), np.mean([len(s.sv) for s in scenes]))
-    model = OccuSegNet(cfg.net)
+    model = OccuSegNet(cfg.net, cfg.loss)
     if cfg.init_from and not (resume and (out / "last.pt").exists()):
         from .checkpoint import load_checkpoint
 
@@ -137,10 +136,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> str:
                                     s.sv.voxel_size), s.semantic[keep], s.instance[keep], s.name)
         feats, coords, pos, sem, ins = scene_tensors(s, cfg.net.spatial_scale)
         with sparse_threads("cpu"):
-            outp = model(feats, coords)
-            terms = occuseg_loss(outp, pos, sem, ins, cfg.loss)
+            terms = model(feats, coords, {"pos": pos, "semantic": sem, "instance": ins})
             opt.zero_grad(set_to_none=True)
-            terms["total"].backward()
+            terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
         sched.step()
@@ -148,7 +146,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> str:
         rec["step"] = step + 1
         rec["voxels"] = len(s.sv)
         history.append(rec)
-        bar.set_postfix(loss=f"{rec['total']:.3f}", occ=f"{rec['occupancy']:.3f}")
+        bar.set_postfix(loss=f"{rec['loss']:.3f}", occ=f"{rec['occupancy']:.3f}")
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
             save(step + 1)
         if cfg.rescan_every and (step + 1) % cfg.rescan_every == 0 and not cfg.limit_scenes:

@@ -23,8 +23,8 @@ def test_tiny_model_overfits_four_frames(tmp_path, make_scene):
                       augment=AugmentConfig(enabled=False), checkpoint_every=10 ** 6, log_every=25,
                       device="cpu", threads=1)
     res = train(cfg, frames=frames, quiet=True)
-    assert res["steps"] == STEPS and (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "loss.png").exists()
-    hist = res["history"]
+    assert res.steps == STEPS and (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "loss.png").exists()
+    hist = res.history
     assert hist[-1]["loss"] < hist[0]["loss"]
     pred = ClusterNetPredictor.from_checkpoint(str(tmp_path / "run" / "last.pt"), device="cpu",
                                                params=ClusterParams(min_size=10))

@@ -31,7 +31,7 @@ def test_train_resume_and_export(tmp_path, train_rig):
 
 def test_cosine_lr_by_hand():
     from instseg_ros.clusternet.config import train_config_from_dict
-    from instseg_ros.clusternet.train import lr_at
+    from instseg_ros.train.engine import lr_at
 
     cfg = train_config_from_dict({"lr": 1e-3, "lr_min": 1e-4, "steps": 110, "lr_schedule": "cosine"})
     # half a cosine from step 10 (run start) to 110: cos(0) = 1, cos(pi/2) = 0, cos(pi) = -1

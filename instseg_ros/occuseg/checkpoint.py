@@ -120,3 +120,12 @@ def build_model(ckpt: dict[str, Any], path: str = "checkpoint") -> OccuSegNet:
     except RuntimeError as e:
         raise RuntimeError(f"{path}: the weights do not match its net_config: {e}") from None
     return model.eval()
+
+
+def export_checkpoint(src: str, dst: str) -> str:
+    """Write a shippable copy of a training checkpoint (weights, configs, inference settings and meta; no
+    optimizer state or training config) atomically; returns dst."""
+    ckpt = load_checkpoint(src)
+    for key in (*PARSED_KEYS, "optimizer", "train_config"):
+        ckpt.pop(key, None)
+    return _atomic_save(ckpt, dst)

@@ -1,9 +1,10 @@
 """Typed configuration of OccuSeg: network, loss weights, inference and training (loaded from YAML)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-import yaml
+from instseg_ros.train.config import TrainLoopConfig, check_loop_config, read_yaml_mapping, reject_renamed_keys
 
 from .clustering import ClusterConfig
 from .supervoxels import SupervoxelConfig
@@ -60,37 +61,63 @@ def net_config_from_dict(d: dict) -> NetConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Training run settings (YAML keys of the same names; ``net`` and ``loss`` are nested mappings)."""
+class TrainConfig(TrainLoopConfig):
+    """One training run (``instseg train occuseg --config``; YAML keys of the same names, ``model`` and
+    ``loss`` nested mappings).
 
-    data_root: str = "/work/data_out/occuseg"
-    train_split: str = "train"
-    cache_dir: str = ""                       # default <data_root>/cache
+    The loop's fields (``data``, ``out_dir``, ``steps``, ``lr``, ``checkpoint_every``, ``max_frames``,
+    ``refresh_frames_every``, ``init_from``, ...) are :class:`~instseg_ros.train.config.TrainLoopConfig`'s,
+    with OccuSeg's defaults: a cosine schedule to 5 % of lr 1e-3, one record per step, the CPU. ``data`` (the
+    dataset root with ``sequences/<split>/``, relative to the working directory or absolute) is required;
+    ``max_frames`` counts sequences (fused maps); a fine-tune (``init_from``) starts at step 0.
+    cache_dir: fused-map cache (default ``<data>/cache``). voxel_size: m, TSDF voxel = network voxel.
+    depth_max: m, TSDF integration range. use_gt_depth: fuse the noise-free depth instead of the sensor-like
+    one. max_voxels: a map with more surface voxels is randomly subsampled to this many per step.
+    model: the network. loss: the term weights of eq. (1).
+    """
+
+    out_dir: str = "runs/occuseg"
+    steps: int = 2000
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    lr_min: float = 5e-5
+    weight_decay: float = 1e-5
+    device: str = "cpu"
+    checkpoint_every: int = 100
+    log_every: int = 1
+    cache_dir: str = ""
     voxel_size: float = 0.005
     depth_max: float = 2.0
     use_gt_depth: bool = False
-    out_dir: str = "runs/occuseg"
-    export: str = ""                          # shippable checkpoint path written at each save
-    steps: int = 2000
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    ckpt_every: int = 100
     max_voxels: int = 200000
-    seed: int = 0
-    limit_scenes: int = 0
-    rescan_every: int = 0                     # steps; > 0 picks up sequences generated while training
-    init_from: str = ""                       # fine-tune: start from this checkpoint's weights (new optimiser)
-    net: NetConfig = field(default_factory=NetConfig)
+    model: NetConfig = field(default_factory=NetConfig)
     loss: LossWeights = field(default_factory=LossWeights)
 
-    @classmethod
-    def from_yaml(cls, path: str) -> TrainConfig:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        net = net_config_from_dict(raw.pop("net", {}) or {})
-        loss = LossWeights(**(raw.pop("loss", {}) or {}))
-        return cls(net=net, loss=loss, **raw)
+
+#: keys of the training YAML before the engine shared clusternet's names -> their names now
+RENAMED_KEYS = {"data_root": "data", "ckpt_every": "checkpoint_every", "limit_scenes": "max_frames",
+                "rescan_every": "refresh_frames_every", "net": "model"}
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """TrainConfig from a plain dict (a YAML's top level); ValueError on unknown or renamed keys and on
+    unusable values."""
+    data = dict(data)
+    reject_renamed_keys(data, RENAMED_KEYS, "OccuSeg training config")
+    unknown = sorted(set(data) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"unknown TrainConfig keys: {unknown}")
+    model = net_config_from_dict(data.pop("model", None) or {})
+    loss = LossWeights(**(data.pop("loss", None) or {}))
+    cfg = TrainConfig(model=model, loss=loss, **data)
+    check_loop_config(cfg)
+    return cfg
+
+
+def load_train_config(path: str) -> TrainConfig:
+    """TrainConfig from a YAML file; ValueError names the file on a parse error or a bad key / value."""
+    data = read_yaml_mapping(path)
+    try:
+        return train_config_from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from e

@@ -69,17 +69,17 @@ def test_train_resume_segment_evaluate(dataset, tmp_path):
     from instseg_ros.eval import occuseg_eval
     from instseg_ros.occuseg import train
 
-    cfg = {"data_root": str(dataset), "voxel_size": VOX, "out_dir": str(tmp_path / "run"), "steps": 4,
-           "ckpt_every": 2, "export": str(tmp_path / "occuseg_tiny.pt"),
-           "net": {"num_classes": 2, "channels": [8, 16], "embed_dim": 4, "spatial_scale": 0.05}}
+    cfg = {"data": str(dataset), "voxel_size": VOX, "out_dir": str(tmp_path / "run"), "steps": 4,
+           "checkpoint_every": 2, "export": str(tmp_path / "occuseg_tiny.pt"),
+           "model": {"num_classes": 2, "channels": [8, 16], "embed_dim": 4, "spatial_scale": 0.05}}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert train.main(["--config", str(path)]) == 0
-    hist = [json.loads(l) for l in open(tmp_path / "run" / "history.jsonl")]
+    hist = json.load(open(tmp_path / "run" / "history.json"))
     assert [h["step"] for h in hist] == [1, 2, 3, 4]
-    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
     assert train.main(["--config", str(path), "--resume", "--steps", "6"]) == 0
-    hist = [json.loads(l) for l in open(tmp_path / "run" / "history.jsonl")]
+    hist = json.load(open(tmp_path / "run" / "history.json"))
     assert [h["step"] for h in hist] == [1, 2, 3, 4, 5, 6]
 
     seg = MapSegmenter.from_checkpoint(str(tmp_path / "occuseg_tiny.pt"), device="cpu")
@@ -136,8 +136,8 @@ def test_init_from_starts_at_the_given_weights(dataset, tmp_path):
     save_checkpoint(str(tmp_path / "init.pt"), init, VOX)
     # lr 0 (given on the command line over the file's 0.01): Adam leaves the weights where they started,
     # so the exported parameters must equal the init ones (batch-norm running statistics do move)
-    cfg = {"data_root": str(dataset), "voxel_size": VOX, "out_dir": str(tmp_path / "run"), "steps": 1,
-           "lr": 0.01, "export": str(tmp_path / "out.pt"), "init_from": str(tmp_path / "init.pt"), "net": net}
+    cfg = {"data": str(dataset), "voxel_size": VOX, "out_dir": str(tmp_path / "run"), "steps": 1,
+           "lr": 0.01, "export": str(tmp_path / "out.pt"), "init_from": str(tmp_path / "init.pt"), "model": net}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert train.main(["--config", str(path), "--lr", "0", "--seed", "5"]) == 0
@@ -146,7 +146,7 @@ def test_init_from_starts_at_the_given_weights(dataset, tmp_path):
     assert len(params) > 10
     for k, v in params.items():
         assert torch.equal(got[k], v.detach()), k
-    cfg["net"] = dict(net, embed_dim=6)
+    cfg["model"] = dict(net, embed_dim=6)
     cfg["out_dir"] = str(tmp_path / "run2")
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match="differs from the training config"):

@@ -126,9 +126,9 @@ def test_init_from_starts_at_the_given_weights(dataset, tmp_path):
     import torch
 
     from instseg_ros.occuseg import train
+    from instseg_ros.occuseg.checkpoint import load_checkpoint, save_checkpoint
     from instseg_ros.occuseg.config import NetConfig
     from instseg_ros.occuseg.model import OccuSegNet
-    from instseg_ros.occuseg.checkpoint import load_checkpoint, save_checkpoint
 
     net = {"num_classes": 2, "channels": [8, 16], "embed_dim": 4, "spatial_scale": 0.05}
     torch.manual_seed(123)
@@ -146,6 +146,10 @@ def test_init_from_starts_at_the_given_weights(dataset, tmp_path):
     assert len(params) > 10
     for k, v in params.items():
         assert torch.equal(got[k], v.detach()), k
+    # weights only: the fine-tune starts at step 0 with a fresh optimizer (one Adam step per parameter)
+    run = load_checkpoint(str(tmp_path / "run" / "last.pt"))
+    assert run["meta"]["steps"] == 1 and run["meta"]["init_from"] == str(tmp_path / "init.pt")
+    assert all(float(s["step"]) == 1 for s in run["optimizer"]["state"].values())
     cfg["model"] = dict(net, embed_dim=6)
     cfg["out_dir"] = str(tmp_path / "run2")
     path.write_text(yaml.safe_dump(cfg))
@@ -164,10 +168,10 @@ def test_checkpoint_rejects_foreign_files(tmp_path):
 def test_inference_config_travels_with_the_checkpoint(tmp_path):
     import torch
 
+    from instseg_ros.occuseg.checkpoint import save_checkpoint, set_inference_config
     from instseg_ros.occuseg.clustering import ClusterConfig
     from instseg_ros.occuseg.config import NetConfig
     from instseg_ros.occuseg.model import OccuSegNet
-    from instseg_ros.occuseg.checkpoint import save_checkpoint, set_inference_config
     from instseg_ros.occuseg.supervoxels import SupervoxelConfig
 
     save_checkpoint(str(tmp_path / "a.pt"), OccuSegNet(NetConfig(num_classes=2, channels=(8, 16))), VOX)
@@ -186,3 +190,35 @@ def test_inference_config_travels_with_the_checkpoint(tmp_path):
     torch.save(ck, tmp_path / "d.pt")
     with pytest.raises(ValueError, match="set_inference_config"):
         MapSegmenter.from_checkpoint(str(tmp_path / "d.pt"), device="cpu")
+
+
+def test_sigterm_saves_a_loadable_checkpoint(dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from instseg_ros.occuseg.checkpoint import load_checkpoint
+
+    cfg = {"data": str(dataset), "voxel_size": VOX, "out_dir": str(tmp_path / "run"), "steps": 100000,
+           "checkpoint_every": 100000, "model": {"num_classes": 2, "channels": [8, 16], "embed_dim": 4}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "instseg_ros.cli", "train", "occuseg", "--config", str(path)],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        for line in proc.stderr:          # the engine logs one JSON record per step (log_every 1)
+            if '"step": 2' in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM: stopping after this step" in err
+    ck = load_checkpoint(str(tmp_path / "run" / "last.pt"))
+    steps = ck["meta"]["steps"]
+    assert 2 <= steps < 100000 and json.loads(out.strip().splitlines()[-1])["steps"] == steps
+    assert [h["step"] for h in json.load(open(tmp_path / "run" / "history.json"))] == list(range(1, steps + 1))
+    MapSegmenter.from_checkpoint(str(tmp_path / "run" / "last.pt"), device="cpu")

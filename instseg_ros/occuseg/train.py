@@ -66,8 +66,7 @@ class OccuSegTask(TrainTask):
         self.tsdf_cfg = TsdfConfig(voxel_size=cfg.voxel_size, depth_max=cfg.depth_max)
         data = require_data(cfg)
         self.cache = cfg.cache_dir or os.path.join(data, "cache")
-        self.paths = prepare_scenes(data, cfg.train_split, self.tsdf_cfg, self.cache, cfg.max_frames or None,
-                                    cfg.use_gt_depth)
+        self.paths = self._prepare(cfg.max_frames or None)
         if not self.paths:
             raise ValueError(f"no training sequences under {data}/sequences/{cfg.train_split}")
         self.scenes = _labelled(self.paths)
@@ -75,11 +74,21 @@ class OccuSegTask(TrainTask):
                   np.mean([len(s.sv) for s in self.scenes]))
         self.model = OccuSegNet(cfg.model, cfg.loss).to(ctx.device)
 
+    def _prepare(self, limit: int | None) -> list[str]:
+        """Cached scene paths of the split; under DDP rank 0 fuses and caches new sequences while the other
+        ranks wait, so no two processes write the same cache file."""
+        if self.ctx.ddp and self.ctx.rank != 0:
+            torch.distributed.barrier()
+        paths = prepare_scenes(self.cfg.data, self.cfg.train_split, self.tsdf_cfg, self.cache, limit,
+                               self.cfg.use_gt_depth)
+        if self.ctx.ddp and self.ctx.rank == 0:
+            torch.distributed.barrier()
+        return paths
+
     def refresh(self, step: int) -> None:
         if self.cfg.max_frames:
             return
-        new = prepare_scenes(self.cfg.data, self.cfg.train_split, self.tsdf_cfg, self.cache, None,
-                             self.cfg.use_gt_depth)
+        new = self._prepare(None)
         if len(new) > len(self.paths):
             self.scenes += _labelled(sorted(set(new) - set(self.paths)))
             self.paths = new

@@ -222,3 +222,31 @@ def test_sigterm_saves_a_loadable_checkpoint(dataset, tmp_path):
     assert 2 <= steps < 100000 and json.loads(out.strip().splitlines()[-1])["steps"] == steps
     assert [h["step"] for h in json.load(open(tmp_path / "run" / "history.json"))] == list(range(1, steps + 1))
     MapSegmenter.from_checkpoint(str(tmp_path / "run" / "last.pt"), device="cpu")
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_train_occuseg(dataset, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from instseg_ros.occuseg.checkpoint import load_checkpoint
+
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(torchrun):
+        pytest.skip("torchrun not installed")
+    data = tmp_path / "data"          # a fresh copy: both ranks start with an empty fused-map cache
+    shutil.copytree(dataset / "sequences", data / "sequences")
+    cfg = {"data": str(data), "voxel_size": VOX, "out_dir": str(tmp_path / "run"), "steps": 3,
+           "checkpoint_every": 1, "model": {"num_classes": 2, "channels": [8, 16], "embed_dim": 4}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "instseg_ros.cli", "train",
+                           "occuseg", "--config", str(path)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ck = load_checkpoint(str(tmp_path / "run" / "last.pt"))
+    assert ck["meta"]["world_size"] == 2 and ck["meta"]["steps"] == 3 and len(ck["meta"]["history"]) == 3
+    assert sorted(p.name for p in (data / "cache" / "train").iterdir()) == ["00000_10mm.npz", "00001_10mm.npz"]
+    MapSegmenter.from_checkpoint(str(tmp_path / "run" / "last.pt"), device="cpu")

@@ -201,7 +201,7 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
 
             path = resolve_model_path(cfg.model_path, DEFAULT_MODEL)
             self._segmenter = MapSegmenter.from_checkpoint(path, device=cfg.device)
-        except (FileNotFoundError, RuntimeError, ValueError, KeyError) as e:
+        except (RuntimeError, ValueError) as e:
             self.get_logger().error(f"activate failed: cannot load the model: {e}")
             return TransitionCallbackReturn.FAILURE
         dev = self._segmenter.device
@@ -358,7 +358,7 @@ class MappingNode(LifecycleTeardown, LifecycleNode):
             if len(sv) < cfg.min_segment_voxels:
                 self._segmented_version = version
                 return False, f"the map has {len(sv)} surface voxels, fewer than min_segment_voxels={cfg.min_segment_voxels}"
-            inst = segmenter.segment(sv)
+            inst = segmenter.predict(sv)
             inst = self._tracker.assign(sv.coords, inst, stamp_ns=stamp)
             self._segment_ms.add((time.perf_counter() - t0) * 1e3)
             with self._state_lock:

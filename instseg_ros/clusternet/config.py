@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
+from instseg_ros.train.config import TrainLoopConfig, check_loop_config, read_yaml_mapping
+
 INPUT_MODES = ("rgb", "rgb+d", "rgb+xyz", "rgb+xyz+d")
 FEATURE_MODES = ("c", "c+cov")
 BACKBONES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
@@ -141,40 +143,28 @@ class AugmentConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainLoopConfig):
     """One training run (``instseg train clusternet --config``).
 
-    refresh_frames_every: re-list the training split every N steps (0 = never), for training while the
-    generator is still writing frames. max_frames: use only the first N frames (0 = all).
-    threads: torch CPU threads. checkpoint_every / log_every: steps. min_fg_valid_depth: see
+    The loop's fields (``data``, ``out_dir``, ``steps``, ``lr``, ``checkpoint_every``, ``max_frames`` (frames),
+    ``refresh_frames_every``, ``init_from``, ...) are :class:`~instseg_ros.train.config.TrainLoopConfig`'s;
+    here only the defaults differ. ``data`` (the dataset root, relative to the working directory or
+    absolute) is required unless frames are given to ``train()``; ``init_from`` also takes over the loaded
+    model's step count (the λ_var / λ_vio schedule's phase).
+    val_split: the split evaluation uses. batch_size: frames per step (per process under DDP).
+    num_workers: DataLoader worker processes. min_fg_valid_depth: see
     :class:`instseg_ros.clusternet.dataset.ClusterNetDataset`.
-    init_from: fine-tune: start from this checkpoint's weights and step count with a fresh optimizer
-    (ignored when ``--resume`` finds ``<out_dir>/last.pt``). lr_schedule: "constant", or "cosine" from
-    ``lr`` at the run's first step down to ``lr_min`` at ``steps`` (the first step is kept in the checkpoint,
-    so a resumed run continues the same curve).
     """
 
-    data: str = "/work/data_out/synth"
-    train_split: str = "train"
-    val_split: str = "val"
     out_dir: str = "runs/clusternet"
     steps: int = 20000
-    batch_size: int = 4
     lr: float = 1e-4
-    weight_decay: float = 0.0
-    grad_clip: float = 10.0
-    seed: int = 0
     threads: int = 2
-    num_workers: int = 0
     checkpoint_every: int = 250
-    refresh_frames_every: int = 0
+    val_split: str = "val"
+    batch_size: int = 4
+    num_workers: int = 0
     min_fg_valid_depth: float = 0.0
-    log_every: int = 10
-    max_frames: int = 0
-    device: str = "auto"
-    init_from: str = ""
-    lr_schedule: str = "constant"
-    lr_min: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -201,29 +191,16 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     return _build(ModelConfig, data)
 
 
-LR_SCHEDULES = ("constant", "cosine")
-
-
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """TrainConfig from a plain dict (a YAML's top level); ValueError on unknown keys or unusable values."""
     cfg = _build(TrainConfig, data)
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule {cfg.lr_schedule!r}: expected one of {LR_SCHEDULES}")
-    if not 0.0 <= cfg.lr_min <= cfg.lr:
-        raise ValueError(f"lr_min {cfg.lr_min} must lie in [0, lr = {cfg.lr}]")
+    check_loop_config(cfg)
     return cfg
 
 
 def load_train_config(path: str) -> TrainConfig:
     """TrainConfig from a YAML file; ValueError names the file on a parse error or unknown key."""
-    import yaml
-
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read training config {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a mapping")
+    data = read_yaml_mapping(path)
     try:
         return train_config_from_dict(data)
     except (TypeError, ValueError) as e:

@@ -162,7 +162,7 @@ def evaluate(checkpoint: str, data_root: str, split: str, out_dir: str, limit: i
              min_gt_voxels: int = 30, device: str = "cpu", cache_dir: str | None = None,
              variants: list[str] | None = None) -> dict:
     from instseg_ros.mapping.tsdf import TsdfConfig
-    from instseg_ros.occuseg.data import load_scene, prepare_scenes
+    from instseg_ros.occuseg.dataset import load_scene, prepare_scenes
     from instseg_ros.occuseg.segmenter import MapSegmenter
     from instseg_ros.occuseg.supervoxels import supervoxels
 
@@ -179,7 +179,7 @@ def evaluate(checkpoint: str, data_root: str, split: str, out_dir: str, limit: i
         sc = load_scene(p)
         if len(sc.sv) == 0:
             continue
-        pred = seg.predict(sc.sv)
+        pred = seg.predict_heads(sc.sv)
         svc = supervoxels(sc.sv.coords, sc.sv.normals, sc.sv.colors, seg.config.supervoxel)
         rcs.append(occupancy_errors(sc.instance, pred.log_occ, min_gt_voxels))
         for v in variants:

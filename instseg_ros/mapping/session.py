@@ -11,8 +11,8 @@ copies the iso-surface points out of the TSDF (:meth:`~instseg_ros.mapping.tsdf.
 voxelizing, the network, clustering and id matching run outside it. One segmentation runs at a time;
 :meth:`reset` and :meth:`detach_segmenter` wait for a running one.
 
-The segmenter is anything with ``segment(SurfaceVoxels) -> Instances`` (labels aligned with the
-voxels), ``last_timings`` (stage -> seconds), ``config.voxel_size`` (m) and ``device`` (torch
+The segmenter is anything with ``predict(SurfaceVoxels) -> Instances`` (labels aligned with the
+voxels), ``last_timings`` (stage -> ms), ``config.voxel_size`` (m) and ``device`` (torch
 device): :class:`~instseg_ros.occuseg.MapSegmenter`. It is passed in, not imported, so that mapping
 does not depend on occuseg (which depends on mapping).
 """
@@ -297,6 +297,6 @@ class MapSession:
 
 
 def _run_segmenter(segmenter, sv) -> tuple[Instances, dict[str, float]]:
-    """The one place the segmenter is called and its stage timings read (converted to ms)."""
-    inst = segmenter.segment(sv)
-    return inst, {name: seconds * 1e3 for name, seconds in segmenter.last_timings.items()}
+    """The one place the segmenter is called and its stage timings (ms) read."""
+    inst = segmenter.predict(sv)
+    return inst, dict(segmenter.last_timings)

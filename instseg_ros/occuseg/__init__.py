@@ -3,7 +3,8 @@
 Importing this package imports spconv with the CPU backward patch (see :mod:`.sparse`).
 """
 from .clustering import ClusterConfig, cluster_voxels
-from .segmenter import MapSegmenter, SegmenterConfig
+from .config import SegmenterConfig
+from .segmenter import MapSegmenter
 from .supervoxels import SupervoxelConfig, supervoxels
 
 __all__ = ["ClusterConfig", "MapSegmenter", "SegmenterConfig", "SupervoxelConfig", "cluster_voxels",

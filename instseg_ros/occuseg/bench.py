@@ -63,8 +63,9 @@ def _tiled(scenes: list[SurfaceVoxels], n_target: int) -> SurfaceVoxels:
 
 def bench_segmenter(checkpoint: str | None, sizes: list[int], scene_cache: str | None, repeats: int,
                     device: str) -> dict:
-    from instseg_ros.occuseg.network import NetConfig, OccuSegNet
-    from instseg_ros.occuseg.segmenter import MapSegmenter, SegmenterConfig
+    from instseg_ros.occuseg.config import NetConfig, SegmenterConfig
+    from instseg_ros.occuseg.model import OccuSegNet
+    from instseg_ros.occuseg.segmenter import MS_PER_S, MapSegmenter
 
     if checkpoint:
         seg = MapSegmenter.from_checkpoint(checkpoint, device=device)
@@ -72,7 +73,7 @@ def bench_segmenter(checkpoint: str | None, sizes: list[int], scene_cache: str |
         seg = MapSegmenter(OccuSegNet(NetConfig()), SegmenterConfig(), device=device)
     scenes = []
     if scene_cache:
-        from instseg_ros.occuseg.data import load_scene
+        from instseg_ros.occuseg.dataset import load_scene
 
         scenes = [load_scene(p).sv for p in sorted(glob.glob(f"{scene_cache}/*.npz"))[:20]]
         scenes = [s for s in scenes if len(s)]
@@ -80,13 +81,14 @@ def bench_segmenter(checkpoint: str | None, sizes: list[int], scene_cache: str |
     out = {}
     for n in sizes:
         sv = _tiled(scenes, n) if scenes else _box_shells(n, rng)
-        seg.segment(sv)   # warm-up (numba JIT, allocator)
+        seg.predict(sv)   # warm-up (numba JIT, allocator)
         runs = []
         for _ in range(repeats):
             t = time.perf_counter()
-            inst = seg.segment(sv)
+            inst = seg.predict(sv)
             wall = time.perf_counter() - t
-            runs.append(dict(seg.last_timings, total=wall, instances=len(inst)))
+            stages_s = {k: v / MS_PER_S for k, v in seg.last_timings.items()}   # last_timings: ms; printed: s
+            runs.append(dict(stages_s, total=wall, instances=len(inst)))
         best = min(runs, key=lambda r: r["total"])
         out[str(n)] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in best.items()}
     return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,24 +12,15 @@ from instseg_ros.core.geometry import moments
 from instseg_ros.core.instances import Instances
 from instseg_ros.mapping.tsdf import SurfaceVoxels, TsdfMap
 
+from .checkpoint import build_model, load_checkpoint
 from .clustering import ClusterConfig, ClusterResult, cluster_voxels
-from .network import NetConfig, OccuSegNet, voxel_features
+from .config import SegmenterConfig
+from .model import OccuSegNet, voxel_features
 from .sparse import sparse_threads
-from .supervoxels import SupervoxelConfig, supervoxels
+from .supervoxels import supervoxels
 
 _log = logging.getLogger("instseg_ros.occuseg")
-
-CHECKPOINT_FORMAT = "occuseg-v1"
-
-
-@dataclass
-class SegmenterConfig:
-    """Everything inference needs besides the weights."""
-
-    net: NetConfig = field(default_factory=NetConfig)
-    supervoxel: SupervoxelConfig = field(default_factory=SupervoxelConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    voxel_size: float = 0.005
+MS_PER_S = 1e3   #: last_timings are milliseconds, as ClusterNetPredictor's
 
 
 @dataclass
@@ -43,55 +34,13 @@ class VoxelPredictions:
     log_occ: np.ndarray     # float32 (V,)
 
 
-def net_config_from_dict(d: dict) -> NetConfig:
-    d = dict(d)
-    d["channels"] = tuple(d.get("channels", NetConfig.channels))
-    return NetConfig(**d)
-
-
-def save_checkpoint(path: str, model: OccuSegNet, voxel_size: float, extra: dict | None = None) -> None:
-    """Write a ``weights_only``-loadable checkpoint (state dict + plain-type config)."""
-    cfg = asdict(model.cfg)
-    cfg["channels"] = list(cfg["channels"])
-    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "net_config": cfg,
-                "voxel_size": float(voxel_size), **(extra or {})}, path)
-
-
-def set_inference_config(src: str, dst: str, cluster: dict | None = None, supervoxel: dict | None = None) -> None:
-    """Copy checkpoint ``src`` to ``dst`` with clustering / supervoxel settings that
-    :meth:`MapSegmenter.from_checkpoint` applies (keys of :class:`ClusterConfig` / :class:`SupervoxelConfig`;
-    a None argument keeps what ``src`` has)."""
-    ckpt = load_checkpoint(src)
-    for key, value, cls in (("cluster", cluster, ClusterConfig), ("supervoxel", supervoxel, SupervoxelConfig)):
-        if value is not None:
-            try:
-                cls(**value)
-            except TypeError as e:
-                raise ValueError(f"{key} settings {value}: {e}; use fields of {cls.__name__}") from None
-            ckpt[key] = {k: (v if isinstance(v, (bool, int, str)) else float(v)) for k, v in value.items()}
-    torch.save(ckpt, dst)
-
-
-def _stored_config(ckpt: dict, key: str, cls, path: str):
-    d = ckpt.get(key)
-    if d is None:
-        return cls()
-    try:
-        return cls(**d)
-    except TypeError as e:
-        raise ValueError(f"{path}: stored {key} settings {d} do not fit {cls.__name__} ({e}); rewrite them with "
-                         f"set_inference_config") from None
-
-
-def load_checkpoint(path: str) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an OccuSeg checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
 class MapSegmenter:
-    """Segment the surface voxels of a TSDF map into object instances (OccuSeg)."""
+    """Segment the surface voxels of a TSDF map into object instances (OccuSeg).
+
+    :meth:`predict` returns :class:`Instances` (as ``ClusterNetPredictor.predict`` does); :meth:`predict_heads`
+    runs the network only. After each :meth:`predict`, ``last_timings`` holds milliseconds of "network",
+    "supervoxels" and "clustering" (:meth:`cluster` alone updates the last two).
+    """
 
     def __init__(self, model: OccuSegNet, config: SegmenterConfig, device: str = "auto") -> None:
         from instseg_ros.core.device import resolve_device
@@ -104,24 +53,25 @@ class MapSegmenter:
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "auto",
                         config: SegmenterConfig | None = None) -> MapSegmenter:
-        """Load weights saved by :func:`save_checkpoint` (``torch.load(weights_only=True)``).
+        """Load weights saved by :func:`.checkpoint.save_checkpoint` (``torch.load(weights_only=True)``).
 
-        Clustering and supervoxel settings stored by :func:`set_inference_config` (tuned for the model)
-        are used unless ``config`` is given; without them the defaults (the paper's T0 = 0.5) apply.
+        Clustering and supervoxel settings stored by :func:`.checkpoint.set_inference_config` (tuned for the
+        model) are used unless ``config`` is given; without them the defaults (the paper's T0 = 0.5) apply.
+
+        Raises:
+            RuntimeError: ``path`` is missing, unreadable, not an OccuSeg checkpoint, or its weights do not
+                fit its network config (the message names the path).
+            ValueError: a stored config is invalid.
         """
         ckpt = load_checkpoint(path)
-        net_cfg = net_config_from_dict(ckpt["net_config"])
-        model = OccuSegNet(net_cfg)
-        model.load_state_dict(ckpt["model"])
-        cfg = config or SegmenterConfig(net=net_cfg, voxel_size=float(ckpt["voxel_size"]),
-                                        supervoxel=_stored_config(ckpt, "supervoxel", SupervoxelConfig, path),
-                                        cluster=_stored_config(ckpt, "cluster", ClusterConfig, path))
-        cfg.net = net_cfg
+        model = build_model(ckpt, path)
+        cfg = config or ckpt["segmenter_config"]
+        cfg.net = ckpt["model_config"]
         return cls(model, cfg, device)
 
     @torch.no_grad()
-    def predict(self, sv: SurfaceVoxels) -> VoxelPredictions:
-        """Run the network on surface voxels."""
+    def predict_heads(self, sv: SurfaceVoxels) -> VoxelPredictions:
+        """Run the network on surface voxels; ValueError when there are none."""
         if len(sv) == 0:
             raise ValueError("the map has no surface voxels to segment")
         scale = self.model.cfg.spatial_scale
@@ -146,10 +96,10 @@ class MapSegmenter:
         res = cluster_voxels(sv_labels, edges, pred.centre, pred.embedding, pred.log_occ, pred.sigma,
                              pred.prob, cluster_cfg or self.config.cluster)
         t2 = time.perf_counter()
-        self.last_timings.update(supervoxels=t1 - t0, clustering=t2 - t1)
+        self.last_timings.update(supervoxels=(t1 - t0) * MS_PER_S, clustering=(t2 - t1) * MS_PER_S)
         return res
 
-    def segment(self, tsdf_map: TsdfMap | SurfaceVoxels, cluster_cfg: ClusterConfig | None = None) -> Instances:
+    def predict(self, tsdf_map: TsdfMap | SurfaceVoxels, cluster_cfg: ClusterConfig | None = None) -> Instances:
         """Segment a map.
 
         Args:
@@ -165,8 +115,8 @@ class MapSegmenter:
             return Instances(labels=np.zeros(0, np.int32), points=np.zeros((0, 3), np.float32),
                              colors=np.zeros((0, 3), np.uint8))
         t0 = time.perf_counter()
-        pred = self.predict(sv)
-        self.last_timings = {"network": time.perf_counter() - t0}
+        pred = self.predict_heads(sv)
+        self.last_timings = {"network": (time.perf_counter() - t0) * MS_PER_S}
         res = self.cluster(sv, pred, cluster_cfg)
         return instances_from_clusters(sv, res)
 

@@ -6,8 +6,9 @@ afterwards components smaller than ``min_size`` are merged into a neighbour alon
 
 Surface voxels of a fused TSDF map (iso-surface points snapped to cells) are not a closed 26-connected
 sheet: they have one-cell holes, and a held-out map of 20-45k voxels falls into 90-520 26-connected
-pieces, so FH supervoxels and their adjacency stop at the holes and objects come out in fragments. The voxel graph (for the segmentation and for supervoxel adjacency in the clustering)
-can therefore join voxels up to ``radius`` cells apart (:class:`SupervoxelConfig`), bridging such holes.
+pieces, so FH supervoxels and their adjacency stop at the holes and objects come out in fragments. The
+voxel graph (for the segmentation and for supervoxel adjacency in the clustering) can therefore join voxels up
+to ``radius`` cells apart (:class:`SupervoxelConfig`), bridging such holes.
 """
 from __future__ import annotations
 

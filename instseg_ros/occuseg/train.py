@@ -1,9 +1,11 @@
 """`instseg train occuseg --config config/train/occuseg_<variant>.yaml`: train OccuSeg on fused synthetic maps.
 
 Each step takes one randomly chosen, augmented training scene (a whole fused sequence), runs the sparse
-U-Net single-threaded on the CPU (spconv caveat, see sparse.py) and minimises eq. (1). Checkpoints
-(model + optimiser) go to ``<out_dir>/last.pt`` every ``ckpt_every`` steps with a loss-curve PNG and a
-JSON-lines log; ``--resume`` continues from ``last.pt``; ``export`` writes the shippable weights.
+U-Net (single-threaded on the CPU: spconv caveat, see sparse.py) and minimises eq. (1). The loop (Adam, the
+cosine schedule, gradient clipping, resume, init-from, checkpoints, SIGTERM / Ctrl-C, history, loss plot,
+DDP) is :mod:`instseg_ros.train.engine`'s; this module builds the model, the scenes and the loss.
+``<out_dir>/last.pt`` is a regular OccuSeg checkpoint (``MapSegmenter.from_checkpoint`` loads it) with the
+optimizer state added; ``export`` writes the shippable copy.
 """
 from __future__ import annotations
 
@@ -11,61 +13,30 @@ import argparse
 import json
 import logging
 import os
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from tqdm import tqdm
 
-from instseg_ros.mapping.tsdf import TsdfConfig
+from instseg_ros.mapping.tsdf import SurfaceVoxels, TsdfConfig
+from instseg_ros.train.config import require_data
+from instseg_ros.train.engine import (
+    Context,
+    TrainResult,
+    TrainTask,
+    add_common_args,
+    apply_overrides,
+    run,
+    setup,
+)
 
-from .data import Scene, augment, load_scene, prepare_scenes
-from .losses import LossWeights, occuseg_loss
-from .network import NetConfig, OccuSegNet, voxel_features
-from .segmenter import net_config_from_dict, save_checkpoint
+from .checkpoint import export_checkpoint, load_checkpoint, net_config_dict, save_checkpoint
+from .config import TrainConfig, load_train_config
+from .dataset import Scene, augment, load_scene, prepare_scenes
+from .model import OccuSegNet, voxel_features
 from .sparse import sparse_threads
 
 _log = logging.getLogger("instseg_ros.occuseg.train")
-
-
-@dataclass
-class TrainConfig:
-    """Training run settings (YAML keys of the same names; ``net`` and ``loss`` are nested mappings)."""
-
-    data_root: str = "/work/data_out/occuseg"
-    train_split: str = "train"
-    cache_dir: str = ""                       # default <data_root>/cache
-    voxel_size: float = 0.005
-    depth_max: float = 2.0
-    use_gt_depth: bool = False
-    out_dir: str = "runs/occuseg"
-    export: str = ""                          # shippable checkpoint path written at each save
-    steps: int = 2000
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    ckpt_every: int = 100
-    max_voxels: int = 200000
-    seed: int = 0
-    limit_scenes: int = 0
-    rescan_every: int = 0                     # steps; > 0 picks up sequences generated while training
-    init_from: str = ""                       # fine-tune: start from this checkpoint's weights (new optimiser)
-    net: NetConfig = field(default_factory=NetConfig)
-    loss: LossWeights = field(default_factory=LossWeights)
-
-    @classmethod
-    def from_yaml(cls, path: str) -> TrainConfig:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        net = net_config_from_dict(raw.pop("net", {}) or {})
-        loss = LossWeights(**(raw.pop("loss", {}) or {}))
-        return cls(net=net, loss=loss, **raw)
 
 
 def scene_tensors(s: Scene, spatial_scale: float):
@@ -77,153 +48,99 @@ def scene_tensors(s: Scene, spatial_scale: float):
     return feats, coords, pos, torch.from_numpy(s.semantic), torch.from_numpy(s.instance)
 
 
-def _plot(history: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.array([h["step"] for h in history])
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for key in ("total", "semantic", "spatial", "feature_var", "feature_dist", "covariance", "occupancy"):
-        v = np.array([h[key] for h in history])
-        k = max(1, len(v) // 50)
-        sm = np.convolve(v, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], sm, label=key)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (moving average)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def _labelled(paths: list[str]) -> list[Scene]:
+    """The cached scenes that hold at least one labelled instance."""
+    loaded = [load_scene(p) for p in paths]
+    return [s for s in loaded if (s.instance > 0).any()]
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> str:
-    torch.set_num_threads(1)   # spconv CPU kernels are only correct single-threaded
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tsdf_cfg = TsdfConfig(voxel_size=cfg.voxel_size, depth_max=cfg.depth_max)
-    cache = cfg.cache_dir or os.path.join(cfg.data_root, "cache")
-    paths = prepare_scenes(cfg.data_root, cfg.train_split, tsdf_cfg, cache, cfg.limit_scenes or None,
-                           cfg.use_gt_depth)
-    if not paths:
-        raise ValueError(f"no training sequences under {cfg.data_root}/sequences/{cfg.train_split}")
-    def load_all(paths):
-        loaded = [load_scene(p) for p in paths]
-        return [s for s in loaded if (s.instance > 0).any()]
+class OccuSegTask(TrainTask):
+    """OccuSeg's model, fused scenes and loss for the training engine."""
 
-    scenes = load_all(paths)
-    _log.info("%d training scenes, %.0f voxels on average", len(scenes), np.mean([len(s.sv) for s in scenes]))
-    model = OccuSegNet(cfg.net)
-    if cfg.init_from and not (resume and (out / "last.pt").exists()):
-        from .segmenter import load_checkpoint
+    name = "occuseg"
 
-        ck = load_checkpoint(cfg.init_from)
-        if net_config_from_dict(ck["net_config"]) != cfg.net:
-            raise ValueError(f"init_from {cfg.init_from}: its net config {ck['net_config']} differs from the "
-                             f"training config's net {asdict(cfg.net)}; make them equal")
-        model.load_state_dict(ck["model"])
-        _log.info("initialised from %s", cfg.init_from)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step0, history = 0, []
-    last = out / "last.pt"
-    if resume and last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        step0 = int(ck["step"])
-        hist_path = out / "history.jsonl"
-        if hist_path.exists():
-            history = [json.loads(l) for l in open(hist_path) if l.strip()]
-            history = [h for h in history if h["step"] <= step0]
-        _log.info("resumed from %s at step %d", last, step0)
-    for g in opt.param_groups:
-        g.setdefault("initial_lr", cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1), eta_min=cfg.lr * 0.05,
-                                                       last_epoch=step0 - 1 if step0 else -1)
-    model.train()
-    t_start = time.time()
+    def __init__(self, cfg: TrainConfig, ctx: Context) -> None:
+        self.cfg, self.ctx = cfg, ctx
+        # scene draws and augmentation; rank r of a DDP run draws its own stream
+        self.rng = np.random.default_rng(cfg.seed + ctx.rank)
+        self.tsdf_cfg = TsdfConfig(voxel_size=cfg.voxel_size, depth_max=cfg.depth_max)
+        data = require_data(cfg)
+        self.cache = cfg.cache_dir or os.path.join(data, "cache")
+        self.paths = self._prepare(cfg.max_frames or None)
+        if not self.paths:
+            raise ValueError(f"no training sequences under {data}/sequences/{cfg.train_split}")
+        self.scenes = _labelled(self.paths)
+        _log.info("%d training scenes, %.0f voxels on average", len(self.scenes),
+                  np.mean([len(s.sv) for s in self.scenes]))
+        self.model = OccuSegNet(cfg.model, cfg.loss).to(ctx.device)
 
-    def save(step: int) -> None:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, str(last) + ".tmp")
-        os.replace(str(last) + ".tmp", last)
-        with open(out / "history.jsonl", "w") as f:
-            for h in history:
-                f.write(json.dumps(h) + "\n")
-        if history:
-            _plot(history, str(out / "loss_curve.png"))
-        meta = {"steps": step, "train_scenes": len(scenes), "wall_s": time.time() - t_start,
-                "config": json.loads(json.dumps(asdict(cfg), default=list)),
-                "hardware": "CPU, torch single-threaded"}
-        save_checkpoint(str(out / "model.pt"), model, cfg.voxel_size, {"train": json.dumps(meta)})
-        if cfg.export:
-            Path(cfg.export).parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(cfg.export, model, cfg.voxel_size, {"train": json.dumps(meta)})
+    def _prepare(self, limit: int | None) -> list[str]:
+        """Cached scene paths of the split; under DDP rank 0 fuses and caches new sequences while the other
+        ranks wait, so no two processes write the same cache file."""
+        if self.ctx.ddp and self.ctx.rank != 0:
+            torch.distributed.barrier()
+        paths = prepare_scenes(self.cfg.data, self.cfg.train_split, self.tsdf_cfg, self.cache, limit,
+                               self.cfg.use_gt_depth)
+        if self.ctx.ddp and self.ctx.rank == 0:
+            torch.distributed.barrier()
+        return paths
 
-    bar = tqdm(range(step0, cfg.steps), initial=step0, total=cfg.steps, desc="train occuseg", unit="step")
-    for step in bar:
-        s = augment(scenes[int(rng.integers(len(scenes)))], rng)
+    def refresh(self, step: int) -> None:
+        if self.cfg.max_frames:
+            return
+        new = self._prepare(None)
+        if len(new) > len(self.paths):
+            self.scenes += _labelled(sorted(set(new) - set(self.paths)))
+            self.paths = new
+            _log.info("now %d training scenes", len(self.scenes))
+
+    def compute(self):
+        return sparse_threads(self.ctx.device)
+
+    def step_loss(self, net: torch.nn.Module, step: int) -> dict[str, torch.Tensor]:
+        cfg, rng = self.cfg, self.rng
+        s = augment(self.scenes[int(rng.integers(len(self.scenes)))], rng)
         if len(s.sv) > cfg.max_voxels:
             keep = np.sort(rng.choice(len(s.sv), cfg.max_voxels, replace=False))
-            from instseg_ros.mapping.tsdf import SurfaceVoxels
             s = Scene(SurfaceVoxels(s.sv.coords[keep], s.sv.points[keep], s.sv.colors[keep], s.sv.normals[keep],
                                     s.sv.voxel_size), s.semantic[keep], s.instance[keep], s.name)
-        feats, coords, pos, sem, ins = scene_tensors(s, cfg.net.spatial_scale)
-        with sparse_threads("cpu"):
-            outp = model(feats, coords)
-            terms = occuseg_loss(outp, pos, sem, ins, cfg.loss)
-            opt.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
-        sched.step()
-        rec = {k: float(v.detach()) for k, v in terms.items()}
-        rec["step"] = step + 1
-        rec["voxels"] = len(s.sv)
-        history.append(rec)
-        bar.set_postfix(loss=f"{rec['total']:.3f}", occ=f"{rec['occupancy']:.3f}")
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            save(step + 1)
-        if cfg.rescan_every and (step + 1) % cfg.rescan_every == 0 and not cfg.limit_scenes:
-            new = prepare_scenes(cfg.data_root, cfg.train_split, tsdf_cfg, cache, None, cfg.use_gt_depth)
-            if len(new) > len(paths):
-                scenes += load_all(sorted(set(new) - set(paths)))
-                paths = new
-                _log.info("now %d training scenes", len(scenes))
-    if step0 >= cfg.steps:
-        save(step0)
-    return str(out / "model.pt")
+        feats, coords, pos, sem, ins = (t.to(self.ctx.device) for t in scene_tensors(s, cfg.model.spatial_scale))
+        return net(feats, coords, {"pos": pos, "semantic": sem, "instance": ins})
+
+    def meta(self, step: int) -> dict[str, Any]:
+        return {"data": {"root": str(self.cfg.data), "split": self.cfg.train_split, "scenes": len(self.scenes)}}
+
+    def save(self, path: str, meta: dict[str, Any], optimizer: dict[str, Any], train_config: dict[str, Any]) -> None:
+        save_checkpoint(path, self.model, self.cfg.voxel_size,
+                        {"meta": meta, "optimizer": optimizer, "train_config": train_config})
+
+    def load(self, path: str) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=self.ctx.device)
+
+    def check_init(self, ckpt: dict[str, Any], path: str) -> None:
+        if ckpt["model_config"] != self.cfg.model:
+            raise ValueError(f"init_from {path}: its net config {net_config_dict(ckpt['model_config'])} differs "
+                             f"from the training config's model {net_config_dict(self.cfg.model)}; make them equal")
+
+    def export(self, src: str, dst: str) -> None:
+        export_checkpoint(src, dst)
+
+
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
+    """Train OccuSeg with the shared engine; returns its :class:`~instseg_ros.train.engine.TrainResult`.
+
+    resume: continue from ``<out_dir>/last.pt`` when it exists. quiet: no progress bar or log records.
+    """
+    ctx = setup(cfg)
+    return run(cfg, ctx, OccuSegTask(cfg, ctx), resume=resume, quiet=quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="instseg train occuseg", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="YAML with TrainConfig keys")
-    ap.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
-    ap.add_argument("--steps", type=int, help="override the number of steps")
-    ap.add_argument("--out-dir", help="override out_dir")
-    ap.add_argument("--data-root", help="override data_root")
-    ap.add_argument("--init-from", help="override init_from (fine-tune from these weights)")
-    ap.add_argument("--lr", type=float, help="override lr")
-    ap.add_argument("--seed", type=int, help="override seed")
+    add_common_args(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = TrainConfig.from_yaml(args.config)
-    if args.steps:
-        cfg.steps = args.steps
-    if args.out_dir:
-        cfg.out_dir = args.out_dir
-    if args.data_root:
-        cfg.data_root = args.data_root
-    if args.init_from:
-        cfg.init_from = args.init_from
-    if args.lr is not None:
-        cfg.lr = args.lr
-    if args.seed is not None:
-        cfg.seed = args.seed
-    path = train(cfg, resume=args.resume)
-    print(json.dumps({"checkpoint": path}))
+    cfg = apply_overrides(load_train_config(args.config), args)
+    res = train(cfg, resume=args.resume)
+    print(json.dumps(res.summary()))
     return 0

@@ -37,8 +37,9 @@ from instseg_ros.ros.topics import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, OUTPUT_
 DEFAULT_MODEL = "occuseg_bin5mm.pt"
 #: How long stopping waits for a running integration / segmentation (s).
 SERVICE_TIMEOUT_S = 120.0
-#: What reading a model file may raise (missing, unreadable, not an OccuSeg checkpoint) or a bad parameter.
-MODEL_ERRORS = (OSError, RuntimeError, ValueError, KeyError)
+#: What finding / reading a model file may raise (missing, unreadable, not an OccuSeg checkpoint, bad stored
+#: config) and what a bad parameter raises.
+MODEL_ERRORS = (OSError, RuntimeError, ValueError)
 
 
 class MappingNode(nc.LifecycleTeardown, LifecycleNode):
@@ -60,7 +61,7 @@ class MappingNode(nc.LifecycleTeardown, LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle transitions
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from instseg_ros.occuseg.segmenter import load_checkpoint
+        from instseg_ros.occuseg.checkpoint import load_checkpoint
 
         try:
             self.cfg = cfg = read_config(self, MappingNodeConfig)

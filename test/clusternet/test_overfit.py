@@ -1,5 +1,6 @@
 """End to end: a tiny ClusterNet trained by the real trainer overfits 4 hand-built frames to COCO AP > 0.9."""
 import numpy as np
+import pytest
 import torch
 
 from instseg_ros.clusternet.clustering import ClusterParams
@@ -12,6 +13,7 @@ H, W = 120, 160
 STEPS = 120
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_four_frames(tmp_path, make_scene):
     torch.set_num_threads(1)
     rng = np.random.default_rng(7)
@@ -23,8 +25,8 @@ def test_tiny_model_overfits_four_frames(tmp_path, make_scene):
                       augment=AugmentConfig(enabled=False), checkpoint_every=10 ** 6, log_every=25,
                       device="cpu", threads=1)
     res = train(cfg, frames=frames, quiet=True)
-    assert res["steps"] == STEPS and (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "loss.png").exists()
-    hist = res["history"]
+    assert res.steps == STEPS and (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "loss.png").exists()
+    hist = res.history
     assert hist[-1]["loss"] < hist[0]["loss"]
     pred = ClusterNetPredictor.from_checkpoint(str(tmp_path / "run" / "last.pt"), device="cpu",
                                                params=ClusterParams(min_size=10))

@@ -31,7 +31,7 @@ def test_train_resume_and_export(tmp_path, train_rig):
 
 def test_cosine_lr_by_hand():
     from instseg_ros.clusternet.config import train_config_from_dict
-    from instseg_ros.clusternet.train import lr_at
+    from instseg_ros.train.engine import lr_at
 
     cfg = train_config_from_dict({"lr": 1e-3, "lr_min": 1e-4, "steps": 110, "lr_schedule": "cosine"})
     # half a cosine from step 10 (run start) to 110: cos(0) = 1, cos(pi/2) = 0, cos(pi) = -1
@@ -94,3 +94,35 @@ def test_init_from_keeps_weights_and_step_with_fresh_optimizer(tmp_path, train_r
         assert "differs" in str(e)
     else:
         raise AssertionError("mismatched init_from accepted")
+
+
+def test_sigterm_saves_a_checkpoint(tmp_path, train_rig):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    write_split, model = train_rig
+    write_split(tmp_path / "data", 2, seed=3)
+    cfg = {"data": str(tmp_path / "data"), "out_dir": str(tmp_path / "run"), "steps": 100000, "batch_size": 1,
+           "threads": 1, "device": "cpu", "log_every": 1, "checkpoint_every": 100000, "model": model}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "instseg_ros.cli", "train", "clusternet", "--config", str(path)],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        for line in proc.stderr:          # one JSON record per step (log_every 1)
+            if '"step": 2' in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    ck = load_checkpoint(str(tmp_path / "run" / "last.pt"))
+    steps = ck["meta"]["steps"]
+    assert 2 <= steps < 100000 and json.loads(out.strip().splitlines()[-1])["steps"] == steps
+    assert [h["step"] for h in ck["meta"]["history"]] == list(range(1, steps + 1))
+    assert "optimizer" in ck

@@ -22,6 +22,7 @@ def test_epoch_shuffle_gives_each_rank_a_disjoint_share_of_every_epoch():
     assert sorted(seen[0] + seen[1]) == list(range(n))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
 def test_torchrun_two_ranks_train_and_checkpoint(tmp_path, train_rig):

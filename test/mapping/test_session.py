@@ -53,8 +53,9 @@ def segmenter(tmp_path_factory):
     import torch
 
     from instseg_ros.occuseg import MapSegmenter
-    from instseg_ros.occuseg.network import NetConfig, OccuSegNet
-    from instseg_ros.occuseg.segmenter import save_checkpoint
+    from instseg_ros.occuseg.checkpoint import save_checkpoint
+    from instseg_ros.occuseg.config import NetConfig
+    from instseg_ros.occuseg.model import OccuSegNet
 
     torch.manual_seed(0)
     path = str(tmp_path_factory.mktemp("session") / "occuseg_random.pt")
@@ -202,7 +203,7 @@ def test_save_writes_the_segmented_map_and_segments_a_changed_map_first(frames, 
 
 
 class GatedSegmenter:
-    """The real segmenter, held at the start of ``segment`` until the test releases it: a
+    """The real segmenter, held at the start of ``predict`` until the test releases it: a
     segmentation that is "running" for as long as the test needs."""
 
     def __init__(self, segmenter) -> None:
@@ -212,10 +213,10 @@ class GatedSegmenter:
     def __getattr__(self, name):
         return getattr(self._segmenter, name)
 
-    def segment(self, sv):
+    def predict(self, sv):
         self.started.set()
         assert self.release.wait(60.0), "the test never released the segmentation"
-        return self._segmenter.segment(sv)
+        return self._segmenter.predict(sv)
 
 
 def test_integration_does_not_wait_for_a_running_segmentation(frames, segmenter):

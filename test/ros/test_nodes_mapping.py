@@ -75,8 +75,9 @@ def graph(ros_env, tmp_path_factory):
 def random_occuseg(path: str) -> str:
     import torch
 
-    from instseg_ros.occuseg.network import NetConfig, OccuSegNet
-    from instseg_ros.occuseg.segmenter import save_checkpoint
+    from instseg_ros.occuseg.checkpoint import save_checkpoint
+    from instseg_ros.occuseg.config import NetConfig
+    from instseg_ros.occuseg.model import OccuSegNet
 
     torch.manual_seed(0)
     save_checkpoint(path, OccuSegNet(NetConfig(channels=(8, 16), embed_dim=4)), VOXEL)

@@ -1,29 +1,18 @@
 """OccuSeg losses, eq. (1)-(10) of the paper, for one scene.
 
 Notation: V voxels; instance ids > 0 (0 = background, excluded from the instance terms);
-C = number of instances; positions mu and offsets d in normalised units (see network.py).
+C = number of instances; positions mu and offsets d in normalised units (see model.py).
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .config import LossWeights
+
 DELTA_V = 0.1      #: eq. (5) intra-instance hinge
 DELTA_D = 1.5      #: eq. (6) inter-instance hinge (centres pushed 2 * delta_d apart)
 P_EPS = 1e-6       #: clamp of p_i in the BCE of eq. (9)
-
-
-@dataclass
-class LossWeights:
-    """Multipliers of the terms of eq. (1)/(2); 0 switches a term off (ablation training)."""
-
-    semantic: float = 1.0
-    spatial: float = 1.0
-    feature: float = 1.0
-    covariance: float = 1.0
-    occupancy: float = 1.0
 
 
 def _instance_index(instance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -110,12 +99,12 @@ def occuseg_loss(out, pos: torch.Tensor, semantic: torch.Tensor, instance: torch
     """Eq. (1): L_joint = L_c + L_sp + (L_var + L_dist + L_reg) + L_cov + L_o for one scene.
 
     Args:
-        out: :class:`~instseg_ros.occuseg.network.HeadOutputs`.
+        out: :class:`~instseg_ros.occuseg.model.HeadOutputs`.
         pos: float32 (V, 3) voxel positions, normalised units.
         semantic: int64 (V,) class per voxel (0 = background; ``ignore_index`` = unlabelled).
         instance: int64 (V,) instance id per voxel (0 = background / unlabelled).
     Returns:
-        dict of scalar tensors: "total" and each term.
+        dict of scalar tensors: "loss" (eq. 1, weighted) first, then each unweighted term.
     """
     w = weights or LossWeights()
     terms: dict[str, torch.Tensor] = {}
@@ -130,5 +119,4 @@ def occuseg_loss(out, pos: torch.Tensor, semantic: torch.Tensor, instance: torch
     total = (w.semantic * terms["semantic"] + w.spatial * terms["spatial"]
              + w.feature * (fl["var"] + fl["dist"] + fl["reg"]) + w.covariance * terms["covariance"]
              + w.occupancy * terms["occupancy"])
-    terms["total"] = total
-    return terms
+    return {"loss": total, **terms}

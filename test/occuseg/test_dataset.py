@@ -2,7 +2,7 @@
 import numpy as np
 
 from instseg_ros.mapping.tsdf import SurfaceVoxels
-from instseg_ros.occuseg.data import Scene, augment
+from instseg_ros.occuseg.dataset import Scene, augment
 
 VS = 0.005
 

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from instseg_ros.occuseg.losses import covariance_loss, feature_losses, occupancy_loss, occuseg_loss, spatial_loss
-from instseg_ros.occuseg.network import HeadOutputs
+from instseg_ros.occuseg.loss import covariance_loss, feature_losses, occupancy_loss, occuseg_loss, spatial_loss
+from instseg_ros.occuseg.model import HeadOutputs
 
 T = torch.tensor
 
@@ -66,8 +66,8 @@ def test_joint_loss_is_sum_of_terms_and_backpropagates():
     terms = occuseg_loss(out, pos, sem, ins)
     manual = (terms["semantic"] + terms["spatial"] + terms["feature_var"] + terms["feature_dist"]
               + terms["feature_reg"] + terms["covariance"] + terms["occupancy"])
-    assert terms["total"].item() == pytest.approx(manual.item(), rel=1e-6)
-    terms["total"].backward()
+    assert terms["loss"].item() == pytest.approx(manual.item(), rel=1e-6)
+    terms["loss"].backward()
     assert out.offset.grad.abs().sum() > 0 and out.occupancy.grad.abs().sum() > 0
 
 

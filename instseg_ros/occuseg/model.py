@@ -11,35 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import LossWeights, NetConfig
 from .sparse import import_spconv
 
 spconv = import_spconv()
 
 #: Input feature channels: RGB in [-0.5, 0.5], unit normal, height z (m) / spatial_scale.
 IN_CHANNELS = 7
-
-
-@dataclass
-class NetConfig:
-    """Network hyper-parameters.
-
-    num_classes: semantic classes incl. background 0 (1 + shape families).
-    channels: feature width per U-Net level (len = levels; each level below the first halves the grid).
-    embed_dim: feature-embedding dimension of s_i.
-    spatial_scale: metres per normalised unit for positions, offsets and sigma_d.
-    reps: SubMConv3d blocks per level on each side.
-    """
-
-    num_classes: int = 10
-    channels: tuple[int, ...] = (16, 32, 48, 64)
-    embed_dim: int = 8
-    spatial_scale: float = 0.05
-    reps: int = 1
-
-    def __post_init__(self) -> None:
-        self.channels = tuple(int(c) for c in self.channels)
-        if self.num_classes < 2 or len(self.channels) < 1 or self.embed_dim < 1 or self.spatial_scale <= 0:
-            raise ValueError(f"invalid NetConfig {self}")
 
 
 @dataclass
@@ -108,11 +86,16 @@ class SparseUNet(nn.Module):
 
 
 class OccuSegNet(nn.Module):
-    """U-Net backbone + linear heads c_i, s_i, d_i, b_i = (sigma_s, sigma_d), o_i."""
+    """U-Net backbone + linear heads c_i, s_i, d_i, b_i = (sigma_s, sigma_d), o_i, and the loss of eq. (1).
 
-    def __init__(self, cfg: NetConfig | None = None) -> None:
+    ``forward(features, coords, targets)`` returns the dict of loss terms (total under "loss") in training
+    mode and the :class:`HeadOutputs` in eval mode, as ClusterNet's model does.
+    """
+
+    def __init__(self, cfg: NetConfig | None = None, loss_weights: LossWeights | None = None) -> None:
         super().__init__()
         self.cfg = cfg or NetConfig()
+        self.loss_weights = loss_weights or LossWeights()
         c0 = self.cfg.channels[0]
         self.backbone = SparseUNet(self.cfg)
         self.head_sem = nn.Linear(c0, self.cfg.num_classes)
@@ -124,11 +107,20 @@ class OccuSegNet(nn.Module):
             self.head_occ.bias.fill_(float(np.log(500.0)))   # a typical object's surface-voxel count
             self.head_sig.bias.fill_(0.5)
 
-    def forward(self, features: torch.Tensor, coords: torch.Tensor) -> HeadOutputs:
+    def forward(self, features: torch.Tensor, coords: torch.Tensor,
+                targets: dict[str, torch.Tensor] | None = None) -> HeadOutputs | dict[str, torch.Tensor]:
         """Args:
             features: float32 (V, IN_CHANNELS), see :func:`voxel_features`.
             coords: int32 (V, 3) voxel indices (x, y, z), may be negative; batch 0.
+            targets: training mode only: "pos" float32 (V, 3) voxel positions in normalised units (metres /
+                spatial_scale), "semantic" int64 (V,) class (0 = background, -1 = unlabelled), "instance"
+                int64 (V,) id (0 = background / unlabelled).
+        Returns:
+            training mode: the loss terms of :func:`.loss.occuseg_loss` (scalar tensors, total under "loss");
+            eval mode: :class:`HeadOutputs`.
         """
+        if self.training and targets is None:
+            raise RuntimeError("OccuSegNet in training mode needs targets; call .eval() for inference")
         if features.ndim != 2 or features.shape[1] != IN_CHANNELS:
             raise ValueError(f"features must be (V, {IN_CHANNELS}), got {tuple(features.shape)}")
         if coords.shape != (features.shape[0], 3):
@@ -142,8 +134,13 @@ class OccuSegNet(nn.Module):
         x = spconv.SparseConvTensor(features, idx, shape, 1)
         f = self.backbone(x).features
         sig = nn.functional.softplus(self.head_sig(f)) + 1e-3
-        return HeadOutputs(semantic=self.head_sem(f), embedding=self.head_emb(f), offset=self.head_off(f),
-                           sigma=sig, occupancy=self.head_occ(f)[:, 0])
+        out = HeadOutputs(semantic=self.head_sem(f), embedding=self.head_emb(f), offset=self.head_off(f),
+                          sigma=sig, occupancy=self.head_occ(f)[:, 0])
+        if self.training:
+            from .loss import occuseg_loss
+
+            return occuseg_loss(out, targets["pos"], targets["semantic"], targets["instance"], self.loss_weights)
+        return out
 
 
 def voxel_features(colors: np.ndarray, normals: np.ndarray, points: np.ndarray,

@@ -3,8 +3,8 @@
 A lifecycle node around a :class:`~instseg_ros.mapping.session.MapSession` (the map, its segmentations,
 stable ids, versions, export): it converts messages, calls the session and publishes. configure reads the
 parameters and the model's voxel size (``voxel_size`` 0 = the model's; another value is refused) and makes
-the map; activate loads the model and subscribes; deactivate frees it (the map is kept). One worker
-thread integrates the newest synchronized frame, another segments every ``segment_period_s``; the
+the map; activate loads the model and subscribes; deactivate frees it (the map is kept until cleanup). One
+worker thread integrates the newest synchronized frame, another segments every ``segment_period_s``; the
 session's short map lock means integration never waits for the network. Topics, services: README.
 """
 from __future__ import annotations

@@ -96,6 +96,7 @@ class SurfaceVoxels:
     colors: uint8 (V, 3) RGB.
     normals: float32 (V, 3) unit normals (TSDF gradient, pointing to free space).
     voxel_size: metres.
+    extra: optional per-voxel arrays by name, each with V rows in the same order (e.g. ground truth).
     """
 
     coords: np.ndarray
@@ -107,6 +108,24 @@ class SurfaceVoxels:
 
     def __len__(self) -> int:
         return len(self.coords)
+
+    def select(self, mask: np.ndarray) -> SurfaceVoxels:
+        """The voxels ``mask`` picks, every per-voxel field filtered alike, ``extra`` included.
+
+        Args: mask: bool (V,), or integer indices into the V voxels (their order is kept).
+        Raises: ValueError for a bool mask of another length, or an ``extra`` entry without V rows.
+        """
+        keep = np.asarray(mask)
+        if keep.dtype == bool and keep.shape != (len(self),):
+            raise ValueError(f"a bool mask must have shape ({len(self)},), got {keep.shape}")
+        extra = {}
+        for name, value in self.extra.items():
+            value = np.asarray(value)
+            if value.ndim == 0 or len(value) != len(self):
+                raise ValueError(f"extra[{name!r}] has shape {value.shape}, not one row per voxel ({len(self)})")
+            extra[name] = value[keep]
+        return SurfaceVoxels(self.coords[keep], self.points[keep], self.colors[keep], self.normals[keep],
+                             self.voxel_size, extra)
 
 
 def _o3d_device(device: str, log=_log):
@@ -314,12 +333,18 @@ class TsdfMap:
 
     def surface_voxels(self, weight_threshold: float | None = None) -> SurfaceVoxels:
         """Surface voxels (iso-surface points snapped to unique grid cells), the OccuSeg input."""
-        pos, col, nrm = self.extract_points(weight_threshold)
-        sv = snap_to_voxels(pos, col, nrm, self.voxel_size)
+        return self.voxelize(*self.extract_points(weight_threshold))
+
+    def voxelize(self, positions: np.ndarray, colors: np.ndarray, normals: np.ndarray) -> SurfaceVoxels:
+        """Surface voxels of iso-surface points from :meth:`extract_points`: snapped to grid cells
+        (:func:`snap_to_voxels`) and cropped to the workspace box.
+
+        Reads only the map's fixed configuration, never the grid, so a caller may extract the points
+        under its map lock and voxelize them after releasing it (the lock then covers the extraction only).
+        """
+        sv = snap_to_voxels(positions, colors, normals, self.voxel_size)
         if self.config.workspace_min is not None and len(sv):
             lo = np.asarray(self.config.workspace_min, np.float32)
             hi = np.asarray(self.config.workspace_max, np.float32)
-            keep = ((sv.points >= lo) & (sv.points <= hi)).all(axis=1)
-            sv = SurfaceVoxels(sv.coords[keep], sv.points[keep], sv.colors[keep], sv.normals[keep],
-                               sv.voxel_size)
+            sv = sv.select(((sv.points >= lo) & (sv.points <= hi)).all(axis=1))
         return sv

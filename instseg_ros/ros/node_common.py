@@ -461,6 +461,17 @@ def diagnostic_status(name: str, hardware_id: str, values: dict[str, Any], level
     return st
 
 
+def publish_status(node, publisher, name: str, values: dict[str, Any], level: int, message: str) -> None:
+    """Publish one :func:`diagnostic_status` of ``node`` (hardware_id = its full name) on ``publisher``
+    (/diagnostics), stamped with the node's clock."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    arr = DiagnosticArray()
+    arr.header.stamp = node.get_clock().now().to_msg()
+    arr.status = [diagnostic_status(name, node.get_fully_qualified_name(), values, level, message)]
+    publisher.publish(arr)
+
+
 def package_root() -> Path:
     """Directory holding ``models/`` and ``config/``: the source checkout (pip editable install) or
     the package's share directory (colcon install)."""
@@ -520,6 +531,68 @@ class SyncWatch:
                     f"nothing arrived on {', '.join(silent)}")
         return (f"frames skipped: no synchronized set since the last check (received {counts}); "
                 f"stamps differ by more than slop")
+
+
+#: Least history of a PoseStamped input (a pose is small: a deep reliable queue loses none while images queue).
+POSE_HISTORY = 50
+
+
+def subscribe_synced(node, inputs: list[tuple[type, str]], callback: Callable, cfg) -> tuple[Any, SyncWatch, list]:
+    """Subscribe ``node`` to ``inputs`` ([(message type, topic), ...]) through one approximate-time
+    synchronizer that calls ``callback`` with one message per input, in that order.
+
+    Images and camera_info get the image QoS of ``cfg.input_reliability`` / ``cfg.input_history``; a
+    PoseStamped is reliable with a history of max(:data:`POSE_HISTORY`, ``cfg.queue_size``). ``cfg``: a
+    node config with queue_size, slop, input_reliability, input_history.
+    Returns (the :class:`~instseg_ros.ros.sync.ApproximateTimeSynchronizer`, a :class:`SyncWatch` over
+    the topics, the subscriptions)."""
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from instseg_ros.ros.graph import image_qos
+    from instseg_ros.ros.sync import ApproximateTimeSynchronizer
+
+    sync = ApproximateTimeSynchronizer(len(inputs), callback, queue_size=cfg.queue_size, slop=cfg.slop)
+    image = image_qos(cfg.input_reliability, cfg.input_history)
+    pose = QoSProfile(depth=max(POSE_HISTORY, cfg.queue_size), reliability=ReliabilityPolicy.RELIABLE)
+    subs = [node.create_subscription(t, topic, sync.input_callback(i), pose if t is PoseStamped else image)
+            for i, (t, topic) in enumerate(inputs)]
+    return sync, SyncWatch([topic for _, topic in inputs]), subs
+
+
+def sync_values(stats) -> dict[str, Any]:
+    """A node's synchronizer figures for /diagnostics from its :class:`~instseg_ros.ros.sync.SyncStats`
+    (None before activate: zeros); per-input lists comma-separated in input order."""
+    if stats is None:
+        return {"sync_matched": 0, "sync_dropped": 0, "lost_estimate": 0, "input_gaps": 0, "sync_received": "",
+                "sync_queued": "", "sync_lost_estimate": "", "input_silent_s": ""}
+    return {"sync_matched": stats.matched, "sync_dropped": sum(stats.dropped),
+            "lost_estimate": sum(stats.lost_estimate), "input_gaps": sum(stats.gaps),
+            "sync_received": ",".join(map(str, stats.received)), "sync_queued": ",".join(map(str, stats.queued)),
+            "sync_lost_estimate": ",".join(map(str, stats.lost_estimate)),
+            "input_silent_s": ",".join(f"{x:.1f}" for x in stats.silent_s)}
+
+
+def log_skipped_frame(logger, stamp_ns: int, exc: BaseException) -> None:
+    """Log a frame a node's worker could not process: WARN for a bad frame (ValueError), ERROR otherwise."""
+    stamp = stamp_ns * 1e-9
+    if isinstance(exc, ValueError):
+        logger.warning(f"skipping frame stamped {stamp:.3f} s: {exc}")
+    else:
+        logger.error(f"frame stamped {stamp:.3f} s failed: {type(exc).__name__}: {exc}")
+
+
+def trigger_callback(fn: Callable[[], tuple[bool, str]], failed: str):
+    """A std_srvs/Trigger service callback answering ``fn() -> (success, message)``; an exception is a
+    failure whose message is ``failed`` followed by its type and text (the node stays up)."""
+    def callback(request, response):
+        try:
+            response.success, response.message = fn()
+        except Exception as e:  # noqa: BLE001 - the reason goes back to the caller
+            response.success, response.message = False, f"{failed}{type(e).__name__}: {e}"
+        return response
+
+    return callback
 
 
 class FrameError(ValueError):

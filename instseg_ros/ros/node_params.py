@@ -61,7 +61,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "gate_distance_m": (1e-6, 10.0),
 }
 #: Parameters whose value 0 is allowed outside their range (a documented "off" / "automatic").
-ZERO_ALLOWED = ("network_height", "network_width")
+ZERO_ALLOWED = ("network_height", "network_width", "voxel_size")
+#: Largest difference (m) between a set ``voxel_size`` and the model's that counts as equal.
+VOXEL_SIZE_TOLERANCE = 1e-9
 
 
 def _check_ranges(cfg) -> None:
@@ -209,7 +211,7 @@ class MappingNodeConfig:
     slop: float = 0.02
     input_reliability: str = "reliable"
     input_history: int = 5
-    voxel_size: float = 0.005
+    voxel_size: float = 0.0
     trunc_voxels: float = 4.0
     depth_max: float = 1.5
     max_blocks: int = 40000
@@ -238,7 +240,8 @@ class MappingNodeConfig:
                              f"quaternion_tolerance={self.quaternion_tolerance}); a zero or unnormalised "
                              f"quaternion is not a rotation")
         if max(abs(v) for v in self.static_pose[:3]) > self.world_bound_m:
-            raise ValueError(f"static_pose position {self.static_pose[:3]} lies outside world_bound_m={self.world_bound_m}")
+            raise ValueError(f"static_pose position {self.static_pose[:3]} lies outside "
+                             f"world_bound_m={self.world_bound_m}")
         self.workspace_min = [float(v) for v in self.workspace_min]
         self.workspace_max = [float(v) for v in self.workspace_max]
         if len(self.workspace_min) not in (0, 3) or len(self.workspace_max) != len(self.workspace_min):
@@ -253,19 +256,42 @@ class MappingNodeConfig:
             raise ValueError("save_dir must not be empty")
         if not self.diagnostics_period_s > 0:
             raise ValueError(f"diagnostics_period_s must be > 0, got {self.diagnostics_period_s}")
-        # the TSDF settings are validated by TsdfConfig itself
-        self.tsdf_config()
+        # the TSDF settings are validated by TsdfConfig itself; with voxel_size 0 (the model's, known at
+        # configure) at the coarsest voxel allowed here, and again at configure with the model's
+        self.tsdf_config(self.voxel_size or RANGES["voxel_size"][1])
 
-    def tsdf_config(self):
-        """The :class:`~instseg_ros.mapping.tsdf.TsdfConfig` these parameters describe."""
+    def map_voxel_size(self, model_voxel_size: float) -> float:
+        """The map's voxel edge (m): ``voxel_size``, or the model's ``model_voxel_size`` (m) when it is 0.
+        ValueError naming both when they differ: the network was trained at its voxel size."""
+        if not self.voxel_size:
+            return float(model_voxel_size)
+        if abs(self.voxel_size - model_voxel_size) > VOXEL_SIZE_TOLERANCE:
+            raise ValueError(f"voxel_size {self.voxel_size} m differs from the model's voxel size "
+                             f"{model_voxel_size} m: set voxel_size to 0 (= the model's) or use a model "
+                             f"trained at {self.voxel_size} m")
+        return float(self.voxel_size)
+
+    def tsdf_config(self, voxel_size: float | None = None):
+        """The :class:`~instseg_ros.mapping.tsdf.TsdfConfig` these parameters describe, with the map's
+        ``voxel_size`` (m; default the parameter, which must then be set)."""
         from instseg_ros.mapping.tsdf import TsdfConfig
 
-        return TsdfConfig(voxel_size=float(self.voxel_size), trunc_voxels=float(self.trunc_voxels),
+        voxel_size = self.voxel_size if voxel_size is None else voxel_size
+        return TsdfConfig(voxel_size=float(voxel_size), trunc_voxels=float(self.trunc_voxels),
                           depth_max=float(self.depth_max), max_blocks=int(self.max_blocks),
                           workspace_min=tuple(self.workspace_min) if self.workspace_min else None,
                           workspace_max=tuple(self.workspace_max) if self.workspace_max else None,
                           weight_threshold=float(self.weight_threshold), device=self.device,
                           world_bound=float(self.world_bound_m))
+
+    def session_config(self, model_voxel_size: float):
+        """The :class:`~instseg_ros.mapping.session.MapSessionConfig` for a model trained at
+        ``model_voxel_size`` (m): ValueError when ``voxel_size`` is set to another value
+        (:meth:`map_voxel_size`) or the world bound does not fit the voxel index range at that size."""
+        from instseg_ros.mapping.session import MapSessionConfig
+
+        return MapSessionConfig(self.tsdf_config(self.map_voxel_size(model_voxel_size)),
+                                int(self.min_segment_voxels), float(self.id_match_iou), self.map_frame)
 
     def static_transform(self) -> np.ndarray:
         """T_map_camera (4, 4) from ``static_pose``."""
@@ -315,7 +341,7 @@ DESCRIPTIONS: dict[str, str] = {
     "camera_frame": "camera frame for pose_source=tf; '' = the depth image's header.frame_id",
     "static_pose": "pose_source=static: camera optical frame in map_frame [x, y, z, qx, qy, qz, qw] (m)",
     "tf_timeout_s": "pose_source=tf: how long to wait for the transform at the frame stamp (s)",
-    "voxel_size": "TSDF voxel edge (m)",
+    "voxel_size": "TSDF voxel edge (m); 0 = the model's own (a different value is refused at configure)",
     "trunc_voxels": "TSDF truncation distance in voxels",
     "depth_max": "depth beyond this (m) is not integrated",
     "max_blocks": "TSDF block budget (8^3 voxels each): bounds the map's memory",

@@ -28,7 +28,10 @@ def _face_samples(c, s, step=0.004):
     """Points on the top and four side faces of the box (the faces the cameras above can see)."""
     lo, hi = c - s / 2, c + s / 2
     pts = []
-    u = lambda a, b: np.arange(a + step / 2, b, step)
+
+    def u(a, b):
+        return np.arange(a + step / 2, b, step)
+
     X, Y = np.meshgrid(u(lo[0], hi[0]), u(lo[1], hi[1]), indexing="ij")
     pts.append(np.stack([X.ravel(), Y.ravel(), np.full(X.size, hi[2])], 1))
     for ax in (0, 1):
@@ -153,3 +156,29 @@ def test_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError):
             TsdfMap(TsdfConfig(device="cuda"))
+
+
+def test_select_filters_every_field_and_keeps_extra():
+    from instseg_ros.mapping import SurfaceVoxels
+
+    n = 5
+    coords = np.arange(3 * n, dtype=np.int32).reshape(n, 3)
+    sv = SurfaceVoxels(coords, coords.astype(np.float32) * 0.005, (coords * 10).astype(np.uint8),
+                       np.tile(np.float32([0, 0, 1]), (n, 1)), 0.005,
+                       extra={"instance": np.array([7, 7, 0, 9, 9]), "rgb_gt": np.arange(2 * n).reshape(n, 2)})
+    out = sv.select(np.array([True, False, False, True, True]))
+    # rows 0, 3, 4 of every field, in order
+    assert out.coords.tolist() == [[0, 1, 2], [9, 10, 11], [12, 13, 14]]
+    np.testing.assert_array_equal(out.points, coords[[0, 3, 4]].astype(np.float32) * 0.005)
+    assert out.colors.tolist() == [[0, 10, 20], [90, 100, 110], [120, 130, 140]]
+    assert out.normals.shape == (3, 3) and out.voxel_size == 0.005
+    assert out.extra["instance"].tolist() == [7, 9, 9]
+    assert out.extra["rgb_gt"].tolist() == [[0, 1], [6, 7], [8, 9]]
+    # integer indices pick in the order given; the original is untouched
+    assert sv.select(np.array([4, 1])).extra["instance"].tolist() == [9, 7]
+    assert len(sv) == 5 and sv.extra["instance"].tolist() == [7, 7, 0, 9, 9]
+    with pytest.raises(ValueError, match="bool mask"):
+        sv.select(np.ones(4, bool))
+    sv.extra["bad"] = np.zeros(4)
+    with pytest.raises(ValueError, match="'bad'"):
+        sv.select(np.ones(5, bool))

@@ -5,8 +5,9 @@ The OccuSeg weights are random (the segmentation is arbitrary); what is tested i
 fused map lies on the true surfaces in the map frame, instance centroids equal the moments of the
 published cloud's label sets, one marker set per instance, ids stable across segmentations of the
 same map, ~/save writes a PLY (read back with Open3D) and JSON that match the messages, ~/reset
-empties the map, bad poses / missing poses are logged and skipped, and pose_source=tf without
-tf2_ros refuses to configure with a clear error.
+empties the map, bad poses / missing poses are logged and skipped, pose_source=tf without tf2_ros
+and a voxel_size other than the model's refuse to configure with a clear error (voxel_size 0, the
+default, maps at the model's voxel size).
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ class MapRig:
         self.node, self.ex, tmp = graph
         self.ns = ns
         self.fqn = f"{ns}/occuseg_mapping_node"
-        p = {"device": "cpu", "segment_period_s": 0.0, "voxel_size": VOXEL, "diagnostics_period_s": 0.5,
+        p = {"device": "cpu", "segment_period_s": 0.0, "diagnostics_period_s": 0.5,
              "save_dir": str(tmp / f"save{ns.strip('/')}"), **params}
         self.save_dir = p["save_dir"]
         self.proc = NodeProcess(node_command("occuseg_mapping_node", namespace=ns, params=p), ros_env,
@@ -153,6 +154,8 @@ def test_map_segment_save_reset(rig, graph):
         stamps.append(s)
         assert spin_until(rig.ex, lambda: rig.stat("frames_integrated") >= len(stamps), 30.0), rig.proc.output()
 
+    # voxel_size 0 (the default): the map is at the model's voxel size
+    assert f"map voxel_size {VOXEL} m" in rig.proc.output()
     res = rig.call("segment")
     assert res.success, res.message
     assert spin_until(rig.ex, lambda: rig.col.count(rig.topics["instances"]) >= 1
@@ -269,6 +272,21 @@ def test_pose_source_tf_without_tf2_refuses_to_configure(graph, ros_env):
     assert code == 0, r.proc.output()
 
 
+def test_a_voxel_size_other_than_the_models_refuses_to_configure(graph, ros_env):
+    from lifecycle_msgs.msg import State
+
+    model = random_occuseg(str(graph[2] / "occuseg_voxel.pt"))
+    r = MapRig(graph, ros_env, f"/vox{os.getpid()}", model_path=model, voxel_size=0.01)
+    try:
+        assert spin_until(r.ex, lambda: "configure failed" in r.proc.output(), 60.0), r.proc.output()
+        line = next(ln for ln in r.proc.output().splitlines() if "configure failed" in ln)
+        assert "voxel_size 0.01 m" in line and f"voxel size {VOXEL} m" in line, line
+        assert _lifecycle_call(graph[0], graph[1], r.fqn, None).current_state.id == State.PRIMARY_STATE_UNCONFIGURED
+    finally:
+        code = r.proc.stop()
+    assert code == 0, r.proc.output()
+
+
 # ------------------------------------------------------------------------------ reliability (#17)
 
 def _status(rig):
@@ -291,7 +309,7 @@ def test_far_poses_and_unnormalised_quaternions_are_rejected_and_the_map_stays_s
     for rgb, depth, K, T in vs:
         n = rig.stat("frames_integrated")
         rig.pub.publish_frame(rgb, depth, K, time.time_ns(), T_map_camera=T)
-        assert spin_until(rig.ex, lambda: rig.stat("frames_integrated") > n, 30.0), rig.proc.output()[-3000:]
+        assert spin_until(rig.ex, lambda n=n: rig.stat("frames_integrated") > n, 30.0), rig.proc.output()[-3000:]
     rgb, depth, K, T = vs[0]
 
     def rejected(T_bad, quaternion=None, stamp=None, log_text=""):
@@ -340,7 +358,7 @@ def test_budget_and_missing_inputs_show_in_the_node_log_and_diagnostics(graph, r
         for rgb, depth, K, T in vs[:2]:
             n = r.stat("bad_frames") + r.stat("frames_integrated")
             r.pub.publish_frame(rgb, depth, K, time.time_ns(), T_map_camera=T)
-            assert spin_until(r.ex, lambda: r.stat("bad_frames") + r.stat("frames_integrated") > n
+            assert spin_until(r.ex, lambda n=n: r.stat("bad_frames") + r.stat("frames_integrated") > n
                               and r.stat("map_blocks") >= 0, 30.0), r.proc.output()[-3000:]
         assert spin_until(r.ex, lambda: r.stat("map_blocks_dropped") > 0, 10.0), r.proc.output()[-3000:]
         out = r.proc.output()

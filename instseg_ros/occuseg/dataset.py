@@ -134,5 +134,5 @@ def augment(s: Scene, rng: np.random.Generator) -> Scene:
     coords = ((2 * s.sv.coords.astype(np.int64) + 1) @ R.T - 1) // 2
     gain = rng.uniform(0.8, 1.2, size=3)
     col = np.clip(s.sv.colors.astype(np.float64) * gain + rng.normal(0, 5, size=3), 0, 255).astype(np.uint8)
-    sv = SurfaceVoxels(coords.astype(np.int32), pts, col, nrm, s.sv.voxel_size)
+    sv = SurfaceVoxels(coords.astype(np.int32), pts, col, nrm, s.sv.voxel_size, dict(s.sv.extra))
     return Scene(sv, s.semantic.copy(), s.instance.copy(), s.name)

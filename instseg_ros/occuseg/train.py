@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from instseg_ros.mapping.tsdf import SurfaceVoxels, TsdfConfig
+from instseg_ros.mapping.tsdf import TsdfConfig
 from instseg_ros.train.config import require_data
 from instseg_ros.train.engine import (
     Context,
@@ -102,8 +102,7 @@ class OccuSegTask(TrainTask):
         s = augment(self.scenes[int(rng.integers(len(self.scenes)))], rng)
         if len(s.sv) > cfg.max_voxels:
             keep = np.sort(rng.choice(len(s.sv), cfg.max_voxels, replace=False))
-            s = Scene(SurfaceVoxels(s.sv.coords[keep], s.sv.points[keep], s.sv.colors[keep], s.sv.normals[keep],
-                                    s.sv.voxel_size), s.semantic[keep], s.instance[keep], s.name)
+            s = Scene(s.sv.select(keep), s.semantic[keep], s.instance[keep], s.name)
         feats, coords, pos, sem, ins = (t.to(self.ctx.device) for t in scene_tensors(s, cfg.model.spatial_scale))
         return net(feats, coords, {"pos": pos, "semantic": sem, "instance": ins})
 

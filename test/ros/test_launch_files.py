@@ -129,16 +129,16 @@ def test_parameter_precedence_node_yaml_then_launch_mode_then_site_file_then_com
         overrides = ls.write_command_line_overrides(PREFIX, given or {}, tmp_path / "cl")
         return parameters_of(node, PREFIX, ls.parameter_files(ROOT, node, "realsense", site, overrides), names)
 
-    # node YAML: topic, 0.005, 1.5; launch_realsense.yaml: pose_source tf
-    assert resolved() == {"pose_source": "tf", "voxel_size": 0.005, "depth_max": 1.5}
+    # node YAML: topic, 0.0 (the model's voxel size), 1.5; launch_realsense.yaml: pose_source tf
+    assert resolved() == {"pose_source": "tf", "voxel_size": 0.0, "depth_max": 1.5}
     # the site file wins over both, whatever key form it uses -- including "/**", which a dict
     # given by the launch file used to beat (the bug): files come in order, later keys win
     for i, key in enumerate([f"/**/{node}", "/**", fqn, "/camera/*/occuseg_mapping_node"]):
         site = write_yaml(tmp_path / f"site{i}.yaml", {key: {"ros__parameters": {"pose_source": "static",
                                                                                  "depth_max": 0.9}}})
-        assert resolved(site) == {"pose_source": "static", "voxel_size": 0.005, "depth_max": 0.9}, key
+        assert resolved(site) == {"pose_source": "static", "voxel_size": 0.0, "depth_max": 0.9}, key
         # a launch argument given on the command line wins over the site file, only for what it sets
-        assert resolved(site, {"pose_source": "topic"}) == {"pose_source": "topic", "voxel_size": 0.005,
+        assert resolved(site, {"pose_source": "topic"}) == {"pose_source": "topic", "voxel_size": 0.0,
                                                             "depth_max": 0.9}, key
     # both a "/**" block and a node block in one site file: the file's own order decides, and the
     # command line still wins

@@ -13,6 +13,7 @@ from instseg_ros.core.instances import Instances
 from instseg_ros.ros.node_common import FrameError, StampGuard, input_health, pose_from_xyz_quat
 from instseg_ros.ros.node_params import (
     RANGES,
+    ZERO_ALLOWED,
     ClusterNetNodeConfig,
     MappingNodeConfig,
     config_from_values,
@@ -211,7 +212,7 @@ def test_every_range_end_is_accepted_and_every_default_is_inside(cls):
         if name not in defaults or name.startswith("network_"):
             continue
         d = defaults[name]
-        assert lo <= d <= hi, name
+        assert lo <= d <= hi or (d == 0 and name in ZERO_ALLOWED), name
         for v in (lo, hi):
             values = {name: type(d)(v)}
             # the world bound has to fit the voxel index range (+-2^20 voxels): 0.5 mm voxels address

@@ -158,7 +158,7 @@ def _plot(results: dict, rc: np.ndarray, path: str) -> None:
     plt.close(fig)
 
 
-def evaluate(checkpoint: str, data_root: str, split: str, out_dir: str, limit: int | None = None,
+def evaluate(checkpoint: str, data: str, split: str, out_dir: str, limit: int | None = None,
              min_gt_voxels: int = 30, device: str = "cpu", cache_dir: str | None = None,
              variants: list[str] | None = None) -> dict:
     from instseg_ros.mapping.tsdf import TsdfConfig
@@ -168,9 +168,9 @@ def evaluate(checkpoint: str, data_root: str, split: str, out_dir: str, limit: i
 
     seg = MapSegmenter.from_checkpoint(checkpoint, device=device)
     tsdf_cfg = TsdfConfig(voxel_size=seg.config.voxel_size)
-    paths = prepare_scenes(data_root, split, tsdf_cfg, cache_dir or os.path.join(data_root, "cache"), limit)
+    paths = prepare_scenes(data, split, tsdf_cfg, cache_dir or os.path.join(data, "cache"), limit)
     if not paths:
-        raise ValueError(f"no sequences under {data_root}/sequences/{split}")
+        raise ValueError(f"no sequences under {data}/sequences/{split}")
     variants = variants or list(VARIANTS)
     per_variant: dict[str, list[ScenePredictions]] = {v: [] for v in variants}
     rcs = []
@@ -220,12 +220,12 @@ def evaluate(checkpoint: str, data_root: str, split: str, out_dir: str, limit: i
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="instseg evaluate occuseg", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--data-root", required=True, help="dataset root with sequences/<split>/")
+    ap.add_argument("--data", required=True, help="dataset root with sequences/<split>/ (the same option as training)")
     ap.add_argument("--split", default="val")
     ap.add_argument("--out-dir", default="runs/occuseg_eval")
     ap.add_argument("--limit", type=int, default=None, help="at most this many maps")
     ap.add_argument("--min-gt-voxels", type=int, default=30)
-    ap.add_argument("--cache-dir", default=None, help="fused-map cache (default <data-root>/cache)")
+    ap.add_argument("--cache-dir", default=None, help="fused-map cache (default <data>/cache)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=None,
                     help="which of full / no_occupancy / no_feature / no_spatial (default all)")
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    s = evaluate(args.checkpoint, args.data_root, args.split, args.out_dir, args.limit, args.min_gt_voxels,
+    s = evaluate(args.checkpoint, args.data, args.split, args.out_dir, args.limit, args.min_gt_voxels,
                  args.device, args.cache_dir, args.variants)
     rows = {v: dict(r["class_agnostic"], per_class_mAP=r["per_class_mean"]["mAP"]) for v, r in s["results"].items()}
     print(json.dumps({"maps": s["maps"], "occupancy": s["occupancy"], "class_agnostic": rows}))

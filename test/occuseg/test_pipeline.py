@@ -99,7 +99,7 @@ def test_train_resume_segment_evaluate(dataset, tmp_path):
     assert all(v >= 0 for v in seg.last_timings.values())
 
     out = tmp_path / "eval"
-    assert occuseg_eval.main(["--checkpoint", str(tmp_path / "occuseg_tiny.pt"), "--data-root", str(dataset),
+    assert occuseg_eval.main(["--checkpoint", str(tmp_path / "occuseg_tiny.pt"), "--data", str(dataset),
                               "--split", "val", "--out-dir", str(out), "--min-gt-voxels", "20"]) == 0
     summary = json.load(open(out / "occuseg_eval.json"))
     assert set(summary["results"]) == {"full", "no_occupancy", "no_feature", "no_spatial"}

@@ -23,7 +23,7 @@ import numpy as np
 
 from instseg_ros.core.palette import colorize
 from instseg_ros.data import io
-from instseg_ros.data.scene import SceneConfig, generate_scene_frames, generate_sequence
+from instseg_ros.data.scene import PROFILES, SceneConfig, generate_scene_frames, generate_sequence, profile_config
 
 OCC_COLORS = {"heavy": (230, 40, 40), "medium": (240, 200, 40), "little": (60, 200, 80)}
 
@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop starting new shards after this long; finished shards are kept and merged")
     ap.add_argument("--png-compress", type=int, default=1, choices=range(10), metavar="0-9",
                     help="PNG zlib level (1 fast; 9 for small shipped samples)")
+    ap.add_argument("--profile", default="default", choices=PROFILES,
+                    help="scene profile: 'default' (the generator of the shipped models) or 'real_shapes' (thin and "
+                         "hollow objects, rimmed bins in saturated colours, robot-like camera arcs)")
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -221,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--voxel-size must be > 0")
     from tqdm import tqdm
 
-    cfg = replace(SceneConfig(), width=args.width, height=args.height, views_per_scene=args.views_per_scene,
-                  max_objects=args.max_objects, dense_prob=args.dense_prob, multipart_prob=args.multipart_prob)
+    cfg = replace(profile_config(args.profile), width=args.width, height=args.height,
+                  views_per_scene=args.views_per_scene, max_objects=args.max_objects,
+                  dense_prob=args.dense_prob, multipart_prob=args.multipart_prob)
     out = Path(args.out)
     (out / args.split / "frames").mkdir(parents=True, exist_ok=True)
     shard_dir = out / args.split / "shards"

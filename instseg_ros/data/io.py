@@ -37,6 +37,7 @@ from PIL import Image
 #: Shape families; the index + 1 is the semantic class id (0 = background) used in JSON and voxel GT.
 FAMILIES: tuple[str, ...] = (
     "box", "cylinder", "sphere", "capsule", "cone", "torus", "ellipsoid", "convex_hull", "irregular",
+    "thin", "hollow",  # appended (ids 10, 11) so that the ids of data written before stay valid
 )
 DEPTH_SCALE_MM = 1000.0        #: depth.png units per metre
 DEPTH_GT_SCALE = 10000.0       #: depth_gt.png units per metre (0.1 mm)

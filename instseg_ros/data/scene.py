@@ -50,6 +50,24 @@ class SceneConfig:
     dense_distance: tuple[float, float] = (0.35, 0.75)  #: camera distance (m) to a dense tabletop's centre
     dense_elevation: tuple[float, float] = (30.0, 70.0)  #: camera elevation (deg) over a dense tabletop
     primary: str = "raster"  #: primary visibility: "raster" (fast, exact ray/triangle hits) or "embree"
+    #: relative frequency per shape family (None: :data:`~instseg_ros.data.shapes.FAMILY_WEIGHTS`)
+    family_weights: dict[str, float] | None = None
+    bin_rim_prob: float = 0.0  #: bins with a flat rim (flange) around the top of their walls
+    #: bin wall colours: "v1" (blue, grey, any saturated hue, white; the first generator) or "wide" (v1 plus
+    #: yellow, red, orange, green and black plastic, and varied gloss)
+    bin_palette: str = "v1"
+    seq_elevation: tuple[float, float] = (40.0, 80.0)  #: multi-view sequences: camera elevation range (deg)
+    seq_distance: tuple[float, float] = (0.4, 0.8)  #: multi-view sequences: camera distance range (m)
+
+    def __post_init__(self) -> None:
+        if self.bin_palette not in ("v1", "wide"):
+            raise ValueError(f"bin_palette must be 'v1' or 'wide', got {self.bin_palette!r}")
+        if not 0.0 <= self.bin_rim_prob <= 1.0:
+            raise ValueError(f"bin_rim_prob must be in [0, 1], got {self.bin_rim_prob}")
+        if not (0.0 < self.seq_elevation[0] <= self.seq_elevation[1] <= 90.0):
+            raise ValueError(f"seq_elevation must satisfy 0 < lo <= hi <= 90 deg, got {self.seq_elevation}")
+        if not (0.0 < self.seq_distance[0] <= self.seq_distance[1]):
+            raise ValueError(f"seq_distance must satisfy 0 < lo <= hi (m), got {self.seq_distance}")
     physics: PhysicsConfig = field(default_factory=PhysicsConfig)
 
 
@@ -215,6 +233,16 @@ def _surface_material(rng, kind: str, printed: np.ndarray) -> render.Material:
                _hsv(rng.random(), rng.uniform(0, 0.1), rng.uniform(0.75, 0.95))][c1]
         return render.Material(np.stack([_lin(col), _lin(col * 0.9)]), _tex(rng, "noise"),
                                float(rng.uniform(0.2, 0.6)), float(rng.uniform(0.1, 0.5)), 25.0)
+    if kind == "bin_wide":
+        style = rng.choice(["v1", "yellow", "red", "orange", "green", "black"], p=[0.4, 0.15, 0.15, 0.1, 0.1, 0.1])
+        if style == "v1":
+            return _surface_material(rng, "bin", printed)
+        hue = {"yellow": (0.11, 0.17), "red": (-0.03, 0.02), "orange": (0.05, 0.1), "green": (0.25, 0.42),
+               "black": (0.0, 1.0)}[style]
+        col = (_hsv(rng.uniform(*hue) % 1.0, rng.uniform(0.0, 0.2), rng.uniform(0.03, 0.15)) if style == "black"
+               else _hsv(rng.uniform(*hue) % 1.0, rng.uniform(0.65, 1.0), rng.uniform(0.55, 1.0)))
+        return render.Material(np.stack([_lin(col), _lin(col * 0.9)]), _tex(rng, "noise"),
+                               float(rng.uniform(0.2, 0.6)), float(rng.uniform(0.05, 0.7)), float(rng.uniform(10, 60)))
     if kind == "floor":  # carpet, concrete, wooden floor, tiles
         style = rng.choice(["carpet", "concrete", "planks", "tiles", "fabric"], p=[0.35, 0.25, 0.2, 0.1, 0.1])
         tex = _tex(rng, {"carpet": "carpet", "concrete": "noise", "planks": "planks", "tiles": "checker",
@@ -272,8 +300,8 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
             n_objects = int(np.exp(rng.uniform(np.log(cfg.min_objects), np.log(cfg.max_objects + 1))))
     n = int(np.clip(n_objects, cfg.min_objects, cfg.max_objects))
     if dense:  # pack first: the table is then sized and placed around the cluster (visible at the borders)
-        shapes = [sample_shape(rng, split, size_range=cfg.arranged_sizes, multipart=cfg.multipart_prob)
-                  for _ in range(n)]
+        shapes = [sample_shape(rng, split, size_range=cfg.arranged_sizes, multipart=cfg.multipart_prob,
+                               weights=cfg.family_weights) for _ in range(n)]
         spawn, dense_region, centre, radius = _pack(rng, shapes, 0.0, cfg)
     tx, ty = rng.uniform(0.35, 0.9), rng.uniform(0.3, 0.55)  # table half sizes
     table_h = rng.uniform(0.4, 0.8)
@@ -282,12 +310,21 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
     if kind == "bin":
         bx, by = rng.uniform(0.14, 0.32), rng.uniform(0.1, 0.23)
         wall_h, th = rng.uniform(0.06, 0.25), rng.uniform(0.005, 0.015)
-        mat = _surface_material(rng, "bin", printed)
+        mat = _surface_material(rng, "bin_wide" if cfg.bin_palette == "wide" else "bin", printed)
         parts = [(np.array([0, 0, -th / 2]), np.array([bx + th, by + th, th / 2]))]
         for sx in (-1, 1):
             parts.append((np.array([sx * (bx + th / 2), 0, wall_h / 2]), np.array([th / 2, by + th, wall_h / 2])))
         for sy in (-1, 1):
             parts.append((np.array([0, sy * (by + th / 2), wall_h / 2]), np.array([bx + th, th / 2, wall_h / 2])))
+        if cfg.bin_rim_prob > 0 and rng.random() < cfg.bin_rim_prob:
+            # a flat flange around the top, outwards (totes, storage boxes): a bright band at a depth edge
+            rw = rng.uniform(0.008, 0.03)
+            for sx in (-1, 1):
+                parts.append((np.array([sx * (bx + th + rw / 2), 0, wall_h - th / 2]),
+                              np.array([rw / 2, by + th + rw, th / 2])))
+            for sy in (-1, 1):
+                parts.append((np.array([0, sy * (by + th + rw / 2), wall_h - th / 2]),
+                              np.array([bx + th, rw / 2, th / 2])))
         for c, h in parts:
             bg.append(_box_rm(c, h, mat))
             boxes.append((c, h))
@@ -372,7 +409,7 @@ def build_scene(rng: np.random.Generator, split: str, cfg: SceneConfig, n_object
         dense_info = {"dense_centre": centre.tolist(), "dense_radius": radius}
     else:
         shapes = [sample_shape(rng, split, size_range=cfg.arranged_sizes if arranged else None,
-                               multipart=cfg.multipart_prob) for _ in range(n)]
+                               multipart=cfg.multipart_prob, weights=cfg.family_weights) for _ in range(n)]
         # scale the drop region with the pile size so big piles spread and small ones touch
         spawn = _arrange(rng, shapes, region, table_top, cfg) if arranged else None
     poses, info = drop(shapes, Support(boxes), region, rng, cfg.physics, spawn=spawn)
@@ -709,14 +746,17 @@ def generate_scene_frames(split: str, seed: int, index: int, cfg: SceneConfig) -
 
 # ------------------------------------------------------------------------------------------ sequences
 
-def sequence_poses(rng: np.random.Generator, st: SceneState, n_views: int) -> list[np.ndarray]:
-    """A smooth wrist-camera-like arc over the pile: sweeping azimuth, varying elevation and distance."""
+def sequence_poses(rng: np.random.Generator, st: SceneState, n_views: int,
+                   elevation: tuple[float, float] = (40.0, 80.0),
+                   distance: tuple[float, float] = (0.4, 0.8)) -> list[np.ndarray]:
+    """A smooth wrist-camera-like arc over the pile: sweeping azimuth, elevation (deg) and distance (m) moving
+    between two draws from their ranges."""
     c = np.mean([T[:3, 3] for T in st.poses], axis=0) if st.poses else np.zeros(3)
     c[2] = max(c[2] * 0.5, 0.0)
     a0 = rng.uniform(0, 2 * np.pi)
     sweep = np.deg2rad(rng.uniform(60, 200)) * rng.choice([-1, 1])
-    el0, el1 = np.deg2rad(rng.uniform(40, 80, 2))
-    d0, d1 = rng.uniform(0.4, 0.8, 2)
+    el0, el1 = np.deg2rad(rng.uniform(elevation[0], elevation[1], 2))
+    d0, d1 = rng.uniform(distance[0], distance[1], 2)
     roll0 = rng.normal(0, 10)
     poses = []
     for k in range(n_views):
@@ -785,7 +825,7 @@ def generate_sequence(split: str, seed: int, index: int, cfg: SceneConfig, n_vie
     K = sample_intrinsics(rng, cfg.width, cfg.height)
     light = sample_lighting(rng)
     views = []
-    for k, T in enumerate(sequence_poses(rng, st, n_views)):
+    for k, T in enumerate(sequence_poses(rng, st, n_views, cfg.seq_elevation, cfg.seq_distance)):
         vr = rng_for(split, seed, 1_000_000 + index, 1 + k)
         fr = render_view(scene, st, K, T, vr, cfg, light=light)
         fr["extra"] = {"sequence": int(index), "view": k, "kind": st.kind, "dense": bool(st.info.get("dense")),
@@ -796,6 +836,27 @@ def generate_sequence(split: str, seed: int, index: int, cfg: SceneConfig, n_vie
     meta = {"kind": st.kind, "n_objects": len(st.shapes), "bounds": st.bounds.tolist(),
             "families": {str(k): v for k, v in fam.items()}, "split": split, "seed": int(seed), "index": int(index)}
     return {"views": views, "gt_voxels": gt, "meta": meta}
+
+
+#: named scene profiles for ``instseg generate --profile``: "default" is the generator the shipped models were
+#: trained with; "real_shapes" widens it towards what real bins hold (issue #15): thin and hollow objects,
+#: rimmed bins in saturated colours, camera arcs like a robot's (30-70 deg, 0.45-0.9 m)
+PROFILES = ("default", "real_shapes")
+
+
+def profile_config(name: str, base: SceneConfig | None = None) -> SceneConfig:
+    """The :class:`SceneConfig` of a named profile (see :data:`PROFILES`), on top of ``base``."""
+    from dataclasses import replace
+
+    from instseg_ros.data.shapes import REAL_SHAPES_WEIGHTS
+
+    base = SceneConfig() if base is None else base
+    if name == "default":
+        return base
+    if name == "real_shapes":
+        return replace(base, family_weights=dict(REAL_SHAPES_WEIGHTS), bin_prob=0.6, bin_rim_prob=0.5,
+                       bin_palette="wide", seq_elevation=(30.0, 70.0), seq_distance=(0.45, 0.9))
+    raise ValueError(f"unknown scene profile {name!r}; known: {PROFILES}")
 
 
 def seed_hash(text: str) -> int:

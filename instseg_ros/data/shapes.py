@@ -471,11 +471,17 @@ def _make_irregular(rng, s, mp=False):
             return (v, f, n, [Part("hull", vertices=v.copy())], {"kind": kind, "r": r, "h": h, "cap": ch, "rc": rc},
                     True, tp, ("body", "cap"))
         return v, f, n, [Part("hull", vertices=v.copy())], {"kind": kind, "r": r, "h": h}, True
-    # cup / bowl: open container; physics = bottom disk + ring of wall boxes
-    r = s / 2 * rng.uniform(0.5, 1.0)
-    h = s * rng.uniform(0.25, 0.9) if rng.random() < 0.6 else r * rng.uniform(0.5, 0.9)
-    wall = max(0.004, r * 0.08)
-    rb = r * rng.uniform(0.6, 1.0)
+    return _cup(rng, s, mp)
+
+
+def _cup(rng, s, mp=False, handle: bool | None = None, recentre: bool = False):
+    """Cup / mug / deep bowl: an open lathed container; physics = bottom disk + ring of wall boxes. ``handle``
+    None draws it (tall ones get one 60 % of the time), True / False decide (a mug is then at least as tall
+    as 0.9 of its radius). ``recentre`` puts the body origin at the solid's centroid (the centre of mass
+    pybullet assumes); False keeps the irregular family's cups as they were drawn before."""
+    r, h, wall, rb = _cup_profile(rng, s)
+    if handle:
+        h = max(h, 0.9 * r)
     outer_r = np.array([rb, r])
     outer_z = np.array([-h / 2, h / 2])
     inner_r = np.array([r - wall, rb - wall])
@@ -486,7 +492,8 @@ def _make_irregular(rng, s, mp=False):
     n_cup = len(f)
     # ensure the rim/inner faces shade correctly: normals from geometry already (inner faces face inward)
     parts = [Part("cylinder", np.array([rb, wall]), pos=np.array([0, 0, -h / 2 + wall / 2]))]
-    handle = h > r * 0.8 and rng.random() < 0.6  # mugs have handles, bowls do not
+    if handle is None:
+        handle = h > r * 0.8 and rng.random() < 0.6  # mugs have handles, bowls do not
     if handle:
         hr = min(h * rng.uniform(0.25, 0.42), 0.05)
         tube = max(min(hr * rng.uniform(0.15, 0.3), 0.012), 0.003)
@@ -505,6 +512,11 @@ def _make_irregular(rng, s, mp=False):
         Rm = _axis_rot(2, a) @ _axis_rot(1, tilt)
         half = np.array([wall / 2, np.pi * (r + rb) / k / 2, h / 2 / np.cos(tilt)])
         parts.append(Part("box", half, pos=np.array([rm * np.cos(a), rm * np.sin(a), 0.0]), quat=_rot_to_quat(Rm)))
+    if recentre:
+        c = _solid_centroid(v, f)
+        v = v - c
+        for p in parts:
+            p.pos = p.pos - c
     params = {"kind": "mug" if handle else "cup", "r": r, "h": h}
     if not mp:
         return v, f, n, parts, params, False
@@ -622,14 +634,237 @@ def _make_tool(rng, s, mp=False):
     return v, f, n, parts, params, False, tp.astype(np.int32), roles[: int(tp.max()) + 1]
 
 
+
+class _Assembly:
+    """Rigidly joined primitives (body frame, metres): render meshes, one convex collision piece each, and the
+    appearance part of each. :meth:`finish` puts the body origin at the solid's centroid (pybullet puts the
+    centre of mass at the body origin) and returns what a maker returns."""
+
+    def __init__(self) -> None:
+        self.meshes: list = []
+        self.parts: list[Part] = []
+        self.groups: list[int] = []
+
+    def box(self, half, centre, R=None, group: int = 0) -> None:
+        half = np.asarray(half, float)
+        R = np.eye(3) if R is None else R
+        self.meshes.append(_transform(box_mesh(half), R, np.asarray(centre, float)))
+        self.parts.append(Part("box", half, pos=np.asarray(centre, float), quat=_rot_to_quat(R)))
+        self.groups.append(group)
+
+    def cyl(self, r: float, length: float, centre, R=None, group: int = 0, seg: int = 16) -> None:
+        """A closed cylinder along the local z axis, rotated by R."""
+        R = np.eye(3) if R is None else R
+        self.meshes.append(_transform(_cyl_mesh(r, length, seg), R, np.asarray(centre, float)))
+        self.parts.append(Part("cylinder", np.array([r, length]), pos=np.asarray(centre, float), quat=_rot_to_quat(R)))
+        self.groups.append(group)
+
+    def mesh(self, mesh, part: Part, group: int = 0) -> None:
+        """Any closed render mesh with its own collision piece (an approximating box)."""
+        self.meshes.append(mesh)
+        self.parts.append(part)
+        self.groups.append(group)
+
+    def finish(self, params: dict, roles: tuple[str, ...], mp: bool, round_: bool = False):
+        groups = self.groups if mp else [0] * len(self.groups)
+        v, f, n, tp = _merge_parts(self.meshes, groups)
+        c = _solid_centroid(v, f)  # the pieces' solids (where they overlap, a few % of one piece counts twice)
+        v = v - c
+        for p in self.parts:
+            p.pos = p.pos - c
+            if p.vertices is not None:
+                p.vertices = p.vertices - c
+        params = dict(params, ext=(v.max(0) - v.min(0)).tolist())
+        if not mp:
+            return v, f, n, self.parts, params, round_
+        used = int(tp.max()) + 1
+        return v, f, n, self.parts, params, round_, tp.astype(np.int32), roles[:used]
+
+
+#: kinds of the "thin" family (long, narrow objects a grasp planner must pinch) and their frequencies
+THIN_KINDS = {"marker": 0.2, "pen": 0.12, "screwdriver": 0.16, "knife": 0.12, "fork": 0.1, "spoon": 0.12,
+              "scissors": 0.1, "clamp": 0.08}
+#: length range (m) of each thin kind: household sizes, whatever the drawn size
+THIN_LENGTHS = {"marker": (0.11, 0.15), "pen": (0.13, 0.15), "screwdriver": (0.15, 0.26), "knife": (0.17, 0.24),
+                "fork": (0.15, 0.21), "spoon": (0.13, 0.2), "scissors": (0.13, 0.21), "clamp": (0.1, 0.18)}
+#: kinds of the "hollow" family (open containers: seen from above a rim around a cavity) and their frequencies
+HOLLOW_KINDS = {"bowl": 0.3, "mug": 0.25, "cup": 0.15, "open_box": 0.3}
+
+
+def _make_thin(rng, s, mp=False):
+    """Thin and long objects, long axis along body x: markers and pens (a barrel and a cap), screwdrivers (a
+    handle and a shaft), knives, forks and spoons (a handle and a 1-3 mm blade, tines or a shallow bowl),
+    scissors (two blades and two finger rings) and clamps (a C frame with a screw). Lengths from
+    :data:`THIN_LENGTHS` whatever ``s`` is: these objects come in a narrow size band."""
+    kind = str(rng.choice(list(THIN_KINDS), p=np.array(list(THIN_KINDS.values())) / sum(THIN_KINDS.values())))
+    L = float(rng.uniform(*THIN_LENGTHS[kind]))
+    a = _Assembly()
+    ry = _axis_rot(1, np.pi / 2)  # local z -> body x
+    if kind in ("marker", "pen"):
+        r = rng.uniform(0.007, 0.01) if kind == "marker" else rng.uniform(0.0035, 0.005)
+        lc = L * rng.uniform(0.2, 0.35)
+        a.cyl(r, L - lc, [-lc / 2, 0, 0], ry, 0)
+        a.cyl(r * rng.uniform(1.05, 1.2), lc, [(L - lc) / 2, 0, 0], ry, 1)
+        if kind == "pen" and rng.random() < 0.6:  # the clip
+            a.box([lc * 0.4, 0.0012, 0.0008], [(L - lc) / 2, 0, r * 1.3], None, 1)
+        params, roles, round_ = {"kind": kind, "r": float(r), "L": L}, ("body", "cap"), True
+    elif kind == "screwdriver":
+        rh = rng.uniform(0.009, 0.017)
+        lh = L * rng.uniform(0.35, 0.45)
+        rs = rng.uniform(0.002, 0.0035)
+        a.cyl(rh, lh, [-(L - lh) / 2, 0, 0], ry, 0, seg=12)
+        a.cyl(rs, L - lh, [lh / 2, 0, 0], ry, 1, seg=10)
+        params, roles, round_ = {"kind": kind, "r": float(rh), "L": L}, ("grip", "head"), True
+    elif kind in ("knife", "fork", "spoon"):
+        lh = L * rng.uniform(0.45, 0.6)
+        hw, ht = rng.uniform(0.006, 0.011), rng.uniform(0.002, 0.005)
+        a.box([lh / 2, hw, ht], [-(L - lh) / 2, 0, 0], None, 0)
+        lf = L - lh
+        xf = lh / 2  # centre of the working end along x
+        if kind == "knife":
+            bw = rng.uniform(0.007, 0.013)
+            a.box([lf / 2, bw, 0.0009], [xf, 0, 0], None, 1)
+        elif kind == "fork":
+            a.box([lf * 0.15, hw * 1.3, 0.0012], [xf - lf * 0.35, 0, 0], None, 1)
+            n_t = int(rng.choice([3, 4]))
+            for y in np.linspace(-hw * 1.1, hw * 1.1, n_t):
+                a.box([lf * 0.35, 0.0012, 0.0012], [xf + lf * 0.15, y, 0], None, 1)
+        else:
+            rb = lf * rng.uniform(0.3, 0.38)
+            wb = rb * rng.uniform(0.5, 0.6)
+            db = rng.uniform(0.004, 0.008)
+            v, f, n = sphere_mesh(rb, wb, db, 8, 16)
+            cb = np.array([xf + lf / 2 - rb, 0, 0])
+            # collision: the box around the bowl (compound bodies are made of primitives only)
+            a.mesh((v + cb, f, n), Part("box", np.array([rb, wb, db]), pos=cb), 1)
+        params, roles, round_ = {"kind": kind, "w": float(hw), "L": L}, ("body", "head"), False
+    elif kind == "scissors":
+        lb = L * rng.uniform(0.5, 0.6)
+        ang = np.deg2rad(rng.uniform(3, 25))
+        rr, rt = rng.uniform(0.011, 0.016), 0.0028
+        x0 = -(L - lb) + 2 * rr - rt  # each blade runs from its finger ring's tube to its tip
+        for sgn in (-1, 1):
+            Rz = _axis_rot(2, sgn * ang / 2)
+            a.box([(lb - x0) / 2, 0.005, 0.0012], Rz @ np.array([(lb + x0) / 2, 0, 0]) + [0, 0, sgn * 0.0013], Rz, 0)
+            cr = Rz @ np.array([-(L - lb) + rr, -sgn * rr * 0.9, 0])  # rings apart, each beside its blade
+            v, f, n = torus_mesh(rr, rt, 16, 8)
+            a.mesh((v + cr, f, n), Part("box", np.array([rr + rt, rr + rt, rt]), pos=np.asarray(cr, float)), 1)
+        params, roles, round_ = {"kind": kind, "open": float(ang), "L": L}, ("body", "grip"), False
+    else:  # C-clamp: spine, two jaws, a screw through the lower jaw with a T handle
+        w = rng.uniform(0.006, 0.01)
+        depth = L * rng.uniform(0.35, 0.5)
+        a.box([w, w * 0.8, L / 2], [-depth / 2, 0, 0], None, 0)
+        for zs in (-1, 1):
+            a.box([depth / 2, w * 0.8, w], [0, 0, zs * (L / 2 - w)], None, 0)
+        rs = rng.uniform(0.003, 0.005)
+        a.cyl(rs, L * 0.6, [depth / 2 - w, 0, -L / 2 + L * 0.3 - w], None, 1, seg=10)
+        a.cyl(rs * 0.8, depth * 0.5, [depth / 2 - w, 0, -L / 2 - w], _axis_rot(0, np.pi / 2), 1, seg=8)
+        params, roles, round_ = {"kind": kind, "w": float(w), "L": L}, ("body", "handle"), False
+    return a.finish(params, roles, mp, round_)
+
+
+def _cup_profile(rng, s):
+    """Radius, height, wall thickness and base radius of a cup / mug / bowl of largest dimension ~``s``."""
+    r = s / 2 * rng.uniform(0.5, 1.0)
+    h = s * rng.uniform(0.25, 0.9) if rng.random() < 0.6 else r * rng.uniform(0.5, 0.9)
+    return r, h, max(0.004, r * 0.08), r * rng.uniform(0.6, 1.0)
+
+
+def _make_hollow(rng, s, mp=False):
+    """Open containers: bowls (wide, shallow, thin curved wall), mugs (with a handle), cups and open boxes
+    (trays, cut-open cartons: a floor and four thin walls). Stand opening up (:func:`_up_axis`)."""
+    kind = str(rng.choice(list(HOLLOW_KINDS), p=np.array(list(HOLLOW_KINDS.values())) / sum(HOLLOW_KINDS.values())))
+    s = max(s, 0.06)
+    if kind == "open_box":
+        dims = np.sort(rng.uniform(0.4, 1.0, 3))[::-1] * s / 2   # half extents, x the longest
+        dims[2] = min(dims[2], dims[1]) * rng.uniform(0.4, 1.0)  # lower than wide
+        t = rng.uniform(0.0015, 0.004)
+        hx, hy, hz = dims
+        # one closed mesh (a 4-sided lathe: floor, walls, rim), not five touching boxes, so that it is a
+        # watertight, consistently wound surface; a square profile is stretched to the rectangle
+        u = t / min(hx, hy)
+        prof_r = np.array([1.0, 1.0, 1.0 - u, 1.0 - u]) * np.sqrt(2.0)
+        prof_z = np.array([-hz, hz, hz, -hz + t])
+        v, f, _ = lathe_mesh(prof_r, prof_z, 4, True, True)
+        v = (v @ _axis_rot(2, np.pi / 4).T) * np.array([hx, hy, 1.0])
+        v, f, n = _flat(v, f)
+        parts = [Part("box", np.array([hx, hy, t / 2]), pos=np.array([0.0, 0.0, -hz + t / 2]))]
+        parts += [Part("box", np.array([t / 2, hy, hz]), pos=np.array([sx * (hx - t / 2), 0.0, 0.0])) for sx in (-1, 1)]
+        parts += [Part("box", np.array([hx - t, t / 2, hz]), pos=np.array([0.0, sy * (hy - t / 2), 0.0]))
+                  for sy in (-1, 1)]
+        c = _solid_centroid(v, f)  # the shell's centre of mass (pybullet puts it at the body origin)
+        v = v - c
+        for p in parts:
+            p.pos = p.pos - c
+        params = {"kind": kind, "dims": (2 * dims).tolist(), "t": float(t)}
+        if not mp:
+            return v, f, n, parts, params, False
+        return v, f, n, parts, params, False, _inward_faces(v, f).astype(np.int32), ("body", "inside")
+    if kind == "bowl":
+        r = s / 2
+        h = r * rng.uniform(0.3, 0.55)
+        wall = rng.uniform(0.002, 0.004)
+        rb = r * rng.uniform(0.35, 0.55)
+        k = np.linspace(0, 1, 6)
+        outer_r = rb + (r - rb) * np.sin(k * np.pi / 2)
+        outer_z = -h / 2 + h * (1 - np.cos(k * np.pi / 2))
+        inner_r = np.maximum(outer_r[::-1] - wall, 0.0)
+        inner_z = np.maximum(outer_z[::-1], -h / 2 + wall)
+        v, f, n = lathe_mesh(np.concatenate([outer_r, inner_r]), np.concatenate([outer_z, inner_z]), 32, True, True)
+        parts = [Part("cylinder", np.array([rb, wall]), pos=np.array([0, 0, -h / 2 + wall / 2]))]
+        n_seg = 12
+        for i in range(n_seg):
+            ang = 2 * np.pi * i / n_seg
+            rm = (r + rb) / 2
+            tilt = np.arctan2(r - rb, h)
+            Rm = _axis_rot(2, ang) @ _axis_rot(1, tilt)
+            half = np.array([wall / 2, np.pi * (r + rb) / n_seg / 2, h / 2 / np.cos(tilt)])
+            parts.append(Part("box", half, pos=np.array([rm * np.cos(ang), rm * np.sin(ang), 0.0]),
+                              quat=_rot_to_quat(Rm)))
+        c = _solid_centroid(v, f)  # pybullet puts the centre of mass at the body origin
+        v = v - c
+        for p in parts:
+            p.pos = p.pos - c
+        params = {"kind": kind, "r": float(r), "h": float(h)}
+        if not mp:
+            return v, f, n, parts, params, False
+        return v, f, n, parts, params, False, _inward_faces(v, f).astype(np.int32), ("body", "inside")
+    # cups and mugs: the irregular family's container with the handle decided by the kind
+    return _cup(rng, s, mp, handle=kind == "mug", recentre=True)
+
+
+def _solid_centroid(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Centroid (3,) of the solid a closed, outward-wound triangle mesh encloses (signed tetrahedra)."""
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    vol = np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0
+    return (vol[:, None] * (a + b + c) / 4.0).sum(0) / vol.sum()
+
+
+def _inward_faces(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """1 for triangles that face the container's axis or its floor from inside (the inside glaze / print-free
+    inner side), 0 for the outside. Body frame: opening up (+z), axis through x = y = 0."""
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    fn /= np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
+    cen = v[f].mean(1)
+    radial = cen[:, :2] / np.maximum(np.linalg.norm(cen[:, :2], axis=1, keepdims=True), 1e-12)
+    zmin = v[:, 2].min()
+    inward = np.einsum("ij,ij->i", fn[:, :2], radial) < -0.3
+    floor_up = (fn[:, 2] > 0.9) & (cen[:, 2] < v[:, 2].max() - 1e-4) & (cen[:, 2] > zmin + 1e-4)
+    return (inward | floor_up).astype(np.int32)
+
+
 _MAKERS = {
     "box": _make_box, "cylinder": _make_cylinder, "sphere": _make_sphere, "capsule": _make_capsule,
     "cone": _make_cone, "torus": _make_torus, "ellipsoid": _make_ellipsoid, "convex_hull": _make_hull,
-    "irregular": _make_irregular,
+    "irregular": _make_irregular, "thin": _make_thin, "hollow": _make_hollow,
 }
 #: relative frequency of the families (boxes and cylinders dominate real bins: packaging, cans)
 FAMILY_WEIGHTS = {"box": 3.5, "cylinder": 3.0, "sphere": 0.5, "capsule": 0.6, "cone": 0.6, "torus": 0.4,
                   "ellipsoid": 0.7, "convex_hull": 1.2, "irregular": 3.0}
+#: the mix of the "real shapes" scene profile (what real bins hold beyond packaging: cutlery, markers, tools,
+#: open containers); thin and hollow objects together about a third of the objects
+REAL_SHAPES_WEIGHTS = {"box": 3.0, "cylinder": 2.0, "sphere": 0.4, "capsule": 0.3, "cone": 0.3, "torus": 0.3,
+                       "ellipsoid": 0.6, "convex_hull": 0.8, "irregular": 2.5, "thin": 3.5, "hollow": 2.5}
 
 
 def _split_bucket(family: str, params: dict) -> int:
@@ -653,7 +888,8 @@ def shape_split(shape: Shape) -> str:
 
 
 def sample_shape(rng: np.random.Generator, split: str = "train", family: str | None = None,
-                 size_range: tuple[float, float] | None = None, multipart: float = 0.0) -> Shape:
+                 size_range: tuple[float, float] | None = None, multipart: float = 0.0,
+                 weights: dict[str, float] | None = None) -> Shape:
     """Draw a random shape of ``family`` (or a weighted random family) whose parameters belong to ``split``.
 
     size_range: (lo, hi) metres for the largest dimension, log-uniform (default: mostly 4-18 cm, sometimes
@@ -661,7 +897,9 @@ def sample_shape(rng: np.random.Generator, split: str = "train", family: str | N
     multipart: probability in [0, 1] that a shape whose kind has natural parts (box lid / band, cylinder lid,
     bottle cap, mug handle / inside, combo primitives, tool parts) is built with them as appearance parts
     (:attr:`Shape.tri_part`); 0 (default) builds no parts and no extra random draws (families other than
-    "irregular", whose kinds now include "tool", draw exactly what earlier versions drew)."""
+    "irregular", whose kinds now include "tool", draw exactly what earlier versions drew).
+    weights: relative frequency per family name when ``family`` is None (default :data:`FAMILY_WEIGHTS`, which
+    leaves out "thin" and "hollow" so that scenes drawn before they existed are drawn the same)."""
     if not 0.0 <= multipart <= 1.0:
         raise ValueError(f"multipart must be in [0, 1], got {multipart}")
     if size_range is not None and not (0.01 <= size_range[0] <= size_range[1] <= 0.3):
@@ -669,8 +907,12 @@ def sample_shape(rng: np.random.Generator, split: str = "train", family: str | N
     if split not in SPLIT_BUCKETS:
         raise ValueError(f"split must be one of {list(SPLIT_BUCKETS)}, got {split!r}")
     if family is None:
-        fams = list(FAMILY_WEIGHTS)
-        w = np.array([FAMILY_WEIGHTS[f] for f in fams])
+        weights = FAMILY_WEIGHTS if weights is None else weights
+        fams = list(weights)
+        w = np.array([float(weights[f]) for f in fams])
+        if not all(f in _MAKERS for f in fams) or not (w >= 0).all() or not w.sum() > 0:
+            raise ValueError(f"weights must map known families {list(_MAKERS)} to >= 0 values, not all 0; "
+                             f"got {weights}")
         family = fams[int(rng.choice(len(fams), p=w / w.sum()))]
     if family not in _MAKERS:
         raise ValueError(f"unknown family {family!r}")
@@ -691,7 +933,7 @@ def sample_shape(rng: np.random.Generator, split: str = "train", family: str | N
 
 def _up_axis(family: str, params: dict) -> int:
     """Body axis that stands up in a "put down by a person" pose (see :attr:`Shape.up_axis`)."""
-    if family in ("cylinder", "cone") or params.get("kind") in ("bottle", "cup", "mug"):
+    if family in ("cylinder", "cone") or params.get("kind") in ("bottle", "cup", "mug", "bowl", "open_box"):
         return 2  # bodies of revolution about z, base at -z
     if params.get("kind") == "tool":
         return 2 if params["tool"] in ("drill", "spray") else -1  # drills stand on their battery

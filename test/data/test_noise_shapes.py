@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from instseg_ros.data.noise import DepthNoiseConfig, apply_depth_noise, stereo_shadow
-from instseg_ros.data.shapes import FAMILY_WEIGHTS, _split_bucket, sample_shape, shape_split
+from instseg_ros.data.shapes import (
+    FAMILY_WEIGHTS,
+    HOLLOW_KINDS,
+    THIN_KINDS,
+    _split_bucket,
+    sample_shape,
+    shape_split,
+)
 
 K = np.array([[600.0, 0, 160], [0, 600.0, 120], [0, 0, 1]])
 
@@ -174,3 +181,70 @@ def test_mesh_builders_match_per_quad_loops():
     # capped handle: closed and wound outward
     v, f, n = torus_arc_mesh(0.03, 0.006, -np.pi / 2, np.pi / 2, caps=True)
     _assert_wound_outward(v, f, "capped arc", n)
+
+
+def _draw_kind(family: str, kind: str, multipart: float, seed: int = 5):
+    rng = np.random.default_rng(seed)
+    for _ in range(400):
+        s = sample_shape(rng, "train", family, multipart=multipart)
+        if s.params["kind"] == kind:
+            return s
+    raise AssertionError(f"no {kind} in 400 draws")
+
+
+def _union_centroid(v: np.ndarray, f: np.ndarray, n: int = 1_500_000) -> np.ndarray:
+    """Centroid of the union of the closed pieces of a mesh: the mean of the uniform random points in its bounding
+    box that lie inside (unbiased, unlike a grid, for pieces as thin as a 2 mm blade), inside-ness from Open3D's
+    ray-parity occupancy per piece (overlapping pieces would cancel each other's parity if tested together)."""
+    import open3d as o3d
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, weld = np.unique(np.round(v / 1e-7).astype(np.int64), axis=0, return_inverse=True)
+    ff = weld.reshape(-1)[f]
+    nv = weld.max() + 1
+    e = np.concatenate([ff[:, [0, 1]], ff[:, [1, 2]]])
+    _, comp = connected_components(coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(nv, nv)), directed=False)
+    lo, hi = v.min(0), v.max(0)
+    g = np.random.default_rng(0).uniform(lo, hi, size=(n, 3)).astype(np.float32)
+    inside = np.zeros(len(g), bool)
+    for c in np.unique(comp[ff[:, 0]]):
+        tri = f[comp[ff[:, 0]] == c]
+        sc = o3d.t.geometry.RaycastingScene()
+        sc.add_triangles(o3d.core.Tensor(v.astype(np.float32)), o3d.core.Tensor(tri.astype(np.uint32)))
+        inside |= sc.compute_occupancy(o3d.core.Tensor(g), nsamples=3).numpy() > 0.5
+    return g[inside].astype(np.float64).mean(0)
+
+
+@pytest.mark.parametrize("family, kind", [("thin", k) for k in THIN_KINDS] + [("hollow", k) for k in HOLLOW_KINDS])
+def test_thin_and_hollow_kinds_are_closed_centred_and_sized(family, kind):
+    for mp in (0.0, 1.0):
+        s = _draw_kind(family, kind, mp)
+        assert s.family == family and shape_split(s) == "train"
+        assert 0.015 <= s.extent <= 0.26
+        np.testing.assert_allclose(np.linalg.norm(s.normals, axis=1), 1.0, atol=1e-6)
+        _assert_wound_outward(s.vertices, s.triangles, s.params, s.normals)
+        assert s.n_parts == (1 if mp == 0.0 else len(s.part_roles)) and s.part_roles[:1] in ((), ("body",), ("grip",))
+    ext = np.sort(s.vertices.max(0) - s.vertices.min(0))
+    if family == "thin":  # long and narrow: the longest side at least 4x the middle one (2x to 3.5x for the
+        # kinds whose rings, jaws or bowl widen one end)
+        assert ext[2] >= {"clamp": 2.0, "scissors": 2.0, "spoon": 3.5}.get(kind, 4.0) * ext[1]
+    else:  # a container: its opening (+z, body frame) leads to a floor well below the rim
+        top = s.vertices[:, 2].max()
+        centre_floor = s.vertices[np.linalg.norm(s.vertices[:, :2], axis=1) < 0.3 * ext[0] / 2][:, 2]
+        assert centre_floor.size and (top - centre_floor).min() > 0.5 * (top - s.vertices[:, 2].min())
+    # the body origin is the centre of mass pybullet assumes: within 1.5 % of the size of the solid's
+    # centroid (the reference counts overlapping pieces once, the builder twice)
+    c = _union_centroid(s.vertices, s.triangles)
+    assert np.linalg.norm(c) <= 0.015 * s.extent, (kind, c)
+
+
+def test_default_mix_never_draws_the_new_families_and_weights_are_checked():
+    rng = np.random.default_rng(2)
+    assert {sample_shape(rng, "train").family for _ in range(150)} <= set(FAMILY_WEIGHTS)
+    assert "thin" not in FAMILY_WEIGHTS and "hollow" not in FAMILY_WEIGHTS
+    fams = [sample_shape(rng, "train", weights={"thin": 1.0, "hollow": 1.0}).family for _ in range(40)]
+    assert set(fams) == {"thin", "hollow"}
+    for bad in ({"thin": -1.0}, {"nope": 1.0}, {"thin": 0.0}):
+        with pytest.raises(ValueError, match="weights"):
+            sample_shape(rng, "train", weights=bad)

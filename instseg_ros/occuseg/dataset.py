@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from instseg_ros.mapping.tsdf import SurfaceVoxels, TsdfConfig, TsdfMap
+from instseg_ros.mapping.tsdf import SURFACE_VERSION, SurfaceVoxels, TsdfConfig, TsdfMap
 
 IGNORE = -1   #: semantic label of surface voxels with no ground-truth voxel nearby
 
@@ -103,7 +103,8 @@ def prepare_scenes(root: str, split: str, tsdf_cfg: TsdfConfig, cache_dir: str,
     seqs = [sd for sd in list_sequences(root, split) if (Path(sd) / "sequence.json").exists()][:limit]
     out_dir = Path(cache_dir) / split
     out_dir.mkdir(parents=True, exist_ok=True)
-    mm = f"{tsdf_cfg.voxel_size * 1000:g}mm" + ("_gt" if use_gt_depth else "")
+    # the extraction version in the name: maps cached by an older extraction are fused again, not reused
+    mm = f"{tsdf_cfg.voxel_size * 1000:g}mm" + ("_gt" if use_gt_depth else "") + f"_s{SURFACE_VERSION}"
     paths = []
     for sd in tqdm(seqs, desc=f"fuse {split}", unit="seq"):
         p = out_dir / f"{Path(sd).name}_{mm}.npz"

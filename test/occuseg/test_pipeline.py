@@ -248,5 +248,5 @@ def test_torchrun_two_ranks_train_occuseg(dataset, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     ck = load_checkpoint(str(tmp_path / "run" / "last.pt"))
     assert ck["meta"]["world_size"] == 2 and ck["meta"]["steps"] == 3 and len(ck["meta"]["history"]) == 3
-    assert sorted(p.name for p in (data / "cache" / "train").iterdir()) == ["00000_10mm.npz", "00001_10mm.npz"]
+    assert sorted(p.name for p in (data / "cache" / "train").iterdir()) == ["00000_10mm_s2.npz", "00001_10mm_s2.npz"]
     MapSegmenter.from_checkpoint(str(tmp_path / "run" / "last.pt"), device="cpu")

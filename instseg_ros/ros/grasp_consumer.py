@@ -57,6 +57,7 @@ def main(args=None) -> int:
     from rclpy.executors import ExternalShutdownException
 
     from instseg_ros.msg import ObjectInstanceArray
+    from instseg_ros.ros.conversions import stamp_to_ns
 
     rclpy.init(args=args)
     node = None
@@ -77,7 +78,7 @@ def main(args=None) -> int:
 
         def on_instances(msg: ObjectInstanceArray) -> None:
             k = most_graspable(msg.instances, max_open, min_pts, prefer)
-            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            stamp = stamp_to_ns(msg.header.stamp) / 1e9  # seconds, for the JSON line
             if k is None:
                 print(json.dumps({"stamp": stamp, "objects": len(msg.instances), "grasp": None}), flush=True)
             else:

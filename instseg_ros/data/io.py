@@ -53,6 +53,28 @@ def family_id(name: str) -> int:
         raise ValueError(f"unknown shape family {name!r}; known: {FAMILIES}") from None
 
 
+#: What OccuSeg's semantic head predicts when trained with ``semantic = "grasp"``: the grasp a planner would
+#: try first, from the object's shape, not its family name. 0 background (table, bin floor, walls, rims);
+#: box: flat faces (suction, or a parallel grip across opposite faces); round: bodies of revolution and
+#: blobs that roll (a wrap grasp across the axis); thin: long and narrow (pinch across the narrow side);
+#: hollow: open containers (grip the rim; a suction cup over the opening holds nothing); other: the rest
+#: (tools, compounds, irregular hulls, rings).
+GRASP_CLASSES: tuple[str, ...] = ("background", "box", "round", "thin", "hollow", "other")
+_GRASP_OF_FAMILY = {"box": "box", "cylinder": "round", "sphere": "round", "capsule": "round", "cone": "round",
+                    "ellipsoid": "round", "torus": "other", "convex_hull": "other", "irregular": "other",
+                    "thin": "thin", "hollow": "hollow"}
+_GRASP_OF_KIND = {"bottle": "round", "cup": "hollow", "mug": "hollow", "bowl": "hollow", "open_box": "hollow"}
+
+
+def grasp_class(family: str, kind: str | None = None) -> int:
+    """Index in :data:`GRASP_CLASSES` of an object of shape ``family`` (a :data:`FAMILIES` name) and ``kind``
+    (its drawn kind, e.g. "mug" in the irregular family; None when the data predate kinds: the family decides).
+    ValueError for an unknown family."""
+    if family not in _GRASP_OF_FAMILY:
+        raise ValueError(f"unknown shape family {family!r}; known: {FAMILIES}")
+    return GRASP_CLASSES.index(_GRASP_OF_KIND.get(kind or "", _GRASP_OF_FAMILY[family]))
+
+
 def sample_root() -> Path:
     """Root of the small dataset shipped in the package (``instseg_ros/data/sample``, see its README)."""
     return Path(__file__).resolve().parent / "sample"

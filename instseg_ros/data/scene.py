@@ -833,8 +833,10 @@ def generate_sequence(split: str, seed: int, index: int, cfg: SceneConfig, n_vie
         views.append(fr)
     fam = {i + 1: s.family_id for i, s in enumerate(st.shapes)}
     gt = {vs: voxel_ground_truth(views, st.bounds, vs, fam) for vs in voxel_sizes}
+    kinds = {str(i + 1): str(s.params.get("kind", s.family)) for i, s in enumerate(st.shapes)}
     meta = {"kind": st.kind, "n_objects": len(st.shapes), "bounds": st.bounds.tolist(),
-            "families": {str(k): v for k, v in fam.items()}, "split": split, "seed": int(seed), "index": int(index)}
+            "families": {str(k): v for k, v in fam.items()}, "kinds": kinds, "split": split, "seed": int(seed),
+            "index": int(index)}
     return {"views": views, "gt_voxels": gt, "meta": meta}
 
 

@@ -121,6 +121,53 @@ def summarize_ap(ap: dict[float, float]) -> dict[str, float]:
     return {"mAP": 100 * float(m), "AP50": 100 * float(ap[0.5]), "AP25": 100 * float(ap[0.25])}
 
 
+def object_outcomes(pred: np.ndarray, gt: np.ndarray, min_gt_voxels: int = 30) -> dict[int, dict]:
+    """Per ground-truth object (>= ``min_gt_voxels`` voxels): its best IoU with one prediction, whether a
+    prediction matches it at IoU >= 0.5, and whether it was split: no match, and two or more predictions
+    each lying mostly (> 50 % of their voxels) on it. pred / gt int (V,) labels, 0 = none."""
+    ids, counts = np.unique(gt[gt > 0], return_counts=True)
+    n_pred = int(pred.max(initial=0))
+    inter = _overlaps(pred, gt, n_pred, ids)
+    psize = np.bincount(pred, minlength=n_pred + 1)[1:]
+    union = psize[:, None] + counts[None, :] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    mostly_on = inter > 0.5 * np.maximum(psize[:, None], 1)
+    out = {}
+    for j, (i, c) in enumerate(zip(ids, counts)):
+        if c < min_gt_voxels:
+            continue
+        best = float(iou[:, j].max(initial=0.0))
+        out[int(i)] = {"best_iou": best, "matched": best >= 0.5,
+                       "split": best < 0.5 and int(mostly_on[:, j].sum()) >= 2}
+    return out
+
+
+def group_outcomes(outcomes: list[tuple[dict[int, dict], dict[int, int]]]) -> dict[str, dict]:
+    """Per grasp class (:data:`~instseg_ros.data.io.GRASP_CLASSES`, the ground truth's): objects, share matched
+    at IoU 0.5, mean best IoU, share split. ``outcomes``: per map (object_outcomes, {gt id: grasp class})."""
+    from instseg_ros.data.io import GRASP_CLASSES
+
+    rows: dict[str, list[dict]] = {}
+    for per_obj, group_of in outcomes:
+        for i, o in per_obj.items():
+            rows.setdefault(GRASP_CLASSES[group_of.get(i, GRASP_CLASSES.index("other"))], []).append(o)
+    return {g: {"objects": len(v), "matched_50": 100 * float(np.mean([o["matched"] for o in v])),
+                "mean_best_iou": float(np.mean([o["best_iou"] for o in v])),
+                "split": 100 * float(np.mean([o["split"] for o in v]))} for g, v in sorted(rows.items())}
+
+
+def _grasp_groups(data: str, split: str, name: str) -> dict[int, int]:
+    """{instance id: grasp class} of a sequence from its sequence.json (families and, if written, kinds)."""
+    from instseg_ros.data.io import FAMILIES, grasp_class
+
+    meta_path = Path(data) / "sequences" / split / name / "sequence.json"
+    if not meta_path.exists():
+        return {}
+    meta = json.loads(meta_path.read_text())
+    kinds = meta.get("kinds", {})
+    return {int(k): grasp_class(FAMILIES[int(f) - 1], kinds.get(k)) for k, f in meta.get("families", {}).items()}
+
+
 def occupancy_errors(gt_instance: np.ndarray, log_occ: np.ndarray, min_gt_voxels: int = 30) -> np.ndarray:
     """R_c of eq. (11) for every GT instance with at least ``min_gt_voxels`` voxels."""
     ids, inv, counts = np.unique(gt_instance, return_inverse=True, return_counts=True)
@@ -162,19 +209,24 @@ def evaluate(checkpoint: str, data: str, split: str, out_dir: str, limit: int | 
              min_gt_voxels: int = 30, device: str = "cpu", cache_dir: str | None = None,
              variants: list[str] | None = None) -> dict:
     from instseg_ros.mapping.tsdf import TsdfConfig
+    from instseg_ros.occuseg.checkpoint import load_checkpoint
     from instseg_ros.occuseg.dataset import load_scene, prepare_scenes
     from instseg_ros.occuseg.segmenter import MapSegmenter
     from instseg_ros.occuseg.supervoxels import supervoxels
 
     seg = MapSegmenter.from_checkpoint(checkpoint, device=device)
     tsdf_cfg = TsdfConfig(voxel_size=seg.config.voxel_size)
-    paths = prepare_scenes(data, split, tsdf_cfg, cache_dir or os.path.join(data, "cache"), limit)
+    # ground-truth classes in the label space the checkpoint's semantic head was trained in
+    semantic = (load_checkpoint(checkpoint).get("meta") or {}).get("semantic", "family")
+    paths = prepare_scenes(data, split, tsdf_cfg, cache_dir or os.path.join(data, "cache"), limit,
+                           semantic=semantic)
     if not paths:
         raise ValueError(f"no sequences under {data}/sequences/{split}")
     variants = variants or list(VARIANTS)
     per_variant: dict[str, list[ScenePredictions]] = {v: [] for v in variants}
     rcs = []
     timings = []
+    outcomes: dict[str, list] = {v: [] for v in variants}
     for p in tqdm(paths, desc=f"evaluate {split}", unit="map"):
         sc = load_scene(p)
         if len(sc.sv) == 0:
@@ -185,6 +237,8 @@ def evaluate(checkpoint: str, data: str, split: str, out_dir: str, limit: int | 
         for v in variants:
             res = seg.cluster(sc.sv, pred, replace(seg.config.cluster, **VARIANTS[v]), sv_cache=svc)
             per_variant[v].append(ScenePredictions(res.labels, res.scores, res.class_ids, sc.instance, sc.semantic))
+            outcomes[v].append((object_outcomes(res.labels, sc.instance, min_gt_voxels),
+                                _grasp_groups(data, split, sc.name)))
         timings.append(len(sc.sv))
     rc = np.concatenate(rcs) if rcs else np.zeros(0)
     results = {}
@@ -200,7 +254,7 @@ def evaluate(checkpoint: str, data: str, split: str, out_dir: str, limit: int | 
                    for m in ("mAP", "AP50", "AP25")}
         n_pred = int(sum(len(s.pred_scores) for s in per_variant[v]))
         results[v] = {"class_agnostic": agn, "per_class_mean": mean_pc, "per_class": per_class,
-                      "predicted_instances": n_pred}
+                      "predicted_instances": n_pred, "per_grasp_class": group_outcomes(outcomes[v])}
     summary = {
         "checkpoint": checkpoint, "split": split, "maps": len(timings),
         "mean_surface_voxels": float(np.mean(timings)) if timings else 0.0,

@@ -129,3 +129,27 @@ def export_checkpoint(src: str, dst: str) -> str:
     for key in (*PARSED_KEYS, "optimizer", "train_config"):
         ckpt.pop(key, None)
     return _atomic_save(ckpt, dst)
+
+
+#: old semantic rows (background + the nine generator families of the "family" label space) that start each
+#: row of a "grasp" head (:data:`~instseg_ros.data.io.GRASP_CLASSES`): background; box; round = cylinder,
+#: sphere, capsule, cone, ellipsoid; thin and hollow = irregular (the tools and cups of the first generator
+#: were its kinds); other = torus, convex hull, irregular
+FAMILY_TO_GRASP_ROWS: tuple[tuple[int, ...], ...] = ((0,), (1,), (2, 3, 4, 5, 7), (9,), (9,), (6, 8, 9))
+
+
+def remap_semantic_head(src: str, dst: str, rows: tuple[tuple[int, ...], ...] = FAMILY_TO_GRASP_ROWS) -> str:
+    """Write a copy of checkpoint ``src`` whose semantic head has ``len(rows)`` classes, class k starting as
+    the mean of the old head's weight rows and biases ``rows[k]`` (the start of a fine-tune into another
+    label space, ``init_from``); every other weight unchanged. Returns dst; ValueError for a row index the
+    old head does not have."""
+    ckpt = load_checkpoint(src)
+    w, b = ckpt["model"]["head_sem.weight"], ckpt["model"]["head_sem.bias"]
+    if not rows or any(not r or min(r) < 0 or max(r) >= w.shape[0] for r in rows):
+        raise ValueError(f"rows {rows} must be non-empty lists of the {w.shape[0]} old class indices")
+    ckpt["model"]["head_sem.weight"] = torch.stack([w[list(r)].mean(0) for r in rows])
+    ckpt["model"]["head_sem.bias"] = torch.stack([b[list(r)].mean(0) for r in rows])
+    ckpt["net_config"] = dict(ckpt["net_config"], num_classes=len(rows))
+    for key in (*PARSED_KEYS, "optimizer", "train_config"):
+        ckpt.pop(key, None)
+    return _atomic_save(ckpt, dst)

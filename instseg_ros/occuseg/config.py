@@ -73,7 +73,11 @@ class TrainConfig(TrainLoopConfig):
     cache_dir: fused-map cache (default ``<data>/cache``). voxel_size: m, TSDF voxel = network voxel.
     depth_max: m, TSDF integration range. use_gt_depth: fuse the noise-free depth instead of the sensor-like
     one. max_voxels: a map with more surface voxels is randomly subsampled to this many per step.
-    model: the network. loss: the term weights of eq. (1).
+    semantic: the semantic head's label space, "family" (background + shape families; ``model.num_classes``
+    10) or "grasp" (:data:`~instseg_ros.data.io.GRASP_CLASSES`; ``model.num_classes`` 6).
+    bg_recolor_prob: share of training steps whose background voxels are repainted in a random colour
+    (:func:`~instseg_ros.occuseg.dataset.recolor_background`), so that walls and tables are background
+    whatever their colour. model: the network. loss: the term weights of eq. (1).
     """
 
     out_dir: str = "runs/occuseg"
@@ -90,6 +94,8 @@ class TrainConfig(TrainLoopConfig):
     depth_max: float = 2.0
     use_gt_depth: bool = False
     max_voxels: int = 200000
+    semantic: str = "family"
+    bg_recolor_prob: float = 0.0
     model: NetConfig = field(default_factory=NetConfig)
     loss: LossWeights = field(default_factory=LossWeights)
 
@@ -111,7 +117,24 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     loss = LossWeights(**(data.pop("loss", None) or {}))
     cfg = TrainConfig(model=model, loss=loss, **data)
     check_loop_config(cfg)
+    check_semantic(cfg)
     return cfg
+
+
+def check_semantic(cfg: TrainConfig) -> None:
+    """ValueError unless ``semantic`` is a known label space, a "grasp" head has one output per grasp class,
+    and ``bg_recolor_prob`` is a probability."""
+    from instseg_ros.data.io import GRASP_CLASSES
+
+    from .dataset import SEMANTICS
+
+    if cfg.semantic not in SEMANTICS:
+        raise ValueError(f"semantic must be one of {SEMANTICS}, got {cfg.semantic!r}")
+    if cfg.semantic == "grasp" and cfg.model.num_classes != len(GRASP_CLASSES):
+        raise ValueError(f"semantic 'grasp' needs model.num_classes {len(GRASP_CLASSES)}, "
+                         f"got {cfg.model.num_classes}")
+    if not 0.0 <= cfg.bg_recolor_prob <= 1.0:
+        raise ValueError(f"bg_recolor_prob must be in [0, 1], got {cfg.bg_recolor_prob}")
 
 
 def load_train_config(path: str) -> TrainConfig:

@@ -3,6 +3,7 @@ its surface voxels and transfer the ground-truth labels of ``gt_voxels_<mm>mm.np
 """
 from __future__ import annotations
 
+import colorsys
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,31 @@ def transfer_labels(points: np.ndarray, gt: dict, max_dist: float) -> tuple[np.n
     return sem.astype(np.int64), ins.astype(np.int64)
 
 
-def build_scene(seq_dir: str, tsdf_cfg: TsdfConfig, use_gt_depth: bool = False) -> Scene:
-    """Fuse one sequence and label its surface voxels."""
+#: the label spaces of the semantic head: "family" (background + the shape families of the generator, the
+#: first nine of :data:`~instseg_ros.data.io.FAMILIES`) or "grasp" (:data:`~instseg_ros.data.io.GRASP_CLASSES`)
+SEMANTICS = ("family", "grasp")
+
+
+def grasp_labels(semantic: np.ndarray, instance: np.ndarray, meta: dict) -> np.ndarray:
+    """Per-voxel grasp classes (:func:`~instseg_ros.data.io.grasp_class`) from a sequence's per-object families
+    and kinds (``meta["families"]`` / ``meta["kinds"]``, keyed by instance id); background and IGNORE stay."""
+    from instseg_ros.data.io import FAMILIES, grasp_class
+
+    fam = {int(k): int(v) for k, v in meta.get("families", {}).items()}
+    kinds = meta.get("kinds", {})
+    lut = np.zeros(max([0, *fam, int(instance.max(initial=0))]) + 1, np.int64)
+    for i, f in fam.items():
+        lut[i] = grasp_class(FAMILIES[f - 1], kinds.get(str(i)))
+    missing = set(np.unique(instance[instance > 0]).tolist()) - set(fam)
+    if missing:
+        raise ValueError(f"instances {sorted(missing)} have no family in the sequence meta")
+    return np.where(instance > 0, lut[instance], semantic).astype(np.int64)
+
+
+def build_scene(seq_dir: str, tsdf_cfg: TsdfConfig, use_gt_depth: bool = False, semantic: str = "family") -> Scene:
+    """Fuse one sequence and label its surface voxels (semantic labels in the ``semantic`` label space)."""
+    if semantic not in SEMANTICS:
+        raise ValueError(f"semantic must be one of {SEMANTICS}, got {semantic!r}")
     from instseg_ros.data.io import load_sequence
 
     seq = load_sequence(seq_dir)
@@ -72,6 +96,8 @@ def build_scene(seq_dir: str, tsdf_cfg: TsdfConfig, use_gt_depth: bool = False) 
     gt = seq["gt_voxels"]
     max_dist = 1.5 * max(gt["voxel_size"], tsdf_cfg.voxel_size) + tsdf_cfg.voxel_size
     sem, ins = transfer_labels(sv.points, gt, max_dist)
+    if semantic == "grasp":
+        sem = grasp_labels(sem, ins, seq["meta"])
     return Scene(sv=sv, semantic=sem, instance=ins, name=seq["id"])
 
 
@@ -91,7 +117,7 @@ def load_scene(path: str) -> Scene:
 
 
 def prepare_scenes(root: str, split: str, tsdf_cfg: TsdfConfig, cache_dir: str,
-                   limit: int | None = None, use_gt_depth: bool = False) -> list[str]:
+                   limit: int | None = None, use_gt_depth: bool = False, semantic: str = "family") -> list[str]:
     """Fuse + label every sequence of ``<root>/sequences/<split>`` once, caching ``.npz`` scenes.
 
     Returns the cached scene paths (existing cache files are reused). Sequences without their
@@ -104,18 +130,20 @@ def prepare_scenes(root: str, split: str, tsdf_cfg: TsdfConfig, cache_dir: str,
     out_dir = Path(cache_dir) / split
     out_dir.mkdir(parents=True, exist_ok=True)
     # the extraction version in the name: maps cached by an older extraction are fused again, not reused
-    mm = f"{tsdf_cfg.voxel_size * 1000:g}mm" + ("_gt" if use_gt_depth else "") + f"_s{SURFACE_VERSION}"
+    mm = (f"{tsdf_cfg.voxel_size * 1000:g}mm" + ("_gt" if use_gt_depth else "") + f"_s{SURFACE_VERSION}"
+          + ("_grasp" if semantic == "grasp" else ""))
     paths = []
     for sd in tqdm(seqs, desc=f"fuse {split}", unit="seq"):
         p = out_dir / f"{Path(sd).name}_{mm}.npz"
         if not p.exists():
-            save_scene(str(p), build_scene(sd, tsdf_cfg, use_gt_depth))
+            save_scene(str(p), build_scene(sd, tsdf_cfg, use_gt_depth, semantic))
         paths.append(str(p))
     return paths
 
 
-def augment(s: Scene, rng: np.random.Generator) -> Scene:
-    """Random quarter-turn about z, random x mirror, colour jitter.
+def augment(s: Scene, rng: np.random.Generator, bg_recolor_prob: float = 0.0) -> Scene:
+    """Random quarter-turn about z, random x mirror, colour jitter; with probability ``bg_recolor_prob`` the
+    background (semantic 0: table, bin floor, walls, rims) gets a new colour (:func:`recolor_background`).
 
     Only the eight symmetries of the voxel grid's xy square are used: they map voxel cells one-to-one,
     so every voxel survives and each instance keeps its exact voxel count (the occupancy target of
@@ -135,5 +163,25 @@ def augment(s: Scene, rng: np.random.Generator) -> Scene:
     coords = ((2 * s.sv.coords.astype(np.int64) + 1) @ R.T - 1) // 2
     gain = rng.uniform(0.8, 1.2, size=3)
     col = np.clip(s.sv.colors.astype(np.float64) * gain + rng.normal(0, 5, size=3), 0, 255).astype(np.uint8)
+    if bg_recolor_prob > 0 and rng.random() < bg_recolor_prob:
+        col = recolor_background(col, s.semantic == 0, rng)
     sv = SurfaceVoxels(coords.astype(np.int32), pts, col, nrm, s.sv.voxel_size, dict(s.sv.extra))
     return Scene(sv, s.semantic.copy(), s.instance.copy(), s.name)
+
+
+def recolor_background(colors: np.ndarray, background: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """New colours for the ``background`` voxels: one random colour (any hue, saturated or grey, dark or
+    bright) times each voxel's luminance relative to the background's mean, so that shading and texture
+    stay and only the paint changes. Teaches the semantic head that a support surface or a bin wall is
+    background whatever its colour (a yellow bin wall is not an object). colors uint8 (V, 3);
+    background bool (V,). Returns uint8 (V, 3); other voxels unchanged."""
+    out = colors.copy()
+    if not background.any():
+        return out
+    lum = colors[background].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    rel = lum / max(float(lum.mean()), 1.0)
+    h, sat, val = rng.random(), rng.uniform(0.0, 1.0), rng.uniform(0.1, 1.0)
+    rgb = np.array(colorsys.hsv_to_rgb(h, sat, val))
+    out[background] = np.clip(np.round(rel[:, None] * rgb[None, :] * 255.0), 0, 255).astype(np.uint8)
+    return out
+

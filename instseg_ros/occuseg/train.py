@@ -31,7 +31,7 @@ from instseg_ros.train.engine import (
 )
 
 from .checkpoint import export_checkpoint, load_checkpoint, net_config_dict, save_checkpoint
-from .config import TrainConfig, load_train_config
+from .config import TrainConfig, check_semantic, load_train_config
 from .dataset import Scene, augment, load_scene, prepare_scenes
 from .model import OccuSegNet, voxel_features
 from .sparse import sparse_threads
@@ -62,6 +62,7 @@ class OccuSegTask(TrainTask):
     def __init__(self, cfg: TrainConfig, ctx: Context) -> None:
         self.cfg, self.ctx = cfg, ctx
         # scene draws and augmentation; rank r of a DDP run draws its own stream
+        check_semantic(cfg)
         self.rng = np.random.default_rng(cfg.seed + ctx.rank)
         self.tsdf_cfg = TsdfConfig(voxel_size=cfg.voxel_size, depth_max=cfg.depth_max)
         data = require_data(cfg)
@@ -80,7 +81,7 @@ class OccuSegTask(TrainTask):
         if self.ctx.ddp and self.ctx.rank != 0:
             torch.distributed.barrier()
         paths = prepare_scenes(self.cfg.data, self.cfg.train_split, self.tsdf_cfg, self.cache, limit,
-                               self.cfg.use_gt_depth)
+                               self.cfg.use_gt_depth, self.cfg.semantic)
         if self.ctx.ddp and self.ctx.rank == 0:
             torch.distributed.barrier()
         return paths
@@ -99,7 +100,7 @@ class OccuSegTask(TrainTask):
 
     def step_loss(self, net: torch.nn.Module, step: int) -> dict[str, torch.Tensor]:
         cfg, rng = self.cfg, self.rng
-        s = augment(self.scenes[int(rng.integers(len(self.scenes)))], rng)
+        s = augment(self.scenes[int(rng.integers(len(self.scenes)))], rng, cfg.bg_recolor_prob)
         if len(s.sv) > cfg.max_voxels:
             keep = np.sort(rng.choice(len(s.sv), cfg.max_voxels, replace=False))
             s = Scene(s.sv.select(keep), s.semantic[keep], s.instance[keep], s.name)
@@ -107,7 +108,12 @@ class OccuSegTask(TrainTask):
         return net(feats, coords, {"pos": pos, "semantic": sem, "instance": ins})
 
     def meta(self, step: int) -> dict[str, Any]:
-        return {"data": {"root": str(self.cfg.data), "split": self.cfg.train_split, "scenes": len(self.scenes)}}
+        from instseg_ros.data.io import FAMILIES, GRASP_CLASSES
+
+        classes = (list(GRASP_CLASSES) if self.cfg.semantic == "grasp"
+                   else ["background", *FAMILIES][: self.cfg.model.num_classes])
+        return {"data": {"root": str(self.cfg.data), "split": self.cfg.train_split, "scenes": len(self.scenes)},
+                "semantic": self.cfg.semantic, "classes": classes}
 
     def save(self, path: str, meta: dict[str, Any], optimizer: dict[str, Any], train_config: dict[str, Any]) -> None:
         save_checkpoint(path, self.model, self.cfg.voxel_size,

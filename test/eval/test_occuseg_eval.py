@@ -8,6 +8,8 @@ from instseg_ros.eval.occuseg_eval import (
     ScenePredictions,
     average_precision,
     evaluate_ap,
+    group_outcomes,
+    object_outcomes,
     occupancy_errors,
     summarize_ap,
 )
@@ -67,3 +69,24 @@ def test_occupancy_error_eq11():
     o = np.r_[np.full(40, np.log(50.0)), np.full(50, np.log(50.0)), np.zeros(5)]
     rc = occupancy_errors(gt, o, min_gt_voxels=30)
     np.testing.assert_allclose(rc, [10 / 40, 0.0], atol=1e-12)
+
+
+def test_object_outcomes_and_grasp_groups_by_hand():
+    # GT 1: 100 voxels found whole by prediction 1 (plus 10 background voxels: IoU 100/110);
+    # GT 2: 60 voxels cut into predictions 2 and 3 (30 each, IoU 0.5 -> not < 0.5: matched);
+    # GT 3: 60 voxels cut into predictions 4 (25) and 5 (25): split; GT 4: 10 voxels, below the minimum
+    gt = np.zeros(300, np.int64)
+    gt[:100], gt[100:160], gt[160:220], gt[220:230] = 1, 2, 3, 4
+    pred = np.zeros(300, np.int64)
+    pred[:100], pred[290:300] = 1, 1
+    pred[100:130], pred[130:160] = 2, 3
+    pred[160:185], pred[185:210] = 4, 5
+    out = object_outcomes(pred, gt, min_gt_voxels=30)
+    assert sorted(out) == [1, 2, 3]
+    assert out[1]["matched"] and out[1]["best_iou"] == pytest.approx(100 / 110) and not out[1]["split"]
+    assert out[2]["best_iou"] == pytest.approx(0.5) and out[2]["matched"] and not out[2]["split"]
+    assert out[3]["best_iou"] == pytest.approx(25 / 60) and not out[3]["matched"] and out[3]["split"]
+    groups = group_outcomes([(out, {1: 1, 2: 3, 3: 3})])
+    assert groups["box"] == {"objects": 1, "matched_50": 100.0, "mean_best_iou": pytest.approx(100 / 110),
+                             "split": 0.0}
+    assert groups["thin"]["objects"] == 2 and groups["thin"]["matched_50"] == 50.0 and groups["thin"]["split"] == 50.0

@@ -108,3 +108,24 @@ def test_set_inference_config_rewrites_in_place_atomically(good):
     ck = load_checkpoint(str(good))
     assert ck["segmenter_config"].cluster.t0 == 0.3 and ck["meta"] == {"steps": 3}
     assert "model_config" not in torch.load(good, weights_only=True)   # parsed objects are never written
+
+
+def test_remap_semantic_head_averages_the_chosen_rows(good, tmp_path):
+    from instseg_ros.occuseg.checkpoint import remap_semantic_head
+
+    big = tmp_path / "ten.pt"
+    torch.manual_seed(1)
+    save_checkpoint(str(big), OccuSegNet(NetConfig(num_classes=10, channels=(8, 16), embed_dim=4)), VOX)
+    out = remap_semantic_head(str(big), str(tmp_path / "six.pt"), ((0,), (1,), (2, 3, 4), (9,), (9,), (6, 8, 9)))
+    a, b = load_checkpoint(str(big)), load_checkpoint(out)
+    assert b["model_config"].num_classes == 6
+    w, bias = a["model"]["head_sem.weight"], a["model"]["head_sem.bias"]
+    torch.testing.assert_close(b["model"]["head_sem.weight"][2], (w[2] + w[3] + w[4]) / 3)
+    torch.testing.assert_close(b["model"]["head_sem.bias"][5], (bias[6] + bias[8] + bias[9]) / 3)
+    torch.testing.assert_close(b["model"]["head_sem.weight"][3], w[9])
+    for k, v in a["model"].items():
+        if not k.startswith("head_sem."):
+            assert torch.equal(v, b["model"][k]), k
+    assert MapSegmenter.from_checkpoint(out, device="cpu").model.head_sem.out_features == 6
+    with pytest.raises(ValueError, match="rows"):
+        remap_semantic_head(str(big), str(tmp_path / "x.pt"), ((0,), (10,)))

@@ -42,3 +42,13 @@ def test_unknown_keys_and_bad_values_name_the_file(tmp_path):
     p.write_text(yaml.safe_dump({"model": {"width": 3}}))
     with pytest.raises(ValueError, match=str(p)):
         load_train_config(str(p))
+
+
+def test_semantic_label_space_must_fit_the_head():
+    cfg = train_config_from_dict({"data": "d", "semantic": "grasp", "model": {"num_classes": 6},
+                                  "bg_recolor_prob": 0.5})
+    assert cfg.semantic == "grasp" and cfg.bg_recolor_prob == 0.5
+    for bad, msg in (({"semantic": "grasp"}, "num_classes 6"), ({"semantic": "colour"}, "semantic must be"),
+                     ({"bg_recolor_prob": 1.5}, "bg_recolor_prob")):
+        with pytest.raises(ValueError, match=msg):
+            train_config_from_dict({"data": "d", **bad})

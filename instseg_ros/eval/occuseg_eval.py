@@ -274,7 +274,9 @@ def evaluate(checkpoint: str, data: str, split: str, out_dir: str, limit: int | 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="instseg evaluate occuseg", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--data", required=True, help="dataset root with sequences/<split>/ (the same option as training)")
+    ap.add_argument("--data", required=True,
+                    help="dataset root with sequences/<split>/ (the same option as training), or a folder of real "
+                         "labelled frames (each frame fused as a one-view map: instseg_ros.eval.oneview_maps)")
     ap.add_argument("--split", default="val")
     ap.add_argument("--out-dir", default="runs/occuseg_eval")
     ap.add_argument("--limit", type=int, default=None, help="at most this many maps")
@@ -288,6 +290,21 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from instseg_ros.eval.real_frames import is_labelled_folder
+
+    if is_labelled_folder(args.data):  # real labelled frames: one-view maps (instseg_ros.eval.oneview_maps)
+        from instseg_ros.eval.oneview_maps import evaluate_folder
+
+        rows = {}
+        for v in args.variants or ["full", "no_occupancy"]:
+            if v not in ("full", "no_occupancy"):
+                raise ValueError(f"a folder of real frames is scored with full / no_occupancy, not {v}")
+            s = evaluate_folder(args.checkpoint, args.data, os.path.join(args.out_dir, v), args.min_gt_voxels,
+                                args.device, use_occupancy=v == "full", max_frames=args.limit or 0)
+            rows[v] = {k: s[k] for k in ("mAP", "AP50", "AP25", "map_instances_per_object", "objects",
+                                         "objects_matched_50", "objects_split", "objects_without_instance")}
+        print(json.dumps({"frames": s["frames"], "one_view_maps": rows}))
+        return 0
     s = evaluate(args.checkpoint, args.data, args.split, args.out_dir, args.limit, args.min_gt_voxels,
                  args.device, args.cache_dir, args.variants)
     rows = {v: dict(r["class_agnostic"], per_class_mAP=r["per_class_mean"]["mAP"]) for v, r in s["results"].items()}

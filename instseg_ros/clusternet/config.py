@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
-from instseg_ros.train.config import TrainLoopConfig, check_loop_config, read_yaml_mapping
+from instseg_ros.train.config import TrainLoopConfig, check_loop_config, load_yaml_config
 
 INPUT_MODES = ("rgb", "rgb+d", "rgb+xyz", "rgb+xyz+d")
 FEATURE_MODES = ("c", "c+cov")
@@ -200,11 +200,7 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 def load_train_config(path: str) -> TrainConfig:
     """TrainConfig from a YAML file; ValueError names the file on a parse error or unknown key."""
-    data = read_yaml_mapping(path)
-    try:
-        return train_config_from_dict(data)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
+    return load_yaml_config(path, train_config_from_dict)
 
 
 def to_dict(cfg) -> dict[str, Any]:

@@ -4,7 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from instseg_ros.train.config import TrainLoopConfig, check_loop_config, read_yaml_mapping, reject_renamed_keys
+from instseg_ros.train.config import (
+    TrainLoopConfig,
+    check_loop_config,
+    load_yaml_config,
+    reject_renamed_keys,
+)
 
 from .clustering import ClusterConfig
 from .supervoxels import SupervoxelConfig
@@ -139,8 +144,4 @@ def check_semantic(cfg: TrainConfig) -> None:
 
 def load_train_config(path: str) -> TrainConfig:
     """TrainConfig from a YAML file; ValueError names the file on a parse error or a bad key / value."""
-    data = read_yaml_mapping(path)
-    try:
-        return train_config_from_dict(data)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
+    return load_yaml_config(path, train_config_from_dict)

@@ -97,6 +97,16 @@ def read_yaml_mapping(path: str) -> dict[str, Any]:
     return data
 
 
+def load_yaml_config(path: str, from_dict):
+    """``from_dict(mapping)`` of a YAML file's top level; any ValueError / TypeError is re-raised as a
+    ValueError that names the file first."""
+    data = read_yaml_mapping(path)
+    try:
+        return from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
 def plain_dict(cfg) -> dict[str, Any]:
     """Plain (YAML / checkpoint-safe) dict of a config dataclass; tuples become lists."""
     def conv(x):

@@ -129,3 +129,15 @@ def test_remap_semantic_head_averages_the_chosen_rows(good, tmp_path):
     assert MapSegmenter.from_checkpoint(out, device="cpu").model.head_sem.out_features == 6
     with pytest.raises(ValueError, match="rows"):
         remap_semantic_head(str(big), str(tmp_path / "x.pt"), ((0,), (10,)))
+
+
+def test_shipped_grasp_model_predicts_the_grasp_classes():
+    from instseg_ros.data.io import GRASP_CLASSES
+
+    ck = load_checkpoint("models/occuseg_bin5mm_grasp.pt")
+    assert ck["meta"]["semantic"] == "grasp" and tuple(ck["meta"]["classes"]) == GRASP_CLASSES
+    seg = MapSegmenter.from_checkpoint("models/occuseg_bin5mm_grasp.pt", device="cpu")
+    assert seg.model.head_sem.out_features == len(GRASP_CLASSES) and seg.config.voxel_size == 0.005
+    # the same tuned inference settings as the default model
+    base = load_checkpoint("models/occuseg_bin5mm.pt")["segmenter_config"]
+    assert seg.config.cluster == base.cluster and seg.config.supervoxel == base.supervoxel

@@ -203,3 +203,26 @@ def test_voxel_background_trim_by_hand():
     assert (res.labels[box == 1] == 0).all() and set(np.unique(res.labels)) == {0, 1}
     with pytest.raises(ValueError):
         ClusterConfig(voxel_bg_max=1.5)
+
+
+def test_a_large_object_stays_whole_when_its_occupancy_is_right_and_splits_when_under_counted():
+    # the surface of a 40 x 30 x 20 cell box (4,848 voxels) cut into 8-cell cube supervoxels (54 vertices); the
+    # heads are perfect except for the predicted voxel count O: every voxel agrees on centre and embedding, so
+    # eq. (14) gives w = 1 / max(r, 0.5) with r = n / O. O = the true count -> w >= 1 until the last merge: one
+    # instance with every voxel. O = half the count (large objects are under-counted on real-shape maps) -> a
+    # merge whose result would exceed r = 2 has w < T0 = 0.5 and is refused: the box ends in two halves.
+    c = np.stack(np.meshgrid(np.arange(40), np.arange(30), np.arange(20), indexing="ij"), -1).reshape(-1, 3)
+    coords = c[((c == 0) | (c == [39, 29, 19])).any(1)]
+    n = len(coords)
+    assert n == 40 * 30 * 20 - 38 * 28 * 18
+    _, sv = np.unique(coords // 8, axis=0, return_inverse=True)
+    sv = sv.reshape(-1)
+    V = len(coords)
+    args = (sv, voxel_adjacency(coords), np.zeros((V, 3)), np.zeros((V, 4)))
+    sigma, prob = np.ones((V, 2)), np.tile([0.1, 0.9], (V, 1))
+    whole = cluster_voxels(*args, np.full(V, np.log(n)), sigma, prob, ClusterConfig(t0=0.5))
+    assert whole.num_voxels.tolist() == [n] and (whole.labels == 1).all()
+    np.testing.assert_allclose(whole.occupancy, [n])
+    under = cluster_voxels(*args, np.full(V, np.log(0.5 * n)), sigma, prob, ClusterConfig(t0=0.5))
+    assert len(under.num_voxels) == 2 and under.num_voxels.sum() == n
+    assert (np.abs(under.ratio - 1.0) < 0.1).all()  # each half is about the predicted count

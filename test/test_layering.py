@@ -19,7 +19,7 @@ ROS_MODULES = ("rclpy", "std_msgs", "sensor_msgs", "geometry_msgs", "visualizati
 def _imports(path: Path) -> set[str]:
     """Absolute names of everything ``path`` imports (relative imports resolved), at any depth of the file."""
     rel = path.relative_to(ROOT.parent).with_suffix("").parts
-    package = rel[:-1] if path.name != "__init__.py" else rel[:-1]
+    package = rel[:-1]  # a module's package; for pkg/__init__.py the package itself
     out = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):

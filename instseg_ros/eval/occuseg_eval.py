@@ -157,15 +157,11 @@ def group_outcomes(outcomes: list[tuple[dict[int, dict], dict[int, int]]]) -> di
 
 
 def _grasp_groups(data: str, split: str, name: str) -> dict[int, int]:
-    """{instance id: grasp class} of a sequence from its sequence.json (families and, if written, kinds)."""
-    from instseg_ros.data.io import FAMILIES, grasp_class
+    """{instance id: grasp class} of a sequence from its sequence.json ({} when it has none)."""
+    from instseg_ros.occuseg.dataset import grasp_classes_of
 
     meta_path = Path(data) / "sequences" / split / name / "sequence.json"
-    if not meta_path.exists():
-        return {}
-    meta = json.loads(meta_path.read_text())
-    kinds = meta.get("kinds", {})
-    return {int(k): grasp_class(FAMILIES[int(f) - 1], kinds.get(k)) for k, f in meta.get("families", {}).items()}
+    return grasp_classes_of(json.loads(meta_path.read_text())) if meta_path.exists() else {}
 
 
 def occupancy_errors(gt_instance: np.ndarray, log_occ: np.ndarray, min_gt_voxels: int = 30) -> np.ndarray:
@@ -209,7 +205,6 @@ def evaluate(checkpoint: str, data: str, split: str, out_dir: str, limit: int | 
              min_gt_voxels: int = 30, device: str = "cpu", cache_dir: str | None = None,
              variants: list[str] | None = None) -> dict:
     from instseg_ros.mapping.tsdf import TsdfConfig
-    from instseg_ros.occuseg.checkpoint import load_checkpoint
     from instseg_ros.occuseg.dataset import load_scene, prepare_scenes
     from instseg_ros.occuseg.segmenter import MapSegmenter
     from instseg_ros.occuseg.supervoxels import supervoxels
@@ -217,7 +212,7 @@ def evaluate(checkpoint: str, data: str, split: str, out_dir: str, limit: int | 
     seg = MapSegmenter.from_checkpoint(checkpoint, device=device)
     tsdf_cfg = TsdfConfig(voxel_size=seg.config.voxel_size)
     # ground-truth classes in the label space the checkpoint's semantic head was trained in
-    semantic = (load_checkpoint(checkpoint).get("meta") or {}).get("semantic", "family")
+    semantic = seg.meta.get("semantic", "family")
     paths = prepare_scenes(data, split, tsdf_cfg, cache_dir or os.path.join(data, "cache"), limit,
                            semantic=semantic)
     if not paths:
@@ -234,11 +229,11 @@ def evaluate(checkpoint: str, data: str, split: str, out_dir: str, limit: int | 
         pred = seg.predict_heads(sc.sv)
         svc = supervoxels(sc.sv.coords, sc.sv.normals, sc.sv.colors, seg.config.supervoxel)
         rcs.append(occupancy_errors(sc.instance, pred.log_occ, min_gt_voxels))
+        groups = _grasp_groups(data, split, sc.name)
         for v in variants:
             res = seg.cluster(sc.sv, pred, replace(seg.config.cluster, **VARIANTS[v]), sv_cache=svc)
             per_variant[v].append(ScenePredictions(res.labels, res.scores, res.class_ids, sc.instance, sc.semantic))
-            outcomes[v].append((object_outcomes(res.labels, sc.instance, min_gt_voxels),
-                                _grasp_groups(data, split, sc.name)))
+            outcomes[v].append((object_outcomes(res.labels, sc.instance, min_gt_voxels), groups))
         timings.append(len(sc.sv))
     rc = np.concatenate(rcs) if rcs else np.zeros(0)
     results = {}

@@ -156,8 +156,9 @@ def evaluate_folder(checkpoint: str, folder: str, out_dir: str, min_gt_voxels: i
         T = support_plane_pose(fr["depth"], fr["K"], rng)
         m = TsdfMap(TsdfConfig(voxel_size=vs, depth_max=DEPTH_MAX_M, device="cpu"))
         m.integrate(fr["depth"], fr["rgb"], fr["K"], T)
-        inst = seg.predict(m, cluster)
-        coords = np.floor(inst.points / vs + 1e-3).astype(np.int64) if len(inst.labels) else np.zeros((0, 3))
+        sv = m.surface_voxels()
+        inst = seg.predict(sv, cluster)   # labels in the order of sv, so sv.coords are their cells
+        coords = sv.coords.astype(np.int64)
         gt = voxel_labels(coords, fr["depth"], lab_png, fr["K"], T, vs)
         pred = np.zeros(len(coords), np.int64)
         for k, i in enumerate(inst.ids):

@@ -61,17 +61,22 @@ def transfer_labels(points: np.ndarray, gt: dict, max_dist: float) -> tuple[np.n
 SEMANTICS = ("family", "grasp")
 
 
-def grasp_labels(semantic: np.ndarray, instance: np.ndarray, meta: dict) -> np.ndarray:
-    """Per-voxel grasp classes (:func:`~instseg_ros.data.io.grasp_class`) from a sequence's per-object families
-    and kinds (``meta["families"]`` / ``meta["kinds"]``, keyed by instance id); background and IGNORE stay."""
+def grasp_classes_of(meta: dict) -> dict[int, int]:
+    """{instance id: grasp class} (:func:`~instseg_ros.data.io.grasp_class`) of a sequence's objects, from its
+    ``meta["families"]`` and, when written, ``meta["kinds"]`` (both keyed by the instance id as a string)."""
     from instseg_ros.data.io import FAMILIES, grasp_class
 
-    fam = {int(k): int(v) for k, v in meta.get("families", {}).items()}
     kinds = meta.get("kinds", {})
-    lut = np.zeros(max([0, *fam, int(instance.max(initial=0))]) + 1, np.int64)
-    for i, f in fam.items():
-        lut[i] = grasp_class(FAMILIES[f - 1], kinds.get(str(i)))
-    missing = set(np.unique(instance[instance > 0]).tolist()) - set(fam)
+    return {int(k): grasp_class(FAMILIES[int(f) - 1], kinds.get(str(k))) for k, f in meta.get("families", {}).items()}
+
+
+def grasp_labels(semantic: np.ndarray, instance: np.ndarray, meta: dict) -> np.ndarray:
+    """Per-voxel grasp classes (:func:`grasp_classes_of`) from a sequence's meta; background and IGNORE stay."""
+    cls = grasp_classes_of(meta)
+    lut = np.zeros(max([0, *cls, int(instance.max(initial=0))]) + 1, np.int64)
+    for i, g in cls.items():
+        lut[i] = g
+    missing = set(np.unique(instance[instance > 0]).tolist()) - set(cls)
     if missing:
         raise ValueError(f"instances {sorted(missing)} have no family in the sequence meta")
     return np.where(instance > 0, lut[instance], semantic).astype(np.int64)

@@ -49,6 +49,8 @@ class MapSegmenter:
         self.model = model.to(self.device).eval()
         self.config = config
         self.last_timings: dict[str, float] = {}
+        #: the checkpoint's "meta" (training record: steps, data, "semantic" label space, "classes"); {} if none
+        self.meta: dict = {}
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "auto",
@@ -67,7 +69,9 @@ class MapSegmenter:
         model = build_model(ckpt, path)
         cfg = config or ckpt["segmenter_config"]
         cfg.net = ckpt["model_config"]
-        return cls(model, cfg, device)
+        seg = cls(model, cfg, device)
+        seg.meta = dict(ckpt.get("meta") or {})
+        return seg
 
     @torch.no_grad()
     def predict_heads(self, sv: SurfaceVoxels) -> VoxelPredictions:

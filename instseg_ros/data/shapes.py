@@ -527,12 +527,7 @@ def _cup(rng, s, mp=False, handle: bool | None = None, recentre: bool = False):
         tp[n_cup:] = 1
         roles.append("handle")
     if not handle or rng.random() < 0.4:
-        fn = np.cross(v[f[:n_cup, 1]] - v[f[:n_cup, 0]], v[f[:n_cup, 2]] - v[f[:n_cup, 0]])
-        fn /= np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
-        cen = v[f[:n_cup]].mean(1)
-        radial = cen[:, :2] / np.maximum(np.linalg.norm(cen[:, :2], axis=1, keepdims=True), 1e-12)
-        inner = (np.einsum("ij,ij->i", fn[:, :2], radial) < -0.3) | ((fn[:, 2] > 0.9) & (cen[:, 2] < h / 2 - wall / 2))
-        tp[:n_cup][inner] = len(roles)
+        tp[:n_cup][_inward_faces(v, f[:n_cup]) == 1] = len(roles)
         roles.append("inside")
     return v, f, n, parts, params, False, tp, tuple(roles)
 
@@ -841,15 +836,16 @@ def _solid_centroid(v: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 
 def _inward_faces(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """1 for triangles that face the container's axis or its floor from inside (the inside glaze / print-free
-    inner side), 0 for the outside. Body frame: opening up (+z), axis through x = y = 0."""
+    """1 for triangles ``f`` that face the container's axis or its floor from inside (the inside glaze /
+    print-free inner side), 0 for the outside; the rim (the top) and the outer bottom are outside. Body frame:
+    opening up (+z), axis through x = y = 0; only the vertices ``f`` uses count (a handle may rise higher)."""
     fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
     fn /= np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
     cen = v[f].mean(1)
     radial = cen[:, :2] / np.maximum(np.linalg.norm(cen[:, :2], axis=1, keepdims=True), 1e-12)
-    zmin = v[:, 2].min()
+    z = v[f][..., 2]
     inward = np.einsum("ij,ij->i", fn[:, :2], radial) < -0.3
-    floor_up = (fn[:, 2] > 0.9) & (cen[:, 2] < v[:, 2].max() - 1e-4) & (cen[:, 2] > zmin + 1e-4)
+    floor_up = (fn[:, 2] > 0.9) & (cen[:, 2] < z.max() - 1e-4) & (cen[:, 2] > z.min() + 1e-4)
     return (inward | floor_up).astype(np.int32)
 
 

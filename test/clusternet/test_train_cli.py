@@ -96,12 +96,8 @@ def test_init_from_keeps_weights_and_step_with_fresh_optimizer(tmp_path, train_r
         raise AssertionError("mismatched init_from accepted")
 
 
-def test_sigterm_saves_a_checkpoint(tmp_path, train_rig):
+def test_sigterm_saves_a_checkpoint(tmp_path, train_rig, sigterm_training):
     import json
-    import os
-    import signal
-    import subprocess
-    import sys
 
     write_split, model = train_rig
     write_split(tmp_path / "data", 2, seed=3)
@@ -109,18 +105,8 @@ def test_sigterm_saves_a_checkpoint(tmp_path, train_rig):
            "threads": 1, "device": "cpu", "log_every": 1, "checkpoint_every": 100000, "model": model}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "instseg_ros.cli", "train", "clusternet", "--config", str(path)],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        for line in proc.stderr:          # one JSON record per step (log_every 1)
-            if '"step": 2' in line:
-                break
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+    returncode, out, err = sigterm_training("clusternet", path)
+    assert returncode == 0, err[-3000:]
     ck = load_checkpoint(str(tmp_path / "run" / "last.pt"))
     steps = ck["meta"]["steps"]
     assert 2 <= steps < 100000 and json.loads(out.strip().splitlines()[-1])["steps"] == steps

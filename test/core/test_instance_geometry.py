@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instseg_ros.core.geometry import moments
 from instseg_ros.core.instance_geometry import N_SIGMA, covariance_to_pose, oriented_extents, validated_covariances
 from instseg_ros.core.instances import Instances
 
@@ -18,20 +17,10 @@ def test_covariance_to_pose_axis_aligned():
     np.testing.assert_allclose(q, [-0.5, -0.5, -0.5, 0.5], atol=1e-12)
 
 
-def rot_z(deg):
-    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def test_oriented_extents_of_a_rotated_box_and_the_sigma_fallback():
+def test_oriented_extents_of_a_rotated_box_and_the_sigma_fallback(rotated_grid_box):
     # a 0.3 x 0.2 x 0.1 grid box rotated 30 deg about z at (1, 2, 3), label 5; invalid (0, 0, 0) points
     # labelled 5 and far background points must be ignored
-    g = np.stack(np.meshgrid(np.linspace(-0.15, 0.15, 7), np.linspace(-0.1, 0.1, 5), np.linspace(-0.05, 0.05, 3),
-                             indexing="ij"), -1).reshape(-1, 3)
-    box = g @ rot_z(30).T + [1.0, 2.0, 3.0]
-    c, C = moments(box)
-    pts = np.concatenate([box, np.full((10, 3), 50.0), np.zeros((4, 3))])
-    labels = np.concatenate([np.full(len(box), 5), np.zeros(10), np.full(4, 5)]).astype(np.int32)
+    box, c, C, pts, labels = rotated_grid_box
     inst = Instances(labels=labels, ids=[5], centroids=[c], covariances=[C], scores=[1.0], num_points=[len(box)])
     np.testing.assert_allclose(oriented_extents(inst, points=pts), [[0.3, 0.2, 0.1]], atol=1e-9)
     # without points: the 2 * N_SIGMA * sigma diameter; the x' variance of 7 even steps over 0.3 m is

@@ -192,30 +192,15 @@ def test_inference_config_travels_with_the_checkpoint(tmp_path):
         MapSegmenter.from_checkpoint(str(tmp_path / "d.pt"), device="cpu")
 
 
-def test_sigterm_saves_a_loadable_checkpoint(dataset, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-
+def test_sigterm_saves_a_loadable_checkpoint(dataset, tmp_path, sigterm_training):
     from instseg_ros.occuseg.checkpoint import load_checkpoint
 
     cfg = {"data": str(dataset), "voxel_size": VOX, "out_dir": str(tmp_path / "run"), "steps": 100000,
            "checkpoint_every": 100000, "model": {"num_classes": 2, "channels": [8, 16], "embed_dim": 4}}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "instseg_ros.cli", "train", "occuseg", "--config", str(path)],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        for line in proc.stderr:          # the engine logs one JSON record per step (log_every 1)
-            if '"step": 2' in line:
-                break
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+    returncode, out, err = sigterm_training("occuseg", path)
+    assert returncode == 0, err[-3000:]
     assert "SIGTERM: stopping after this step" in err
     ck = load_checkpoint(str(tmp_path / "run" / "last.pt"))
     steps = ck["meta"]["steps"]

@@ -390,20 +390,10 @@ def test_bad_covariance_raises():
         instances_to_msg(inst, Header())
 
 
-def rot_z(deg):
-    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def test_object_instance_array_from_points_gives_true_oriented_box():
+def test_object_instance_array_from_points_gives_true_oriented_box(rotated_grid_box):
     # A 0.3 x 0.2 x 0.1 grid box rotated 30 deg about z at (1, 2, 3); label 5. Plus 10 far
     # background points (label 0) and invalid (0, 0, 0) points labelled 5, which must be ignored.
-    g = np.stack(np.meshgrid(np.linspace(-0.15, 0.15, 7), np.linspace(-0.1, 0.1, 5), np.linspace(-0.05, 0.05, 3),
-                             indexing="ij"), -1).reshape(-1, 3)
-    box = g @ rot_z(30).T + [1.0, 2.0, 3.0]
-    c, C = moments(box)
-    pts = np.concatenate([box, np.full((10, 3), 50.0), np.zeros((4, 3))])
-    labels = np.concatenate([np.full(len(box), 5), np.zeros(10), np.full(4, 5)]).astype(np.int32)
+    box, c, C, pts, labels = rotated_grid_box
     inst = Instances(labels=labels, ids=[5], centroids=[c], covariances=[C], scores=[0.7], num_points=[len(box)],
                      class_ids=[3], occupancy=[12.5])
     h = Header(frame_id="map", stamp=ns_to_stamp(7_000_000_001))

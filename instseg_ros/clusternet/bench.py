@@ -27,6 +27,9 @@ from .clustering import ClusterParams, cluster_pixels
 RESOLUTIONS = ((480, 640), (240, 320))
 #: input frame size of the backend comparison (the camera's), (H, W)
 BACKEND_INPUT = (480, 640)
+#: interleaved runs per backend: on the 2-core machine five gave speed-up ratios spread over 1.71-1.93 in four
+#: back-to-back runs of the same build (torch's time varies most), fifteen 1.82-1.84
+BACKEND_REPEATS = 15
 #: seconds between two timed backend runs (see :func:`backend_figures`)
 SETTLE_S = 0.5
 #: bars of issue #14 for the end-to-end speed-up over torch at 640x480 on two CPU cores
@@ -119,6 +122,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="network autocast dtype")
     p.add_argument("--channels-last", action="store_true", help="NHWC convolutions")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--backend-repeats", type=int, default=BACKEND_REPEATS,
+                   help="interleaved end-to-end runs per backend of --backend (their median is compared)")
     p.add_argument("--objects", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--clustering-only", action="store_true", help="skip the network / end-to-end stages")
@@ -126,8 +131,8 @@ def main(argv: list[str]) -> int:
                    help="comma-separated backends to compare end to end at 640x480 input, e.g. "
                         "torch,onnxruntime,onnxruntime-int8 (ONNX files found or exported once into the cache)")
     a = p.parse_args(argv)
-    if a.repeats < 1 or a.objects < 1:
-        p.error("--repeats and --objects must be >= 1")
+    if a.repeats < 1 or a.objects < 1 or a.backend_repeats < 1:
+        p.error("--repeats, --backend-repeats and --objects must be >= 1")
     from .onnx_engine import BACKENDS
 
     backends = [b.strip() for b in a.backend.split(",") if b.strip()]
@@ -189,7 +194,8 @@ def main(argv: list[str]) -> int:
         result[f"{w}x{h}"] = row
         print(f"{w}x{h}: " + json.dumps(row), flush=True)
     if backends:
-        result.update(backend_figures(a.checkpoint, backends, str(dev), a.objects, a.repeats))
+        result.update(backend_figures(a.checkpoint, backends, str(dev), a.objects, a.backend_repeats))
+        result["backend_repeats"] = a.backend_repeats
     result["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
     return 0

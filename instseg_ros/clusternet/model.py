@@ -260,11 +260,16 @@ class ClusterNetModel(nn.Module):
         f2 = self.xi_up2(_up(f4, ((h + 1) // 2, (w + 1) // 2)))
         f1 = _up(f2, (h, w))
         residual = c.xi_residual and c.use_xyz
+        parts = [f1]
         if residual:
             xyz_n = inputs["xyz"].clone()
             xyz_n[:, 2:3] = xyz_n[:, 2:3] - c.depth_mean
-            f1 = torch.cat([f1, xyz_n / c.depth_std, inputs["valid"]], 1)
-        offset = self.xi_head(self.xi_up1(f1)) * c.offset_scale
+            parts += [xyz_n / c.depth_std, inputs["valid"]]
+        if isinstance(self.xi_up1, SplitInputConv):   # export form: no full-resolution concatenation
+            up1 = self.xi_up1(f1, torch.cat(parts[1:], 1)) if residual else self.xi_up1(f1)
+        else:
+            up1 = self.xi_up1(torch.cat(parts, 1) if residual else f1)
+        offset = self.xi_head(up1) * c.offset_scale
         if residual:
             base = inputs["xyz"].repeat(1, c.feature_dim // 3, 1, 1)
             xi = base + offset
@@ -297,6 +302,83 @@ class ClusterNet(nn.Module):
                 raise RuntimeError("ClusterNet in training mode needs targets; call .eval() for inference")
             from .loss import clusternet_loss
             return clusternet_loss(pred, targets, self.loss_cfg, self.lam_var, self.lam_vio)
-        pred["centroid_prob"] = pred["centroid_logits"].softmax(1)[:, 1]
-        pred["fg_prob"] = pred["mask_logits"].softmax(1)[:, 1]
+        pred["centroid_prob"] = class1_probability(pred["centroid_logits"])
+        pred["fg_prob"] = class1_probability(pred["mask_logits"])
         return pred
+
+
+def class1_probability(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W) two-class logits -> (B, H, W) softmax probability of class 1; a (B, 1, H, W) tensor is taken
+    as the logit difference (class 1 - class 0) of the export form, for which that probability is its sigmoid."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return logits.softmax(1)[:, 1]
+
+
+class SplitInputConv(nn.Module):
+    """conv -> BatchNorm (eval) -> ReLU over the concatenation of two inputs, computed without concatenating them:
+    the convolution is linear in its input channels, so conv(cat(a, b)) = conv_a(a) + conv_b(b) with the weight
+    split along its input channels; BatchNorm's eval-mode affine map is folded into both (bias on the first).
+    Same function up to float32 rounding (summation order)."""
+
+    def __init__(self, seq: nn.Sequential, split: int) -> None:
+        super().__init__()
+        conv, bn = seq[0], seq[1]
+        if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.groups == 1):
+            raise TypeError("SplitInputConv folds a conv_bn_relu block (Conv2d without groups, BatchNorm2d, ReLU)")
+        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        w = conv.weight.detach() * scale.view(-1, 1, 1, 1)
+        b = bn.bias.detach() - bn.running_mean * scale
+        if conv.bias is not None:
+            b = b + conv.bias.detach() * scale
+        kw = dict(kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                  dtype=conv.weight.dtype, device=conv.weight.device)
+        self.split = int(split)
+        self.conv_a = nn.Conv2d(self.split, conv.out_channels, bias=True, **kw)
+        self.conv_a.weight.data.copy_(w[:, :self.split])
+        self.conv_a.bias.data.copy_(b)
+        self.conv_b = None
+        if conv.in_channels > self.split:
+            self.conv_b = nn.Conv2d(conv.in_channels - self.split, conv.out_channels, bias=False, **kw)
+            self.conv_b.weight.data.copy_(w[:, self.split:])
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.conv_a(a)
+        if self.conv_b is not None:
+            y = y + self.conv_b(b)
+        return torch.relu(y)
+
+
+def _difference_head(head: nn.Conv2d) -> nn.Conv2d:
+    """A two-output 1x1 conv -> one output, its class-1 minus class-0 logit (softmax over two classes is the
+    sigmoid of that difference; bilinear upsampling is linear, so it commutes with the difference)."""
+    w = head.weight.detach()
+    out = nn.Conv2d(head.in_channels, 1, head.kernel_size, head.stride, head.padding, bias=True, dtype=w.dtype,
+                    device=w.device)
+    out.weight.data.copy_(w[1:2] - w[0:1])
+    bias = head.bias.detach() if head.bias is not None else w.new_zeros(2)
+    out.bias.data.copy_(bias[1:2] - bias[0:1])
+    return out
+
+
+def export_form(model: ClusterNet) -> ClusterNet:
+    """An eval-mode copy of ``model`` computing the same outputs with less memory traffic, for graph runtimes.
+
+    Two rewrites, both exact up to float32 rounding: the full-resolution ξ̂ layer over cat(features, xyz,
+    validity) becomes two convolutions summed (:class:`SplitInputConv`: no (C + 4, H, W) concatenation, which in
+    ONNX Runtime's blocked layout also costs two layout reorders), and the centroid / mask heads predict their
+    logit difference, upsampled as one channel and passed through a sigmoid instead of a two-channel softmax at
+    full resolution. Measured by ONNX Runtime's profiler on the lite model at 480 x 640, one thread: these
+    operators took ~80 of 516 ms. The copy is for inference only (the loss needs the two-class logits).
+    """
+    import copy
+
+    net = copy.deepcopy(model).eval()
+    m = net.net
+    if not isinstance(m.xi_up1, SplitInputConv):
+        m.xi_up1 = SplitInputConv(m.xi_up1, m.xi_up2[0].out_channels)
+    for name in ("centroid_head", "mask_head"):
+        head = getattr(m, name)
+        if head.out_channels == 2:
+            setattr(m, name, _difference_head(head))
+    return net

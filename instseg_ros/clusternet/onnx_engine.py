@@ -2,7 +2,8 @@
 
 The exported graph is the whole network step of :class:`~instseg_ros.clusternet.predictor.ClusterNetPredictor`:
 input normalisation, depth hole filling and backprojection (:meth:`ClusterNetModel.prepare`), the network, and
-the two softmaxes. Inputs, at the network resolution (H, W) fixed at export, batch 1:
+the two class probabilities, in the export form of :func:`~instseg_ros.clusternet.model.export_form` (same
+function, less memory traffic). Inputs, at the network resolution (H, W) fixed at export, batch 1:
 
 * ``rgb``   float32 (1, 3, H, W), 0..255, RGB order;
 * ``depth`` float32 (1, 1, H, W), metres, 0 / NaN / inf = invalid;
@@ -40,8 +41,9 @@ _log = logging.getLogger("instseg_ros.clusternet.onnx")
 
 #: metadata_props key holding the JSON description of the export
 METADATA_KEY = "instseg_ros.clusternet"
-#: bumped when the graph's inputs / outputs or the metadata layout change; older files are rebuilt
-FORMAT_VERSION = 1
+#: bumped when the graph's inputs / outputs, its form or the metadata layout change; older files are rebuilt
+#: (2: the export form of :func:`~instseg_ros.clusternet.model.export_form`, same inputs and outputs)
+FORMAT_VERSION = 2
 #: ONNX opset of the export (torch's TorchScript-based exporter, measured to work with this network)
 OPSET = 17
 INPUT_NAMES = ("rgb", "depth", "K")
@@ -414,13 +416,16 @@ def export_onnx(checkpoint: str, out: str | os.PathLike, resolution: tuple[int, 
     res = (int(res[0]), int(res[1]))
     frames = check_frames if check_frames is not None else quick_frames(CHECK_FRAMES)
     inputs = [resize_frame(f["rgb"], f["depth"], f["K"], res) for f in frames]
-    graph = _export_module(model)
+    from .model import export_form
+
+    graph = _export_module(export_form(model))
+    reference = _export_module(model)   # checked against the model as trained, not against the rewritten copy
     out = str(out)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = f"{out}.{os.getpid()}.export.tmp"   # per process: two nodes may export at once
     example = tuple(torch.from_numpy(x) for x in inputs[0])
     try:
-        diff = _export_and_compare(graph, example, inputs, tmp)
+        diff = _export_and_compare(graph, example, inputs, tmp, reference)
         bad = {k: v for k, v in diff.items() if not v <= EXPORT_TOLERANCE}
         if bad:
             raise OnnxModelError(f"the ONNX export of {checkpoint} differs from torch by {bad} (> {EXPORT_TOLERANCE}); "
@@ -444,8 +449,9 @@ def export_onnx(checkpoint: str, out: str | os.PathLike, resolution: tuple[int, 
     return {"path": out, "resolution": res, "max_abs_diff": diff, "seconds": secs, "bytes": os.path.getsize(out)}
 
 
-def _export_and_compare(graph, example, inputs, tmp: str) -> dict[str, float]:
-    """Trace ``graph`` into ``tmp`` and return the per-output max |ONNX Runtime - torch| over ``inputs``."""
+def _export_and_compare(graph, example, inputs, tmp: str, reference=None) -> dict[str, float]:
+    """Trace ``graph`` into ``tmp`` and return the per-output max |ONNX Runtime - torch| over ``inputs``, torch
+    being ``reference`` (default: ``graph`` itself)."""
     import torch
 
     with torch.no_grad(), warnings.catch_warnings():
@@ -456,7 +462,8 @@ def _export_and_compare(graph, example, inputs, tmp: str) -> dict[str, float]:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(graph, example, tmp, dynamo=False, opset_version=OPSET,
                           input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), do_constant_folding=True)
-        ref = [[o.numpy() for o in graph(*(torch.from_numpy(a) for a in x))] for x in inputs]
+        ref_graph = graph if reference is None else reference
+        ref = [[o.numpy() for o in ref_graph(*(torch.from_numpy(a) for a in x))] for x in inputs]
     return max_abs_difference(_ort_outputs(tmp, inputs), ref)
 
 

@@ -5,7 +5,7 @@ import torch
 
 from instseg_ros.clusternet.checkpoint import build_model, load_checkpoint, save_checkpoint
 from instseg_ros.clusternet.config import ModelConfig, load_train_config
-from instseg_ros.clusternet.model import ClusterNet, backproject_torch, fill_depth_holes
+from instseg_ros.clusternet.model import ClusterNet, SplitInputConv, backproject_torch, export_form, fill_depth_holes
 from instseg_ros.clusternet.predictor import ClusterNetPredictor, instance_moments, scale_intrinsics
 from instseg_ros.clusternet.refine import RefineParams
 from instseg_ros.core.geometry import backproject
@@ -38,6 +38,39 @@ def test_output_shapes_for_every_ablation(inputs, feature):
     m.train()
     with pytest.raises(RuntimeError, match="targets"):
         m(_inputs(m))
+
+
+@pytest.mark.parametrize("inputs", ["rgb+xyz+d", "rgb+d"])   # with and without the xyz residual input of xi_up1
+def test_export_form_computes_the_same_outputs(inputs):
+    """The rewritten copy (split convolution, logit-difference heads) is the same function: in float64 it
+    matches the model as trained to float64 rounding, on random BatchNorm statistics (no layer an identity)."""
+    torch.manual_seed(3)
+    m = ClusterNet(ModelConfig(inputs=inputs, **TINY))
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.3, 0.3)
+                mod.running_var.uniform_(0.4, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.3, 0.3)
+        m.net.xi_head.weight.normal_(0, 0.2)
+        for head in (m.net.centroid_head, m.net.mask_head):
+            head.weight.normal_(0, 0.5)
+            head.bias.normal_(0, 1.0)
+    m = m.eval().double()
+    fast = export_form(m)
+    assert isinstance(fast.net.xi_up1, SplitInputConv)
+    assert fast.net.centroid_head.out_channels == fast.net.mask_head.out_channels == 1
+    assert m.net.centroid_head.out_channels == 2          # the original is left as it was
+    with torch.no_grad():
+        x = {k: v.double() for k, v in _inputs(m, 50, 70).items()}
+        a, b = m(x), fast(x)
+    for k in ("xi", "centroid_prob", "fg_prob", "radius"):
+        assert a[k].shape == b[k].shape, k
+        assert torch.allclose(a[k], b[k], rtol=0, atol=1e-12), (k, (a[k] - b[k]).abs().max())
+    for k in ("fg_prob", "centroid_prob"):   # probabilities neither saturated nor constant: a real check
+        assert 0.05 < a[k].median() < 0.95 and a[k].std() > 1e-3, k
+    assert (a["xi"] - x["xyz"]).abs().max() > 1e-3                         # the ξ offset path is exercised too
 
 
 def test_residual_xi_starts_at_the_measured_point():

@@ -5,6 +5,8 @@ logger it is given (8). Expected values are worked out by hand in the comments."
 from __future__ import annotations
 
 import math
+import platform
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -305,3 +307,45 @@ def test_tracker_restart_after_a_clock_reset_never_reuses_ids():
     assert t.last_stamp_ns is None and t.tracks == []
     t.update(inst, 40 * S)
     assert t._new_id() == 7
+
+
+# ------------------------------------------------------------------------------ soak: heap retention
+
+_HEAP_PROBE = """
+import sys, numpy as np
+from instseg_ros.ros.node_common import limit_heap_retention
+def rss_mib():
+    return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
+applied = limit_heap_retention() if sys.argv[1] == "1" else False
+base = rss_mib()
+for _ in range(3):
+    a = np.ones(6 << 20, np.uint8)   # 6 MiB, every page touched
+    del a
+print(applied, rss_mib() - base)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists() or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc and /proc only")
+def test_fixed_mmap_threshold_gives_large_freed_blocks_back():
+    """glibc's default: the first 6 MiB block is mapped; freeing it raises the mmap threshold past 6 MiB, so the
+    next two come from the heap and stay resident after free (~6 MiB more RSS). With the threshold fixed at
+    4 MiB (what the nodes set at start) every one is mapped and unmapped: RSS back to where it was (< 1 MiB)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    out = {}
+    for flag in ("0", "1"):
+        r = subprocess.run([sys.executable, "-c", _HEAP_PROBE, flag], env=env, capture_output=True, text=True,
+                           timeout=60, check=True)
+        applied, grown = r.stdout.split()
+        out[flag] = (applied == "True", float(grown))
+    assert out["0"][0] is False and out["1"][0] is True
+    assert out["0"][1] > 5.0          # default glibc: one 6 MiB block kept in the heap
+    assert out["1"][1] < 1.0          # fixed threshold: nothing kept
+    env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)   # the user's own setting is left alone
+    r = subprocess.run([sys.executable, "-c", _HEAP_PROBE, "1"], env=env, capture_output=True, text=True,
+                       timeout=60, check=True)
+    assert r.stdout.split()[0] == "False"

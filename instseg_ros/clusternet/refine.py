@@ -21,7 +21,11 @@ steps, each plain geometry on the backprojected depth (camera optical frame, met
    object than by two. Objects touch each other along concave creases (a box standing on a box, a
    cup on a table), while one object's faces meet at convex edges.
 4. **Plausibility** (in :func:`refine_labels`): instances made mostly of depth-edge pixels are dropped
-   (``max_edge_share``), as are those smaller than ``min_extent_m`` along their largest principal axis.
+   (``max_edge_share``), as are those smaller than ``min_extent_m`` along their largest principal axis, and
+   those whose clustering score (mean foreground probability x compactness x the highest centroid
+   probability η̂ among their pixels; a joined instance keeps its best) stays below ``min_score``: the network
+   was not confident it is an object, and after joining, fragments of a confident object no longer stand
+   alone.
 
 Everything runs on int32 labels (H, W), 0 = background, and float32 depth (H, W) metres (0 / NaN invalid).
 """
@@ -66,6 +70,11 @@ class RefineParams:
         plane_offset: m, see merge_coplanar.
         max_edge_share: instances whose pixels are more than this share depth-edge pixels are dropped.
         min_extent_m: instances smaller than this along their largest principal axis (±2σ) are dropped.
+        min_score: instances whose score after joining is below this are dropped (the clustering's own
+            ``min_score`` acts before joining, where it would also drop fragments that join a confident
+            object). 0.35 chosen on the synthetic val split as the largest value that left its AP and its
+            objects with F >= 0.75 unchanged (0.2-0.35: AP 53.4, instances per object 1.08 -> 0.95-0.98;
+            0.4: AP 53.2); never fitted on real frames.
     """
 
     enabled: bool = True
@@ -84,10 +93,11 @@ class RefineParams:
     plane_offset: float = 0.01
     max_edge_share: float = 0.5
     min_extent_m: float = 0.0
+    min_score: float = 0.35
 
     def __post_init__(self) -> None:
         for name in ("step_abs", "step_rel", "max_snap_dist", "merge_flat_deg", "max_edge_share",
-                     "min_extent_m", "merge_evidence_ratio", "plane_offset"):
+                     "min_extent_m", "merge_evidence_ratio", "plane_offset", "min_score"):
             v = float(getattr(self, name))
             if not np.isfinite(v):
                 raise ValueError(f"RefineParams.{name} must be finite, got {v}")
@@ -101,6 +111,8 @@ class RefineParams:
             raise ValueError("RefineParams: merge_evidence_ratio must be > 0")
         if not 0 < self.max_edge_share <= 1:
             raise ValueError("RefineParams: max_edge_share must lie in (0, 1]")
+        if not 0 <= self.min_score <= 1:
+            raise ValueError("RefineParams: min_score must lie in [0, 1]")
 
 
 @njit(cache=True)
@@ -498,7 +510,7 @@ def refine_labels(labels: np.ndarray, scores: np.ndarray, depth: np.ndarray, K: 
     m = valid.reshape(-1) & (lab > 0)
     total = np.bincount(lab[m], minlength=n + 1)[:n + 1]
     on_edge = np.bincount(lab[m & edge.reshape(-1)], minlength=n + 1)[:n + 1]
-    keep = (total[1:] > 0) & np.isfinite(scores)
+    keep = (total[1:] > 0) & np.isfinite(scores) & (scores >= params.min_score)
     with np.errstate(invalid="ignore", divide="ignore"):
         keep &= ~(on_edge[1:] / np.maximum(total[1:], 1) > params.max_edge_share)
     if params.min_extent_m > 0:

@@ -166,7 +166,8 @@ class ClusterNetNode(LifecycleTeardown, LifecycleNode):
                                                                   resolution=cfg.network_resolution,
                                                                   backend=cfg.backend, log=self.get_logger().info)
             self._predictor.refine = dataclasses.replace(self._predictor.refine, enabled=bool(cfg.refine),
-                                                         min_extent_m=float(cfg.min_object_size_m))
+                                                         min_extent_m=float(cfg.min_object_size_m),
+                                                         min_score=float(cfg.min_instance_score))
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             self.get_logger().error(f"activate failed: cannot load the model: {e}")
             return TransitionCallbackReturn.FAILURE

@@ -55,6 +55,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "world_bound_m": (1.0, 100_000.0),
     "quaternion_tolerance": (1e-6, 0.5),
     "min_object_size_m": (0.0, 1.0),      # nothing a bin holds is bigger
+    "min_instance_score": (0.0, 1.0),     # scores are products of probabilities
     "min_hits": (1, 1000),
     "max_age_s": (0.0, 3600.0),
     "gate_bhattacharyya": (1e-6, 100.0),
@@ -141,6 +142,7 @@ class ClusterNetNodeConfig:
     diagnostics_period_s: float = 1.0
     refine: bool = True
     min_object_size_m: float = 0.0
+    min_instance_score: float = 0.35   # RefineParams.min_score (chosen on synthetic val)
     tracking: bool = True
     min_hits: int = 2
     max_age_s: float = 1.0
@@ -315,6 +317,7 @@ DESCRIPTIONS: dict[str, str] = {
     "min_valid_points": "instances with fewer valid-depth pixels are dropped",
     "refine": "snap label boundaries to depth steps, join fragments, drop flying-pixel slivers (clusternet.refine)",
     "min_object_size_m": "m, instances smaller along their longest axis (4 sigma) are dropped; 0 = keep all",
+    "min_instance_score": "instances scoring below this after fragment joining are dropped (0..1; 0 = keep all)",
     "network_height": "network input rows (the frame is resized to it); 0 with network_width 0 = the model's own",
     "network_width": "network input columns; lower = faster, fewer small objects found",
     "diagnostics_period_s": "period (s) of the /diagnostics status",

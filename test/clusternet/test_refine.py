@@ -167,12 +167,38 @@ def test_min_extent_drops_objects_smaller_than_the_metric_size():
     assert len(sc) == 1 and (out == 1).sum() == 900 and out[52, 62] == 0
 
 
+def test_low_score_instances_are_dropped_unless_joined_to_a_confident_one():
+    """The roof of the test above, scores 0.2 and 0.8, min_score 0.35 (the default). Centroids agreeing: the
+    halves join, the union keeps the best score (0.8 >= 0.35) and stays whole. Centroids apart: the 0.2 half
+    stands alone and is dropped (its pixels become background), the 0.8 half is kept as id 1. min_score 0:
+    both kept."""
+    from instseg_ros.core.geometry import backproject
+
+    depth = _roof(+1.0)
+    lab = np.where(np.arange(W)[None, :] < 40, 1, 2).repeat(H, 0).astype(np.int32)
+    pts = backproject(depth, K_())
+    own = np.array([pts[lab == 1].mean(0), pts[lab == 2].mean(0)])
+    union = np.repeat(pts.reshape(-1, 3).mean(0)[None], 2, 0)
+    p = RefineParams(band_px=0)
+    assert p.min_score == 0.35
+    out, sc = refine_labels(lab, np.array([0.2, 0.8]), depth, K_(), p, union)
+    np.testing.assert_array_equal(out, 1)
+    np.testing.assert_allclose(sc, [0.8])
+    out, sc = refine_labels(lab, np.array([0.2, 0.8]), depth, K_(), p, own)
+    np.testing.assert_array_equal(out, np.where(lab == 2, 1, 0))
+    np.testing.assert_allclose(sc, [0.8])
+    out, sc = refine_labels(lab, np.array([0.2, 0.8]), depth, K_(), RefineParams(band_px=0, min_score=0.0), own)
+    np.testing.assert_array_equal(out, np.where(lab == 2, 1, 2))
+    np.testing.assert_allclose(sc, [0.8, 0.2])
+
+
 def test_disabled_passes_labels_through_and_params_are_validated():
     lab = np.zeros((H, W), np.int32)
     lab[5:9, 5:9] = 1
     out, sc = refine_labels(lab, np.array([0.3]), np.full((H, W), 0.5, np.float32), K_(), RefineParams(enabled=False))
     np.testing.assert_array_equal(out, lab)
     for bad in ({"step_abs": 0.0}, {"band_px": 3, "snap_radius_px": 6}, {"merge_evidence_ratio": 0.0},
-                {"max_edge_share": 0.0}, {"max_snap_dist": float("nan")}, {"merge_min_contact": 0}):
+                {"max_edge_share": 0.0}, {"max_snap_dist": float("nan")}, {"merge_min_contact": 0},
+                {"min_score": 1.5}, {"min_score": -0.1}, {"min_score": float("inf")}):
         with pytest.raises(ValueError):
             RefineParams(**bad)

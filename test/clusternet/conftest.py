@@ -73,6 +73,26 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def randomize_batchnorm(model, shift: float, var: tuple[float, float]) -> None:
+    """Random BatchNorm statistics and affine parameters (running mean and bias in [-shift, shift], running variance
+    in ``var``, weight in [0.5, 1.5]) so that no normalisation layer is an identity; in place, no grad."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-shift, shift)
+                m.running_var.uniform_(*var)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-shift, shift)
+
+
+@pytest.fixture
+def random_bn():
+    """:func:`randomize_batchnorm` (conftest is not importable under --import-mode=importlib)."""
+    return randomize_batchnorm
+
+
 @pytest.fixture
 def make_scene():
     """The :func:`random_scene` builder (conftest is not importable under --import-mode=importlib)."""

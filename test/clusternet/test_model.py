@@ -41,18 +41,13 @@ def test_output_shapes_for_every_ablation(inputs, feature):
 
 
 @pytest.mark.parametrize("inputs", ["rgb+xyz+d", "rgb+d"])   # with and without the xyz residual input of xi_up1
-def test_export_form_computes_the_same_outputs(inputs):
+def test_export_form_computes_the_same_outputs(inputs, random_bn):
     """The rewritten copy (split convolution, logit-difference heads) is the same function: in float64 it
     matches the model as trained to float64 rounding, on random BatchNorm statistics (no layer an identity)."""
     torch.manual_seed(3)
     m = ClusterNet(ModelConfig(inputs=inputs, **TINY))
+    random_bn(m, 0.3, (0.4, 2.0))
     with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.3, 0.3)
-                mod.running_var.uniform_(0.4, 2.0)
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.3, 0.3)
         m.net.xi_head.weight.normal_(0, 0.2)
         for head in (m.net.centroid_head, m.net.mask_head):
             head.weight.normal_(0, 0.5)

@@ -35,22 +35,21 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(oe.CACHE_ENV, str(tmp_path / "cache"))
 
 
-def random_tiny(seed: int) -> ClusterNet:
-    """A tiny ClusterNet with random weights and random BatchNorm statistics (so no layer is an identity)."""
-    torch.manual_seed(seed)
-    model = ClusterNet(ModelConfig(**TINY))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-        model.net.xi_head.weight.normal_(0, 0.1)   # zero-initialised: give ξ a real dependence on the input
-    return model.eval()
+@pytest.fixture
+def random_tiny(random_bn):
+    """Factory seed -> a tiny ClusterNet with random weights and random BatchNorm statistics (so no layer is an
+    identity)."""
+    def make(seed: int) -> ClusterNet:
+        torch.manual_seed(seed)
+        model = ClusterNet(ModelConfig(**TINY))
+        random_bn(model, 0.2, (0.5, 2.0))
+        with torch.no_grad():
+            model.net.xi_head.weight.normal_(0, 0.1)   # zero-initialised: give ξ a real dependence on the input
+        return model.eval()
+    return make
 
 
-def geometric_tiny() -> ClusterNet:
+def geometric_tiny(random_tiny) -> ClusterNet:
     """Tiny ClusterNet with hand-set heads: foreground and centroid probability 1 - 6e-6 everywhere, ξ = the
     pixel's own 3-D point, radius 0.1 m, so the clustering cuts a scene into spatial clusters and a 1e-6
     change of any output cannot move a pixel across a threshold."""
@@ -95,7 +94,7 @@ def torch_outputs(model: ClusterNet, x, dtype=torch.float32) -> list[np.ndarray]
 
 
 # ---------------------------------------------------------------------------------- fp32 equality
-def test_fp32_export_equals_torch_within_float32_rounding(tmp_path, make_scene):
+def test_fp32_export_equals_torch_within_float32_rounding(tmp_path, make_scene, random_tiny):
     """ONNX Runtime and torch compute the same float32 network with different kernels and summation orders,
     so each differs from a float64 evaluation by float32 rounding: ORT's error may be a few times torch's own
     (4x here) plus a floor of 64 roundoffs of the output magnitude, never more."""
@@ -119,7 +118,7 @@ def test_fp32_export_equals_torch_within_float32_rounding(tmp_path, make_scene):
     assert max(eng.meta.extra["max_abs_diff_vs_torch"].values()) < 1e-4
 
 
-def test_an_export_that_disagrees_with_torch_is_not_written(tmp_path, monkeypatch):
+def test_an_export_that_disagrees_with_torch_is_not_written(tmp_path, monkeypatch, random_tiny):
     ck = save(random_tiny(11), tmp_path / "t.pt")
     # a bound below float32 rounding: the real (correct) graph then counts as disagreeing
     monkeypatch.setattr(oe, "EXPORT_TOLERANCE", 1e-12)
@@ -128,8 +127,8 @@ def test_an_export_that_disagrees_with_torch_is_not_written(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("t.onnx")) == []   # nor a temporary
 
 
-def test_onnx_file_alone_rebuilds_the_predictor_and_matches_torch(tmp_path, make_scene):
-    model = geometric_tiny()
+def test_onnx_file_alone_rebuilds_the_predictor_and_matches_torch(tmp_path, make_scene, random_tiny):
+    model = geometric_tiny(random_tiny)
     params = {"fg_threshold": 0.5, "min_size": 4}
     ck = save(model, tmp_path / "g.pt", cluster_params=params, resolution=list(RES))
     oe.export_onnx(ck, tmp_path / "g.onnx")
@@ -161,7 +160,7 @@ def test_onnx_file_alone_rebuilds_the_predictor_and_matches_torch(tmp_path, make
 INT8_TOLERANCE = {"xi": 1e-5, "centroid_prob": 2e-3, "fg_prob": 1e-3, "radius": 1e-4}
 
 
-def test_int8_quantization_is_real_and_within_its_measured_tolerance(tmp_path, make_scene):
+def test_int8_quantization_is_real_and_within_its_measured_tolerance(tmp_path, make_scene, random_tiny):
     import onnx
 
     model = random_tiny(2)
@@ -186,7 +185,7 @@ def test_int8_quantization_is_real_and_within_its_measured_tolerance(tmp_path, m
 
 
 # ---------------------------------------------------------------------------------- backend choice
-def test_auto_exports_once_into_the_cache_then_reuses_it(tmp_path):
+def test_auto_exports_once_into_the_cache_then_reuses_it(tmp_path, random_tiny):
     ck = save(random_tiny(3), tmp_path / "c.pt")
     logs: list[str] = []
     p = ClusterNetPredictor.from_checkpoint(ck, device="cpu", backend="auto", log=logs.append)
@@ -204,7 +203,7 @@ def test_auto_exports_once_into_the_cache_then_reuses_it(tmp_path):
     assert ClusterNetPredictor.from_checkpoint(ck, device="cpu", backend="torch").engine is None
 
 
-def test_corrupt_onnx_falls_back_to_torch_in_auto_and_raises_when_asked_for(tmp_path):
+def test_corrupt_onnx_falls_back_to_torch_in_auto_and_raises_when_asked_for(tmp_path, random_tiny):
     ck = save(random_tiny(4), tmp_path / "d.pt")
     (tmp_path / "d.onnx").write_bytes(b"\x08\x07not a protobuf" * 100)
     logs: list[str] = []
@@ -215,7 +214,7 @@ def test_corrupt_onnx_falls_back_to_torch_in_auto_and_raises_when_asked_for(tmp_
         ClusterNetPredictor.from_checkpoint(ck, device="cpu", backend="onnxruntime")
 
 
-def test_onnx_of_another_checkpoint_is_refused(tmp_path):
+def test_onnx_of_another_checkpoint_is_refused(tmp_path, random_tiny):
     a = save(random_tiny(5), tmp_path / "a" / "m.pt")
     b = save(random_tiny(6), tmp_path / "b" / "m.pt")
     oe.export_onnx(a, tmp_path / "b" / "m.onnx")          # A's export sitting next to B
@@ -229,7 +228,7 @@ def test_onnx_of_another_checkpoint_is_refused(tmp_path):
         oe.OnnxEngine(tmp_path / "b" / "m.onnx", expected_sha256=oe.file_sha256(b))
 
 
-def test_an_onnx_without_our_metadata_is_refused(tmp_path):
+def test_an_onnx_without_our_metadata_is_refused(tmp_path, random_tiny):
     import onnx
 
     ck = save(random_tiny(7), tmp_path / "e.pt")
@@ -241,7 +240,7 @@ def test_an_onnx_without_our_metadata_is_refused(tmp_path):
         oe.OnnxEngine(tmp_path / "e.onnx")
 
 
-def test_without_onnxruntime_auto_uses_torch_and_onnxruntime_says_what_to_install(tmp_path, monkeypatch):
+def test_without_onnxruntime_auto_uses_torch_and_onnxruntime_says_what_to_install(tmp_path, monkeypatch, random_tiny):
     ck = save(random_tiny(8), tmp_path / "f.pt")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)     # makes `import onnxruntime` raise ImportError
     assert not oe.onnxruntime_available()
@@ -252,7 +251,7 @@ def test_without_onnxruntime_auto_uses_torch_and_onnxruntime_says_what_to_instal
         ClusterNetPredictor.from_checkpoint(ck, device="cpu", backend="onnxruntime")
 
 
-def test_torch_only_options_keep_auto_on_torch(tmp_path):
+def test_torch_only_options_keep_auto_on_torch(tmp_path, random_tiny):
     ck = save(random_tiny(9), tmp_path / "h.pt")
     assert ClusterNetPredictor.from_checkpoint(ck, device="cpu", backend="auto", channels_last=True).engine is None
     with pytest.raises(ValueError, match="channels_last"):
@@ -261,7 +260,7 @@ def test_torch_only_options_keep_auto_on_torch(tmp_path):
         ClusterNetPredictor.from_checkpoint(ck, device="cpu", backend="tensorrt")
 
 
-def test_a_sibling_export_at_another_resolution_is_passed_over(tmp_path):
+def test_a_sibling_export_at_another_resolution_is_passed_over(tmp_path, random_tiny):
     ck = save(random_tiny(10), tmp_path / "r.pt")
     oe.export_onnx(ck, tmp_path / "r.onnx", resolution=(64, 96))
     p = ClusterNetPredictor.from_checkpoint(ck, device="cpu", backend="onnxruntime")

@@ -449,9 +449,9 @@ def export_onnx(checkpoint: str, out: str | os.PathLike, resolution: tuple[int, 
     return {"path": out, "resolution": res, "max_abs_diff": diff, "seconds": secs, "bytes": os.path.getsize(out)}
 
 
-def _export_and_compare(graph, example, inputs, tmp: str, reference=None) -> dict[str, float]:
+def _export_and_compare(graph, example, inputs, tmp: str, reference) -> dict[str, float]:
     """Trace ``graph`` into ``tmp`` and return the per-output max |ONNX Runtime - torch| over ``inputs``, torch
-    being ``reference`` (default: ``graph`` itself)."""
+    being the module ``reference``."""
     import torch
 
     with torch.no_grad(), warnings.catch_warnings():
@@ -462,8 +462,7 @@ def _export_and_compare(graph, example, inputs, tmp: str, reference=None) -> dic
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(graph, example, tmp, dynamo=False, opset_version=OPSET,
                           input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), do_constant_folding=True)
-        ref_graph = graph if reference is None else reference
-        ref = [[o.numpy() for o in ref_graph(*(torch.from_numpy(a) for a in x))] for x in inputs]
+        ref = [[o.numpy() for o in reference(*(torch.from_numpy(a) for a in x))] for x in inputs]
     return max_abs_difference(_ort_outputs(tmp, inputs), ref)
 
 

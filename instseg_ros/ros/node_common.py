@@ -631,7 +631,15 @@ def frame_to_arrays(color, depth, info) -> tuple[np.ndarray, np.ndarray, np.ndar
     return rgb, d, intr.K
 
 
-_LIBC_TRIM = None
+@functools.cache
+def _glibc_function(name: str):
+    """The C function ``name`` of glibc (looked up once), or None off glibc / when it lacks it."""
+    try:
+        import ctypes
+
+        return getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def release_free_heap() -> None:
@@ -641,16 +649,9 @@ def release_free_heap() -> None:
     glibc malloc arena; freed blocks stay in those arenas and the resident size creeps up over hours
     although nothing is leaked. Trimming after each large job keeps RSS flat (see ``instseg bench soak``).
     """
-    global _LIBC_TRIM
-    if _LIBC_TRIM is None:
-        try:
-            import ctypes
-
-            _LIBC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _LIBC_TRIM = False
-    if _LIBC_TRIM:
-        _LIBC_TRIM(0)
+    trim = _glibc_function("malloc_trim")
+    if trim is not None:
+        trim(0)
 
 
 #: glibc's mmap threshold set by :func:`limit_heap_retention` (bytes): blocks at least this large get their own
@@ -667,13 +668,8 @@ def limit_heap_retention(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     off glibc or when the environment sets it)."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, int(threshold)))   # M_MMAP_THRESHOLD = -3 (malloc.h)
-    except (OSError, AttributeError):
-        return False
+    mallopt = _glibc_function("mallopt")
+    return mallopt is not None and bool(mallopt(-3, int(threshold)))   # M_MMAP_THRESHOLD = -3 (malloc.h)
 
 
 #: Default largest deviation of a pose quaternion's norm from 1 (``quaternion_tolerance``).
